@@ -1,0 +1,194 @@
+package smtp
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/smtpkit/smtpkit/internal/sasl"
+)
+
+// SASL mechanism names for [Client.LoginWith].
+const (
+	MechSCRAMSHA256 = "SCRAM-SHA-256" // RFC 5802, RFC 7677
+	MechPLAIN       = "PLAIN"         // RFC 4616
+	MechLOGIN       = "LOGIN"         // obsolete but common
+	MechCRAMMD5     = "CRAM-MD5"      // RFC 2195; only when nothing better is offered
+	MechXOAUTH2     = "XOAUTH2"       // Google, Microsoft 365: secret is an OAuth 2.0 access token
+	MechOAUTHBEARER = "OAUTHBEARER"   // RFC 7628: secret is an OAuth 2.0 access token
+)
+
+// maxAuthSteps bounds the challenges one AUTH exchange may take.
+const maxAuthSteps = 8
+
+// Login authenticates with a password, choosing the strongest mechanism
+// both sides offer: SCRAM-SHA-256, then PLAIN, then LOGIN, and CRAM-MD5
+// only when the server offers nothing else. With no common mechanism it
+// returns an [*Error] of Kind [KindAuth] naming what the server offered.
+func (c *Client) Login(ctx context.Context, user, password string) error {
+	mech := sasl.Strongest(c.caps.Auth)
+	if mech == "" {
+		if err := c.checkAuth(); err != nil {
+			return err
+		}
+		return &Error{Op: OpAuth, Kind: KindAuth, Message: fmt.Sprintf("no password mechanism in common; server offers %q", strings.Join(c.caps.Auth, " "))}
+	}
+	return c.LoginWith(ctx, mech, user, password)
+}
+
+// LoginWith authenticates with the named mechanism (see the Mech
+// constants); for XOAUTH2 and OAUTHBEARER, secret is the access token.
+// Credentials are checked before any byte is written. AUTH is refused on
+// a session without TLS unless [Options.InsecureAllowPlaintext] is set,
+// and may succeed only once per session.
+//
+// A refusal (535, 534, 454...) is an [*Error] of Kind [KindAuth] with the
+// server's codes, temporary or permanent as the code says; the session
+// stays usable (a token mechanism's error challenge is answered as its
+// specification asks, so the server ends the exchange cleanly). No error
+// or audit event carries the secret or its encodings.
+func (c *Client) LoginWith(ctx context.Context, mech, user, secret string) error {
+	if err := c.checkAuth(); err != nil {
+		return err
+	}
+	mech = strings.ToUpper(mech)
+	if !c.caps.HasAuth(mech) {
+		return &Error{Op: OpAuth, Kind: KindAuth, Message: fmt.Sprintf("server does not offer %s; it offers %q", mech, strings.Join(c.caps.Auth, " "))}
+	}
+	m, err := c.mechanism(mech, user, secret)
+	if err != nil {
+		kind := KindInvalidInput
+		if !errors.Is(err, sasl.ErrInvalidCredentials) {
+			kind = KindAuth
+		}
+		return &Error{Op: OpAuth, Kind: kind, Message: mech, Err: err}
+	}
+	defer c.watch(ctx)()
+	aerr := c.authenticate(ctx, m)
+	ev := Event{Type: EventAuth, Op: OpAuth, Mechanism: mech}
+	if aerr != nil {
+		ev.Code, ev.Enhanced, ev.Kind, ev.Error = aerr.Code, aerr.Enhanced, aerr.Kind, aerr.Error()
+	} else {
+		ev.Code = 235
+	}
+	c.audit(ev)
+	if aerr != nil {
+		return aerr
+	}
+	c.authed = true
+	return nil
+}
+
+func (c *Client) checkAuth() *Error {
+	if err := c.checkReady(OpAuth); err != nil {
+		return err
+	}
+	if c.authed {
+		return inputError(OpAuth, "already authenticated: AUTH may succeed only once per session")
+	}
+	if !c.secure && !c.opts.InsecureAllowPlaintext {
+		return &Error{Op: OpAuth, Kind: KindAuth, Message: "refusing to send credentials on a session without TLS (Options.InsecureAllowPlaintext allows it)"}
+	}
+	return nil
+}
+
+func (c *Client) mechanism(mech, user, secret string) (sasl.Mechanism, error) {
+	switch mech {
+	case MechSCRAMSHA256:
+		return sasl.ScramSHA256(user, secret)
+	case MechPLAIN:
+		return sasl.Plain("", user, secret)
+	case MechLOGIN:
+		return sasl.Login(user, secret)
+	case MechCRAMMD5:
+		return sasl.CramMD5(user, secret)
+	case MechXOAUTH2:
+		return sasl.XOAuth2(user, secret)
+	case MechOAUTHBEARER:
+		host, port := c.serverName, 0
+		if rc, ok := c.t.(interface{ RemoteAddr() net.Addr }); ok && rc.RemoteAddr() != nil {
+			if h, p, err := net.SplitHostPort(rc.RemoteAddr().String()); err == nil {
+				port, _ = strconv.Atoi(p)
+				if host == "" {
+					host = h
+				}
+			}
+		}
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		return sasl.OAuthBearer(user, host, port, secret)
+	}
+	return nil, fmt.Errorf("unsupported mechanism %q", mech)
+}
+
+// authenticate runs the AUTH exchange. Protocol and transport errors
+// close the session; a refusal leaves it usable.
+func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) *Error {
+	ir, hasIR, err := m.Start()
+	if err != nil {
+		return &Error{Op: OpAuth, Kind: KindAuth, Message: m.Name(), Err: err}
+	}
+	line := "AUTH " + m.Name()
+	if hasIR {
+		if len(ir) == 0 {
+			line += " ="
+		} else {
+			line += " " + base64.StdEncoding.EncodeToString(ir)
+		}
+	}
+	rep, rerr := c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, line+"\r\n")
+	for step := 0; rerr == nil && rep.Code == 334; step++ {
+		if step == maxAuthSteps {
+			return c.cancelAuth(ctx, m, "too many challenges")
+		}
+		chal, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(rep.Text()))
+		if derr != nil {
+			return c.cancelAuth(ctx, m, "challenge is not base64")
+		}
+		resp, merr := m.Next(chal)
+		if merr != nil {
+			return c.cancelAuth(ctx, m, merr.Error())
+		}
+		rep, rerr = c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, base64.StdEncoding.EncodeToString(resp)+"\r\n")
+	}
+	if rerr != nil {
+		var e *Error
+		if errors.As(rerr, &e) {
+			return e
+		}
+		return ioError(ctx, OpAuth, rerr)
+	}
+	if rep.Code == 235 {
+		if err := m.Complete(); err != nil {
+			// The server claimed success without proving itself (SCRAM):
+			// it may be an impostor, so the session is dropped.
+			return c.fail(ctx, &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Message: m.Name() + ": server did not prove it knows the credentials; session dropped", Err: err})
+		}
+		return nil
+	}
+	e := &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + " refused: " + rep.Text()}
+	if te := sasl.ServerError(m); te != nil {
+		e.Err = te
+	}
+	return e
+}
+
+// cancelAuth answers "*" (RFC 4954 §4) to abandon the exchange and reads
+// the server's reply; the session stays usable if the server agrees.
+func (c *Client) cancelAuth(ctx context.Context, m sasl.Mechanism, why string) *Error {
+	e := &Error{Op: OpAuth, Kind: KindProtocol, Message: m.Name() + ": " + why + "; exchange cancelled"}
+	rep, err := c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, "*\r\n")
+	if err != nil {
+		return e
+	}
+	if rep.Code/100 == 2 || rep.Code == 334 {
+		return c.fail(ctx, e)
+	}
+	e.Code, e.Enhanced = rep.Code, rep.Enhanced
+	return e
+}

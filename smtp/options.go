@@ -1,0 +1,126 @@
+package smtp
+
+import (
+	"context"
+	"time"
+)
+
+// Default RFC 5321 §4.5.3.2 timeouts, used for a step when its context
+// has no earlier deadline.
+const (
+	DefaultGreetingTimeout  = 5 * time.Minute
+	DefaultCommandTimeout   = 5 * time.Minute
+	DefaultDataInitTimeout  = 2 * time.Minute
+	DefaultDataBlockTimeout = 3 * time.Minute
+	DefaultDataEndTimeout   = 10 * time.Minute
+)
+
+// DefaultChunkSize is the size of a BDAT chunk, and so the bound on the
+// memory a body takes while it streams.
+const DefaultChunkSize = 64 << 10
+
+// Timeouts bounds each step of a session when the context has no earlier
+// deadline. A zero field takes the RFC 5321 default.
+type Timeouts struct {
+	// Greeting bounds the wait for the server's 220 (default 5 min).
+	Greeting time.Duration
+	// Command bounds EHLO, STARTTLS, AUTH, MAIL, RCPT, RSET, NOOP and
+	// QUIT (default 5 min).
+	Command time.Duration
+	// DataInit bounds the wait for the 354 after DATA (default 2 min).
+	DataInit time.Duration
+	// DataBlock bounds each write, and each reply to a non-final BDAT
+	// chunk (default 3 min).
+	DataBlock time.Duration
+	// DataEnd bounds the wait for the final reply after the body
+	// (default 10 min).
+	DataEnd time.Duration
+}
+
+func (t Timeouts) withDefaults() Timeouts {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&t.Greeting, DefaultGreetingTimeout)
+	def(&t.Command, DefaultCommandTimeout)
+	def(&t.DataInit, DefaultDataInitTimeout)
+	def(&t.DataBlock, DefaultDataBlockTimeout)
+	def(&t.DataEnd, DefaultDataEndTimeout)
+	return t
+}
+
+// PolicyRequest is what a [Policy] decides on.
+type PolicyRequest struct {
+	// From is the reverse-path ("" for the null sender).
+	From string
+	// To lists the recipients.
+	To []string
+	// Size is the message size when known before sending, or -1.
+	Size int64
+}
+
+// Policy is a pre-send veto: it is called after the envelope has been
+// validated and before any byte of the transaction is written. A non-nil
+// error stops the transaction; Send returns it wrapped in an [*Error] of
+// Kind [KindPolicy].
+type Policy func(ctx context.Context, req PolicyRequest) error
+
+// Options configures a session. The zero value (and a nil *Options) is a
+// TLS-only session with RFC 5321 timeouts, 998-octet lines, no policy and
+// no audit hook.
+type Options struct {
+	// InsecureAllowPlaintext allows a session, and AUTH, on a transport
+	// that is not TLS. Use it only for loopback test sinks: everything,
+	// credentials included, crosses the network in clear.
+	InsecureAllowPlaintext bool
+
+	// NormalizeLineEndings converts bare CR and bare LF in bodies to
+	// CRLF. When false (the default) such a body is refused with
+	// KindInvalidInput: bare line ends are the raw material of SMTP
+	// smuggling.
+	NormalizeLineEndings bool
+
+	// MaxLineLength is the longest body line allowed, without its CRLF.
+	// Zero means 998 (RFC 5322); a negative value means no limit.
+	MaxLineLength int
+
+	// MaxMessageSize is the largest body, in octets, this client will
+	// send; it is checked before sending when the size is known and
+	// while the body streams. Zero means no limit of our own (the
+	// server's SIZE limit, if any, still applies).
+	MaxMessageSize int64
+
+	// ChunkSize is the BDAT chunk size and the unit in which a body is
+	// read. Zero means DefaultChunkSize.
+	ChunkSize int
+
+	// Timeouts bounds each step when its context has no deadline.
+	Timeouts Timeouts
+
+	// Policy, when set, may veto each transaction before it starts.
+	Policy Policy
+
+	// Audit, when set, receives an [Event] for each step of the session.
+	// It is called synchronously from the session's methods and must
+	// not call back into the Client. Events never carry credentials or
+	// message content.
+	Audit func(Event)
+
+	// ServerName is the server's host name, used to verify its
+	// certificate on STARTTLS when the tls.Config has no ServerName, and
+	// sent in OAUTHBEARER. When empty it is taken from the TLS
+	// configuration or the connection.
+	ServerName string
+}
+
+func (o *Options) chunkSize() int {
+	if o.ChunkSize <= 0 {
+		return DefaultChunkSize
+	}
+	if o.ChunkSize < 512 {
+		return 512
+	}
+	return o.ChunkSize
+}

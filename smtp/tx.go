@@ -1,0 +1,852 @@
+package smtp
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Tx is a transaction written by [Client.WriteTx] whose replies are read
+// by [Client.ReadTx]. Between the two, other transactions may be written
+// behind it (pipelining); the Client tracks, for each, whether its
+// commit point has been written.
+type Tx struct {
+	c        *Client
+	from     string
+	to       []string
+	partial  bool
+	body     io.Reader
+	chunking bool
+	// deferCommit: the commit must wait for the RCPT replies (more than
+	// one recipient, all-or-nothing).
+	deferCommit bool
+	enc         bodyEncoder
+
+	dataSent  bool   // DATA written (DATA mode)
+	dataReply *Reply // the reply to DATA
+	committed bool   // the commit point is queued for writing
+	commitEnd int64  // the output offset just past the commit point
+	aborted   bool   // abandoned before its commit point
+	owed      int    // replies still owed by the server
+
+	rcpt     []RecipientStatus
+	rcptRead int
+	mailErr  *Error
+	bodyErr  *Error
+	dataErr  *Error
+	lostErr  *Error
+	final    *Reply
+
+	done    bool
+	outcome *Outcome
+	err     *Error
+}
+
+// Committed reports whether the transaction's commit point (the final
+// "." or BDAT ... LAST) has been handed to the transport: from then on
+// the server may deliver the message whatever happens to the session.
+func (tx *Tx) Committed() bool { return tx.committed && tx.c.cw.n >= tx.commitEnd }
+
+// Done reports whether every reply of the transaction has been read (or
+// the session was lost), so ReadTx will not block.
+func (tx *Tx) Done() bool { return tx.done }
+
+// Replayable reports whether the transaction failed without any chance
+// of delivery and may be sent again on a new session: the session was
+// lost before its commit point was written, or the server answered it
+// with 421 (closing the channel, processing nothing more).
+func (tx *Tx) Replayable() bool {
+	if !tx.done || tx.err == nil {
+		return false
+	}
+	if tx.err.Code == 421 {
+		return true
+	}
+	return tx.lostErr != nil && tx.err == tx.lostErr && !tx.Committed()
+}
+
+// Send delivers one message: MAIL, RCPT for each recipient, then the
+// body with BDAT when the server offers CHUNKING, DATA otherwise; with
+// PIPELINING the commands go in one write. The envelope is validated
+// and the policy consulted before any byte is written. On success it
+// returns the [Outcome]; otherwise an [*Error] (Op says which step
+// failed; errors.Is(err, ErrOutcomeUnknown) when the message was
+// committed but its reply lost). The session stays usable after a
+// refused message.
+func (c *Client) Send(ctx context.Context, env Envelope, body io.Reader) (*Outcome, error) {
+	tx, err := c.WriteTx(ctx, env, body)
+	if err != nil {
+		return nil, err
+	}
+	return c.ReadTx(ctx, tx)
+}
+
+// WriteTx validates env and writes as much of the transaction as can be
+// written without waiting for replies: MAIL and RCPT with PIPELINING,
+// then with CHUNKING the body (ending in BDAT ... LAST unless the commit
+// must wait for the RCPT replies), or DATA when the 354 may come without
+// risk. Before it writes, it settles the transaction written before it
+// (reading the replies that one's commit waits on, and writing its
+// body), so a body and the next transaction's commands leave in one
+// write.
+//
+// An error means nothing of this transaction was written: validation,
+// policy, or a closed session (then wrapping [ErrClosed]). Otherwise
+// read the outcome with [Client.ReadTx]; transactions must be read in
+// the order written, or ReadTx reads the earlier ones on the way.
+func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx, error) {
+	if c.state == StateClosed {
+		return nil, c.closedError(OpMail)
+	}
+	tx, mail, err := c.prepare(ctx, &env, body)
+	if err != nil {
+		return nil, err
+	}
+	defer c.watch(ctx)()
+	if c.open != nil {
+		c.advance(ctx, c.open)
+	}
+	if c.state != StateClosed {
+		if !c.caps.Pipelining {
+			c.readUntil(ctx, func() bool { return len(c.pending) == 0 })
+		} else if len(c.pending) == 0 && time.Since(c.lastActive) > idleProbeAfter {
+			c.probeIdle(ctx)
+		}
+	}
+	if c.state == StateClosed {
+		return nil, c.closedError(OpMail)
+	}
+	c.state = StateTransaction
+	c.setDeadline(ctx, c.opts.Timeouts.DataBlock)
+	if c.needReset {
+		c.needReset = false
+		c.w.WriteString("RSET\r\n")
+		c.push(nil, kReset, 0)
+	}
+	c.w.Write(mail)
+	c.push(tx, kMail, 0)
+	c.sync(ctx)
+	for i, rcpt := range tx.to {
+		if tx.mailErr != nil || c.state == StateClosed {
+			break
+		}
+		c.w.Write(c.rcptCommand(rcpt, &env))
+		c.push(tx, kRcpt, i)
+		c.sync(ctx)
+	}
+	if c.state == StateClosed {
+		return tx, nil
+	}
+	if tx.mailErr != nil {
+		tx.aborted = true
+		c.needReset = true
+		tx.maybeFinish()
+		return tx, nil
+	}
+	if tx.chunking && !tx.deferCommit {
+		c.writeChunks(ctx, tx)
+	} else if tx.chunking {
+		// The body waits for the RCPT replies (see advance).
+		c.open = tx
+	} else if tx.rcptRead == len(tx.to) && !tx.recipientsOK() {
+		// Without PIPELINING the refusals are already known.
+		c.abort(tx)
+	} else {
+		if !tx.deferCommit {
+			c.w.WriteString("DATA\r\n")
+			c.push(tx, kData, 0)
+			tx.dataSent = true
+		}
+		c.open = tx
+	}
+	c.flush(ctx, OpMail)
+	return tx, nil
+}
+
+// ReadTx reads tx's replies (and those of transactions written before
+// it), first writing its body or final chunk if they waited on replies,
+// and returns its outcome. A second call returns the same result.
+func (c *Client) ReadTx(ctx context.Context, tx *Tx) (*Outcome, error) {
+	if tx == nil || tx.c != c {
+		return nil, inputError(OpSend, "transaction does not belong to this client")
+	}
+	if !tx.done {
+		defer c.watch(ctx)()
+		if c.open == tx {
+			c.advance(ctx, tx)
+		}
+		c.readUntil(ctx, func() bool { return tx.done })
+		if !tx.done {
+			if c.state != StateClosed {
+				// Only reachable if the reply queue lost track: fail safe.
+				c.fail(ctx, protoError(OpSend, "internal error: transaction has no pending reply"))
+			}
+			tx.sessionLost(c.closedError(OpSend))
+		}
+	}
+	if c.state == StateTransaction && len(c.pending) == 0 && c.open == nil {
+		c.state = StateReady
+	}
+	if tx.err != nil {
+		return nil, tx.err
+	}
+	return tx.outcome, nil
+}
+
+// prepare validates the envelope against the input rules and the
+// server's extensions, consults the policy, and formats MAIL FROM.
+func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*Tx, []byte, *Error) {
+	if len(env.To) == 0 {
+		return nil, nil, inputError(OpRcpt, "no recipients")
+	}
+	if body == nil {
+		return nil, nil, inputError(OpBody, "nil body")
+	}
+	utf8 := env.SMTPUTF8
+	if env.From != "" {
+		u, p := validateAddress(env.From)
+		if p != "" {
+			e := inputError(OpMail, "sender: %s", p)
+			return nil, nil, e
+		}
+		utf8 = utf8 || u
+	}
+	for _, rcpt := range env.To {
+		u, p := validateAddress(rcpt)
+		if p != "" {
+			e := inputError(OpRcpt, "%s", p)
+			e.Recipient = sanitize(rcpt)
+			return nil, nil, e
+		}
+		utf8 = utf8 || u
+	}
+	caps := &c.caps
+	if utf8 && !caps.SMTPUTF8 {
+		return nil, nil, inputError(OpMail, "non-ASCII address or SMTPUTF8 requested, but the server does not offer SMTPUTF8")
+	}
+	if env.EightBitMIME && !caps.EightBitMIME {
+		return nil, nil, inputError(OpMail, "BODY=8BITMIME requested, but the server does not offer 8BITMIME")
+	}
+	if env.DSN != nil {
+		if !caps.DSN {
+			return nil, nil, inputError(OpMail, "DSN requested, but the server does not offer DSN")
+		}
+		if p := env.DSN.validate(); p != "" {
+			return nil, nil, inputError(OpMail, "DSN: %s", p)
+		}
+	}
+	size := env.Size
+	if l, ok := body.(interface{ Len() int }); ok && size <= 0 {
+		switch body.(type) {
+		case *bytes.Reader, *strings.Reader, *bytes.Buffer:
+			size = int64(l.Len())
+		}
+	}
+	if size <= 0 {
+		size = -1
+	}
+	maxSize := c.opts.MaxMessageSize
+	if caps.MaxSize > 0 && (maxSize <= 0 || caps.MaxSize < maxSize) {
+		maxSize = caps.MaxSize
+	}
+	if maxSize > 0 && size > maxSize {
+		return nil, nil, &Error{Op: OpMail, Kind: KindPolicy, Message: fmt.Sprintf("message size %d exceeds the limit of %d octets", size, maxSize)}
+	}
+	if c.opts.Policy != nil {
+		if err := c.opts.Policy(ctx, PolicyRequest{From: env.From, To: env.To, Size: size}); err != nil {
+			return nil, nil, &Error{Op: OpSend, Kind: KindPolicy, Message: "vetoed by policy", Err: err}
+		}
+	}
+
+	b := c.scratch[:0]
+	b = append(b, "MAIL FROM:<"...)
+	b = append(b, env.From...)
+	b = append(b, '>')
+	if size > 0 && caps.Size {
+		b = append(b, " SIZE="...)
+		b = strconv.AppendInt(b, size, 10)
+	}
+	if env.EightBitMIME {
+		b = append(b, " BODY=8BITMIME"...)
+	}
+	if utf8 {
+		b = append(b, " SMTPUTF8"...)
+	}
+	if d := env.DSN; d != nil {
+		if d.Return != "" {
+			b = append(b, " RET="...)
+			b = append(b, strings.ToUpper(d.Return)...)
+		}
+		if d.EnvID != "" {
+			b = append(b, " ENVID="...)
+			b = append(b, xtext(d.EnvID)...)
+		}
+	}
+	b = append(b, '\r', '\n')
+	c.scratch = b
+
+	tx := &Tx{
+		c:        c,
+		from:     env.From,
+		to:       env.To,
+		partial:  env.AllowPartial,
+		body:     body,
+		chunking: caps.Chunking,
+		rcpt:     make([]RecipientStatus, len(env.To)),
+	}
+	tx.deferCommit = !env.AllowPartial && len(env.To) > 1
+	tx.enc = newBodyEncoder(!tx.chunking, c.opts.NormalizeLineEndings, c.opts.MaxLineLength, maxSize)
+	for i, r := range env.To {
+		tx.rcpt[i].Address = r
+	}
+	return tx, b, nil
+}
+
+func (d *DSN) validate() string {
+	switch strings.ToUpper(d.Return) {
+	case "", "FULL", "HDRS":
+	default:
+		return "Return must be FULL or HDRS"
+	}
+	never := false
+	for _, n := range d.Notify {
+		switch strings.ToUpper(n) {
+		case "NEVER":
+			never = true
+		case "SUCCESS", "FAILURE", "DELAY":
+		default:
+			return "Notify values are NEVER, SUCCESS, FAILURE, DELAY"
+		}
+	}
+	if never && len(d.Notify) > 1 {
+		return "Notify NEVER cannot be combined"
+	}
+	if len(d.EnvID) > 100 {
+		return "EnvID longer than 100 characters"
+	}
+	return ""
+}
+
+// rcptCommand formats RCPT TO for one recipient.
+func (c *Client) rcptCommand(rcpt string, env *Envelope) []byte {
+	b := c.scratch[:0]
+	b = append(b, "RCPT TO:<"...)
+	b = append(b, rcpt...)
+	b = append(b, '>')
+	if d := env.DSN; d != nil {
+		if len(d.Notify) > 0 {
+			b = append(b, " NOTIFY="...)
+			for i, n := range d.Notify {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = append(b, strings.ToUpper(n)...)
+			}
+		}
+		if d.OriginalRecipient {
+			b = append(b, " ORCPT=rfc822;"...)
+			b = append(b, xtext(rcpt)...)
+		}
+	}
+	b = append(b, '\r', '\n')
+	c.scratch = b
+	return b
+}
+
+// push records a reply the server owes.
+func (c *Client) push(tx *Tx, kind replyKind, idx int) {
+	if tx != nil {
+		tx.owed++
+	}
+	c.pending = append(c.pending, pending{tx: tx, kind: kind, idx: idx})
+}
+
+// sync waits for every owed reply when the server does not pipeline.
+func (c *Client) sync(ctx context.Context) {
+	if !c.caps.Pipelining && c.state != StateClosed {
+		c.readUntil(ctx, func() bool { return len(c.pending) == 0 })
+	}
+}
+
+// queued is the output offset after everything written so far.
+func (c *Client) queued() int64 { return c.cw.n + int64(c.w.Buffered()) }
+
+func (c *Client) flush(ctx context.Context, op Op) {
+	if c.state == StateClosed || c.w.Buffered() == 0 {
+		return
+	}
+	c.setDeadline(ctx, c.opts.Timeouts.DataBlock)
+	if err := c.w.Flush(); err != nil {
+		c.fail(ctx, ioError(ctx, op, err))
+	}
+}
+
+// readUntil reads replies until cond holds, the session closes, or
+// nothing more is owed.
+func (c *Client) readUntil(ctx context.Context, cond func() bool) {
+	for !cond() && c.state != StateClosed && len(c.pending) > 0 {
+		c.readOne(ctx)
+	}
+}
+
+func (k replyKind) op() Op {
+	switch k {
+	case kMail:
+		return OpMail
+	case kRcpt:
+		return OpRcpt
+	case kData:
+		return OpData
+	case kChunk:
+		return OpBDAT
+	case kReset:
+		return OpReset
+	}
+	return OpData
+}
+
+// readOne reads the next owed reply and gives it to its transaction.
+func (c *Client) readOne(ctx context.Context) {
+	p := c.pending[0]
+	op := p.kind.op()
+	if p.kind == kFinal && p.tx != nil && p.tx.chunking {
+		op = OpBDAT
+	}
+	c.flush(ctx, op)
+	if c.state == StateClosed {
+		return
+	}
+	timeout := c.opts.Timeouts.Command
+	switch p.kind {
+	case kData:
+		timeout = c.opts.Timeouts.DataInit
+	case kChunk:
+		timeout = c.opts.Timeouts.DataBlock
+	case kFinal:
+		timeout = c.opts.Timeouts.DataEnd
+	}
+	c.setDeadline(ctx, timeout)
+	rep, err := readReply(c.r, op, c.caps.EnhancedStatusCodes)
+	if err != nil {
+		c.fail(ctx, ioError(ctx, op, err))
+		return
+	}
+	c.lastActive = time.Now()
+	c.pending = c.pending[1:]
+	if len(c.pending) == 0 {
+		c.pending = c.pending[:0:cap(c.pending)]
+	}
+	if rep.Code == 421 {
+		e := replyError(op, &rep)
+		if p.tx != nil {
+			p.tx.owed--
+			p.tx.lostErr = e
+			if p.kind == kRcpt {
+				e.Recipient = p.tx.to[p.idx]
+			}
+		}
+		c.fail(ctx, e)
+		return
+	}
+	if p.tx == nil {
+		c.audit(Event{Type: EventReset, Op: OpReset, Code: rep.Code})
+		return
+	}
+	p.tx.onReply(p, &rep)
+}
+
+// onReply records one reply of the transaction.
+func (tx *Tx) onReply(p pending, rep *Reply) {
+	c := tx.c
+	tx.owed--
+	ok := rep.Code/100 == 2
+	switch p.kind {
+	case kMail:
+		if ok {
+			c.audit(Event{Type: EventMailAccepted, Op: OpMail, Code: rep.Code, Enhanced: rep.Enhanced, From: tx.from})
+		} else {
+			tx.mailErr = replyError(OpMail, rep)
+		}
+	case kRcpt:
+		tx.rcpt[p.idx].Reply = *rep
+		tx.rcptRead++
+		ev := Event{Type: EventRcptAccepted, Op: OpRcpt, Code: rep.Code, Enhanced: rep.Enhanced, Recipient: tx.to[p.idx]}
+		if !ok {
+			ev.Type = EventRcptRefused
+		}
+		c.audit(ev)
+	case kData:
+		tx.dataReply = rep
+		if rep.Code != 354 {
+			tx.dataErr = replyError(OpData, rep)
+			tx.aborted = true
+			c.needReset = true
+		}
+	case kChunk:
+		if !ok && tx.dataErr == nil {
+			tx.dataErr = replyError(OpBDAT, rep)
+			c.needReset = true
+		}
+	case kFinal:
+		tx.final = rep
+		if !ok && tx.chunking {
+			c.needReset = true
+		}
+	case kReset:
+		c.audit(Event{Type: EventReset, Op: OpReset, Code: rep.Code})
+	}
+	tx.maybeFinish()
+}
+
+// recipientsOK reports whether the RCPT replies allow the commit: all
+// accepted, or with AllowPartial at least one.
+func (tx *Tx) recipientsOK() bool {
+	accepted := 0
+	for _, r := range tx.rcpt {
+		if r.Reply.Code/100 == 2 {
+			accepted++
+		}
+	}
+	if tx.partial {
+		return accepted > 0
+	}
+	return accepted == len(tx.rcpt)
+}
+
+// rcptError is the error for refused recipients, or nil when the
+// replies allow delivery (or are not all in).
+func (tx *Tx) rcptError() *Error {
+	if tx.rcptRead < len(tx.to) || tx.recipientsOK() {
+		return nil
+	}
+	var refused []RecipientStatus
+	for _, r := range tx.rcpt {
+		if r.Reply.Code/100 != 2 {
+			refused = append(refused, r)
+		}
+	}
+	first := refused[0]
+	e := replyError(OpRcpt, &first.Reply)
+	e.Recipient = first.Address
+	e.Refused = refused
+	if tx.partial {
+		e.Message = "every recipient was refused: " + e.Message
+	} else if len(tx.to) > 1 {
+		e.Message = fmt.Sprintf("%d of %d recipients refused, message sent to none: %s", len(refused), len(tx.to), e.Message)
+	}
+	return e
+}
+
+// maybeFinish settles the transaction once nothing more is owed and it
+// has been committed or abandoned.
+func (tx *Tx) maybeFinish() {
+	if tx.done || tx.owed > 0 || !(tx.committed || tx.aborted) {
+		return
+	}
+	tx.finish()
+}
+
+func (tx *Tx) finish() {
+	tx.done = true
+	c := tx.c
+	finalOK := tx.final != nil && tx.final.Code/100 == 2
+	switch {
+	case tx.mailErr != nil:
+		tx.err = tx.mailErr
+	case !finalOK && tx.rcptError() != nil:
+		tx.err = tx.rcptError()
+	case tx.bodyErr != nil:
+		tx.err = tx.bodyErr
+	case tx.dataErr != nil:
+		tx.err = tx.dataErr
+	case tx.lostErr != nil:
+		tx.err = tx.lostErr
+	case tx.final == nil:
+		tx.err = protoError(OpData, "transaction abandoned")
+	case !finalOK:
+		op := OpData
+		if tx.chunking {
+			op = OpBDAT
+		}
+		tx.err = replyError(op, tx.final)
+	}
+	if tx.err != nil {
+		if !tx.aborted && !tx.committed {
+			c.needReset = true
+		}
+		c.audit(Event{Type: EventMessageFailed, Op: tx.err.Op, Code: tx.err.Code, Enhanced: tx.err.Enhanced, Kind: tx.err.Kind, Error: tx.err.Error()})
+		return
+	}
+	o := &Outcome{Reply: *tx.final, QueueID: QueueID(tx.final.Text())}
+	for _, r := range tx.rcpt {
+		if r.Reply.Code/100 == 2 {
+			o.Accepted = append(o.Accepted, r.Address)
+		} else {
+			o.Refused = append(o.Refused, r)
+		}
+	}
+	tx.outcome = o
+	c.audit(Event{Type: EventMessage, Op: OpData, Code: o.Reply.Code, Enhanced: o.Reply.Enhanced, QueueID: o.QueueID})
+}
+
+// sessionLost settles a transaction whose session broke because of
+// cause. A transaction whose commit point was written gets an error
+// wrapping ErrOutcomeUnknown, unless the cause is a 421 (the server
+// processes nothing after it).
+func (tx *Tx) sessionLost(cause *Error) {
+	if tx.done {
+		return
+	}
+	switch {
+	case tx.lostErr != nil:
+		// Already set by its own 421.
+	case cause.Code == 421:
+		e := *cause
+		tx.lostErr = &e
+	case tx.Committed():
+		op := OpData
+		if tx.chunking {
+			op = OpBDAT
+		}
+		tx.lostErr = &Error{Op: op, Kind: KindIO, Message: "reply to the committed message lost", Err: fmt.Errorf("%w: %w", ErrOutcomeUnknown, cause)}
+	default:
+		e := &Error{Op: cause.Op, Kind: cause.Kind, Code: cause.Code, Enhanced: cause.Enhanced, Message: "session lost before the message was committed", Err: cause}
+		if cause.Kind == KindInvalidInput || cause.Kind == KindPolicy {
+			// Another transaction's bad body broke the session: for
+			// this one it is a transport loss.
+			e.Kind = KindIO
+		}
+		tx.lostErr = e
+	}
+	tx.owed = 0
+	tx.finish()
+}
+
+// advance writes tx's commit point (or abandons it) once the replies it
+// waits on are in: with CHUNKING the final BDAT 0 LAST (or RSET), with
+// DATA the DATA command, then after the 354 the body and final dot.
+func (c *Client) advance(ctx context.Context, tx *Tx) {
+	defer func() {
+		if c.open == tx {
+			c.open = nil
+		}
+	}()
+	if tx.deferCommit && !tx.dataSent {
+		c.readUntil(ctx, func() bool { return tx.rcptRead == len(tx.to) || tx.done })
+		if c.state == StateClosed || tx.done {
+			return
+		}
+		if tx.mailErr != nil || tx.dataErr != nil || tx.bodyErr != nil || !tx.recipientsOK() {
+			c.abort(tx)
+			return
+		}
+		tx.dataSent = true
+		if tx.chunking {
+			c.writeChunks(ctx, tx)
+			return
+		}
+		c.setDeadline(ctx, c.opts.Timeouts.DataBlock)
+		c.w.WriteString("DATA\r\n")
+		c.push(tx, kData, 0)
+	}
+	if tx.chunking {
+		return
+	}
+	c.readUntil(ctx, func() bool { return tx.dataReply != nil || tx.done })
+	if c.state == StateClosed || tx.done || tx.dataReply == nil || tx.dataReply.Code != 354 {
+		return
+	}
+	if tx.mailErr != nil || !tx.recipientsOK() {
+		// A 354 although the envelope failed: after 354 there is no
+		// way back but to drop the connection.
+		tx.aborted = true
+		c.fail(ctx, protoError(OpData, "server sent 354 for a transaction whose envelope it refused; session dropped so nothing is delivered"))
+		return
+	}
+	c.writeData(ctx, tx)
+}
+
+// abort abandons tx before its commit point with RSET.
+func (c *Client) abort(tx *Tx) {
+	c.w.WriteString("RSET\r\n")
+	c.push(tx, kReset, 0)
+	tx.aborted = true
+	c.needReset = false
+}
+
+// commit marks tx's commit point as queued at the current offset.
+func (c *Client) commit(tx *Tx) {
+	tx.committed = true
+	tx.commitEnd = c.queued()
+}
+
+var bodyBufPool = sync.Pool{New: func() any { b := make([]byte, DefaultChunkSize/4+DefaultChunkSize*2); return &b }}
+
+// bodyBuffers returns a read buffer and an encode buffer for one body.
+func (c *Client) bodyBuffers() (rb, eb []byte, put func()) {
+	cs := c.opts.chunkSize()
+	if cs == DefaultChunkSize {
+		p := bodyBufPool.Get().(*[]byte)
+		b := *p
+		return b[:cs/4], b[cs/4 : cs/4 : len(b)], func() { bodyBufPool.Put(p) }
+	}
+	return make([]byte, cs/4), make([]byte, 0, 2*cs), func() {}
+}
+
+// fill reads the body until at least want encoded octets are in out or
+// the body ends. It returns the encoded octets and whether the body
+// ended; a bad or failing body is recorded in tx.bodyErr.
+func (tx *Tx) fill(rb, out []byte, want int) ([]byte, bool) {
+	zero := 0
+	for len(out) < want {
+		n, err := tx.body.Read(rb)
+		if n > 0 {
+			zero = 0
+			var ok bool
+			if out, ok = tx.enc.encode(out, rb[:n]); !ok {
+				tx.bodyProblem()
+				return out, false
+			}
+		}
+		switch {
+		case err == io.EOF:
+			var ok bool
+			if out, ok = tx.enc.finish(out); !ok {
+				tx.bodyProblem()
+			}
+			return out, true
+		case err != nil:
+			tx.bodyErr = &Error{Op: OpBody, Kind: KindInvalidInput, Message: "reading the body failed", Err: err}
+			return out, false
+		case n == 0:
+			if zero++; zero > 100 {
+				tx.bodyErr = &Error{Op: OpBody, Kind: KindInvalidInput, Message: "body reader returned no data and no error 100 times", Err: io.ErrNoProgress}
+				return out, false
+			}
+		}
+	}
+	return out, false
+}
+
+func (tx *Tx) bodyProblem() {
+	kind := KindInvalidInput
+	if tx.enc.sizeErr {
+		kind = KindPolicy
+	}
+	tx.bodyErr = &Error{Op: OpBody, Kind: kind, Message: tx.enc.problem}
+}
+
+// writeChunks streams the body as BDAT chunks, the last with LAST. A
+// bad body abandons the transaction with RSET: the chunk holding the bad
+// octets is never written.
+func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
+	if tx.rcptRead == len(tx.to) && (tx.dataErr != nil || !tx.recipientsOK()) {
+		c.abort(tx)
+		return
+	}
+	rb, eb, put := c.bodyBuffers()
+	defer put()
+	cs := c.opts.chunkSize()
+	for c.state != StateClosed {
+		out, eof := tx.fill(rb, eb[:0], cs)
+		if tx.bodyErr != nil {
+			c.abort(tx)
+			return
+		}
+		c.setDeadline(ctx, c.opts.Timeouts.DataBlock)
+		b := c.scratch[:0]
+		b = append(b, "BDAT "...)
+		b = strconv.AppendInt(b, int64(len(out)), 10)
+		isLast := eof
+		if isLast {
+			b = append(b, " LAST"...)
+		}
+		b = append(b, '\r', '\n')
+		c.scratch = b
+		if len(out) > 0 || isLast {
+			c.w.Write(b)
+			if _, err := c.w.Write(out); err != nil {
+				c.fail(ctx, ioError(ctx, OpBDAT, err))
+				return
+			}
+			if isLast {
+				c.push(tx, kFinal, 0)
+				c.commit(tx)
+			} else {
+				c.push(tx, kChunk, 0)
+			}
+			c.sync(ctx)
+			if !isLast && tx.dataErr != nil {
+				// A refused chunk fails the transaction: send no more.
+				c.abort(tx)
+				return
+			}
+		}
+		if eof {
+			return
+		}
+	}
+}
+
+// writeData streams the body after a 354, dot-stuffed, and the final
+// dot. A bad body can only be abandoned by dropping the session before
+// the dot: the bad octets are never written.
+func (c *Client) writeData(ctx context.Context, tx *Tx) {
+	rb, eb, put := c.bodyBuffers()
+	defer put()
+	cs := c.opts.chunkSize()
+	for c.state != StateClosed {
+		out, eof := tx.fill(rb, eb[:0], cs)
+		if tx.bodyErr != nil {
+			tx.aborted = true
+			c.fail(ctx, &Error{Op: OpBody, Kind: KindIO, Message: "session dropped before the final dot because the body failed: " + tx.bodyErr.Message})
+			return
+		}
+		c.setDeadline(ctx, c.opts.Timeouts.DataBlock)
+		if _, err := c.w.Write(out); err != nil {
+			c.fail(ctx, ioError(ctx, OpData, err))
+			return
+		}
+		if eof {
+			c.push(tx, kFinal, 0)
+			c.commit(tx)
+			return
+		}
+	}
+}
+
+// probeIdle checks, without blocking, whether the server closed an idle
+// session or sent an unsolicited reply (a 421 before its idle timeout).
+func (c *Client) probeIdle(ctx context.Context) {
+	c.t.SetDeadline(time.Now())
+	_, err := c.r.Peek(1)
+	switch {
+	case err == nil:
+		c.setDeadline(ctx, time.Second)
+		rep, rerr := readReply(c.r, OpMail, c.caps.EnhancedStatusCodes)
+		if rerr != nil {
+			c.fail(ctx, ioError(ctx, OpMail, rerr))
+		} else if rep.Code == 421 {
+			c.fail(ctx, replyError(OpMail, &rep))
+		} else {
+			c.fail(ctx, protoError(OpMail, "unsolicited reply on an idle session: %s", rep.String()))
+		}
+	case isTimeout(err):
+		// Nothing waiting: the session looks alive.
+	default:
+		c.fail(ctx, ioError(ctx, OpMail, fmt.Errorf("server closed the idle session: %w", err)))
+	}
+}
+
+// sanitize makes an invalid address safe to show in an error.
+func sanitize(s string) string {
+	if len(s) > 64 {
+		s = s[:64] + "..."
+	}
+	return strconv.Quote(s)[1 : len(strconv.Quote(s))-1]
+}
