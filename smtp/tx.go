@@ -111,12 +111,11 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 	if c.open != nil {
 		c.advance(ctx, c.open)
 	}
-	if c.state != StateClosed {
-		if !c.caps.Pipelining {
-			c.readUntil(ctx, func() bool { return len(c.pending) == 0 })
-		} else if len(c.pending) == 0 && time.Since(c.lastActive) > idleProbeAfter {
-			c.probeIdle(ctx)
-		}
+	if c.state != StateClosed && !c.caps.Pipelining {
+		c.readUntil(ctx, func() bool { return len(c.pending) == 0 })
+	}
+	if c.state != StateClosed && len(c.pending) == 0 && c.open == nil && time.Since(c.lastActive) > idleProbeAfter {
+		c.probeIdle(ctx)
 	}
 	if c.state == StateClosed {
 		return nil, c.closedError(OpMail)
@@ -823,7 +822,9 @@ func (c *Client) writeData(ctx context.Context, tx *Tx) {
 // probeIdle checks, without blocking, whether the server closed an idle
 // session or sent an unsolicited reply (a 421 before its idle timeout).
 func (c *Client) probeIdle(ctx context.Context) {
-	c.t.SetDeadline(time.Now())
+	// A deadline already past would fail the read before it looks at
+	// the socket; a short one in the future reads what is there.
+	c.t.SetDeadline(time.Now().Add(2 * time.Millisecond))
 	_, err := c.r.Peek(1)
 	switch {
 	case err == nil:

@@ -1,0 +1,189 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Transport is a bidirectional byte stream with a deadline, the minimum an
+// SMTP session needs. Any [net.Conn] satisfies it.
+//
+// SetDeadline sets the read and write deadline together, as
+// [net.Conn.SetDeadline] does; the zero time means no deadline.
+type Transport interface {
+	io.ReadWriteCloser
+	SetDeadline(t time.Time) error
+}
+
+// StartTLSCapable is a plaintext [Transport] that can be upgraded to TLS in
+// place, as the SMTP STARTTLS command requires (RFC 3207).
+//
+// UpgradeTLS performs the TLS client handshake over the existing stream,
+// honouring ctx, and returns the encrypted transport. After a successful
+// upgrade the receiver must no longer be read from or written to directly:
+// all further traffic goes through the returned transport, and closing either
+// closes the connection. The returned transport is not itself
+// StartTLSCapable, and a second call to UpgradeTLS on the receiver fails.
+// Implementations in this package close the connection when the handshake
+// fails, since the stream is then in no usable state.
+type StartTLSCapable interface {
+	Transport
+	UpgradeTLS(ctx context.Context, cfg *tls.Config) (Transport, error)
+}
+
+// ErrAlreadyUpgraded is returned by UpgradeTLS when the transport has already
+// been upgraded to TLS, or an upgrade is in progress.
+var ErrAlreadyUpgraded = errors.New("transport: connection already upgraded to TLS")
+
+// Dial opens a plaintext TCP connection to addr ("host:port") and returns it
+// as a [StartTLSCapable] transport. It is meant for SMTP with STARTTLS, on
+// the submission port 587 or on port 25; for implicit TLS on port 465 use
+// [DialTLS].
+//
+// The context bounds the connection attempt only; once Dial has returned,
+// cancelling ctx has no effect on the connection. The host part of addr is
+// remembered: a later UpgradeTLS whose config has no ServerName verifies the
+// certificate against that host. Errors wrap the [net.Dialer] error.
+func Dial(ctx context.Context, addr string) (StartTLSCapable, error) {
+	conn, err := dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	return &plainConn{Conn: conn, serverName: addr}, nil
+}
+
+// DialTLS opens a TCP connection to addr ("host:port") and performs the TLS
+// client handshake on it at once (implicit TLS, RFC 8314; port 465 for
+// submission). Both the connection attempt and the handshake honour ctx;
+// once DialTLS has returned, cancelling ctx has no effect on the connection.
+//
+// The caller's cfg is not modified: DialTLS uses [ClientTLSConfig](cfg,
+// addr), so a nil cfg means the system roots, the host of addr as the server
+// name, and TLS 1.2 or later. The returned transport is a [*tls.Conn]; it is
+// not [StartTLSCapable]. On a failed handshake the connection is closed and
+// the error wraps the cause, for example a [*tls.CertificateVerificationError]
+// or ctx.Err().
+func DialTLS(ctx context.Context, addr string, cfg *tls.Config) (Transport, error) {
+	conn, err := dial(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	tc, err := handshake(ctx, conn, ClientTLSConfig(cfg, addr))
+	if err != nil {
+		return nil, fmt.Errorf("transport: tls handshake with %s: %w", addr, err)
+	}
+	return tc, nil
+}
+
+// Upgradable returns c as a [StartTLSCapable] transport, for connections
+// made by a custom dialer (a proxy or tunnel, for instance). If c already is
+// a transport returned by [Dial] or Upgradable, it is returned unchanged.
+//
+// Because a connection carries no host name, an upgrade of the returned
+// transport verifies the certificate against cfg.ServerName: callers should
+// pass a config built with [ClientTLSConfig], or one that sets ServerName,
+// otherwise the handshake fails (unless cfg.InsecureSkipVerify is set). The
+// TLS 1.2 floor applies either way.
+func Upgradable(c net.Conn) StartTLSCapable {
+	if pc, ok := c.(*plainConn); ok {
+		return pc
+	}
+	return &plainConn{Conn: c}
+}
+
+// ClientTLSConfig returns the TLS client configuration this module uses for
+// a server named by serverName, which is either a host ("mail.example.com",
+// "192.0.2.1", "::1", "[::1]") or a host and port ("mail.example.com:587",
+// "[::1]:465").
+//
+// The result is a clone of cfg (a new config if cfg is nil), so cfg itself is
+// never modified. On the clone, MinVersion is raised to TLS 1.2 if it is
+// lower (zero included), and an empty ServerName is set to the host part of
+// serverName, without brackets. Nothing else is changed: certificates are
+// verified against cfg.RootCAs (or the system roots when nil) unless cfg sets
+// InsecureSkipVerify. If serverName is empty, ServerName is left as it is.
+func ClientTLSConfig(cfg *tls.Config, serverName string) *tls.Config {
+	var out *tls.Config
+	if cfg == nil {
+		out = &tls.Config{}
+	} else {
+		out = cfg.Clone()
+	}
+	if out.MinVersion < tls.VersionTLS12 {
+		out.MinVersion = tls.VersionTLS12
+	}
+	if out.ServerName == "" {
+		out.ServerName = hostOf(serverName)
+	}
+	return out
+}
+
+// hostOf returns the host part of s, which is "host" or "host:port", with
+// any IPv6 brackets removed.
+func hostOf(s string) string {
+	if host, _, err := net.SplitHostPort(s); err == nil {
+		return host
+	}
+	// No port: a bare name, a bare IPv6 literal, or a bracketed one.
+	return strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
+}
+
+func dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// handshake runs the TLS client handshake over conn, closing conn if it
+// fails.
+func handshake(ctx context.Context, conn net.Conn, cfg *tls.Config) (*tls.Conn, error) {
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// plainConn is a plaintext connection that can be upgraded to TLS once.
+type plainConn struct {
+	net.Conn
+	// serverName is the "host:port" given to Dial, or empty for a
+	// connection wrapped by Upgradable.
+	serverName string
+	// upgraded is set by the first UpgradeTLS call, successful or not.
+	upgraded atomic.Bool
+}
+
+// UpgradeTLS implements [StartTLSCapable].
+func (c *plainConn) UpgradeTLS(ctx context.Context, cfg *tls.Config) (Transport, error) {
+	if !c.upgraded.CompareAndSwap(false, true) {
+		return nil, ErrAlreadyUpgraded
+	}
+	tc, err := handshake(ctx, c.Conn, ClientTLSConfig(cfg, c.serverName))
+	if err != nil {
+		return nil, fmt.Errorf("transport: starttls handshake with %s: %w", c.peer(), err)
+	}
+	return tc, nil
+}
+
+// peer names the remote end for error messages.
+func (c *plainConn) peer() string {
+	if c.serverName != "" {
+		return c.serverName
+	}
+	if ra := c.Conn.RemoteAddr(); ra != nil {
+		return ra.String()
+	}
+	return "peer"
+}
