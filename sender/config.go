@@ -1,0 +1,158 @@
+package sender
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/smtpkit/smtpkit/smtp"
+	"github.com/smtpkit/smtpkit/transport"
+)
+
+// Security is how a session is protected.
+type Security int
+
+const (
+	// ImplicitTLS speaks TLS from the first byte (port 465, RFC 8314).
+	// It is the zero value.
+	ImplicitTLS Security = iota
+	// StartTLS connects in plaintext and upgrades with STARTTLS (port
+	// 587); a server that does not offer it is an error, never a
+	// plaintext fallback.
+	StartTLS
+	// InsecurePlaintext never encrypts: credentials and messages cross
+	// the network in clear. For loopback test sinks only.
+	InsecurePlaintext
+)
+
+// String returns the mode's name.
+func (s Security) String() string {
+	switch s {
+	case ImplicitTLS:
+		return "implicit-tls"
+	case StartTLS:
+		return "starttls"
+	case InsecurePlaintext:
+		return "insecure-plaintext"
+	}
+	return "unknown"
+}
+
+// Credentials are what one login uses.
+type Credentials struct {
+	// Mechanism is a SASL mechanism name (smtp.MechPLAIN, ...); empty
+	// picks the strongest password mechanism both sides offer.
+	Mechanism string
+	// Username is the account name.
+	Username string
+	// Secret is the password or, for XOAUTH2 and OAUTHBEARER, the access
+	// token.
+	Secret string
+}
+
+// CredentialsFunc returns the credentials for one login. It is called
+// each time a session authenticates, so OAuth tokens can be refreshed;
+// ctx bounds the call.
+type CredentialsFunc func(ctx context.Context) (Credentials, error)
+
+// Config configures a [Sender]. Zero values take the defaults documented
+// on each field.
+type Config struct {
+	// Addr is the server's host:port. Required unless Dial is set.
+	Addr string
+	// Security selects implicit TLS (the zero value), STARTTLS or
+	// insecure plaintext.
+	Security Security
+	// TLSConfig configures TLS; nil means the system roots and ServerName
+	// from Addr. TLS 1.2 is the floor.
+	TLSConfig *tls.Config
+	// Dial, when set, replaces dialing Addr: it returns a transport to
+	// the server (for StartTLS, one that is transport.StartTLSCapable;
+	// wrap a net.Conn with transport.Upgradable). With ImplicitTLS the
+	// transport must already be TLS.
+	Dial func(ctx context.Context) (transport.Transport, error)
+	// LocalName is the EHLO name; "localhost" when empty.
+	LocalName string
+	// Credentials, when set, is called at each login. Nil means no AUTH.
+	Credentials CredentialsFunc
+
+	// MaxConns bounds the sessions open at once; 0 means 2.
+	MaxConns int
+	// MaxInFlight bounds the transactions written on one session ahead
+	// of their replies (pipelining); 0 means 16, 1 disables pipelining
+	// across messages.
+	MaxInFlight int
+	// IdleTimeout closes a session unused this long; 0 means 60 s.
+	IdleTimeout time.Duration
+	// MaxMessagesPerConn closes a session after this many transactions;
+	// 0 means no limit.
+	MaxMessagesPerConn int
+	// MaxLifetime closes a session this long after it was dialed (once
+	// its in-flight work is done); 0 means no limit.
+	MaxLifetime time.Duration
+	// DialTimeout bounds dialing, TLS, greeting, EHLO and AUTH of a new
+	// session; 0 means 30 s.
+	DialTimeout time.Duration
+	// Backoff returns the policy for redials after failures; nil means
+	// exponential from 100 ms to 10 s with jitter.
+	Backoff func() backoff.BackOff
+	// MaxDialFailures is how many consecutive failed dials make Send
+	// fail fast (with the last dial error) while one background probe
+	// keeps trying; 0 means 3.
+	MaxDialFailures int
+	// MaxAttempts bounds how often one request is written (the first
+	// time plus replays after 421 or a lost session before its commit
+	// point); 0 means 3.
+	MaxAttempts int
+
+	// Options configures each session: policy, audit hook, limits,
+	// timeouts. With Security InsecurePlaintext, its
+	// InsecureAllowPlaintext is set for you.
+	Options smtp.Options
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Addr == "" && c.Dial == nil {
+		return c, errors.New("sender: Config needs Addr or Dial")
+	}
+	if c.Security < ImplicitTLS || c.Security > InsecurePlaintext {
+		return c, errors.New("sender: unknown Security")
+	}
+	if c.LocalName == "" {
+		c.LocalName = "localhost"
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = 2
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 16
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 60 * time.Second
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 30 * time.Second
+	}
+	if c.Backoff == nil {
+		c.Backoff = func() backoff.BackOff {
+			b := backoff.NewExponentialBackOff()
+			b.InitialInterval = 100 * time.Millisecond
+			b.MaxInterval = 10 * time.Second
+			b.MaxElapsedTime = 0
+			return b
+		}
+	}
+	if c.MaxDialFailures <= 0 {
+		c.MaxDialFailures = 3
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 3
+	}
+	if c.Security == InsecurePlaintext {
+		c.Options.InsecureAllowPlaintext = true
+	}
+	return c, nil
+}

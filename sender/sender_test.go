@@ -1,0 +1,136 @@
+package sender_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/smtpkit/smtpkit/internal/testpeers"
+	"github.com/smtpkit/smtpkit/sender"
+	"github.com/smtpkit/smtpkit/smtp"
+)
+
+func newGoSMTPSender(t *testing.T, opts testpeers.GoSMTPOptions, cfg sender.Config) (*testpeers.GoSMTPServer, *sender.Sender) {
+	t.Helper()
+	if opts.Mode == testpeers.Plain && cfg.Security == sender.ImplicitTLS {
+		opts.Mode = testpeers.ImplicitTLS
+	}
+	srv := testpeers.GoSMTP(t, opts)
+	cfg.Addr = srv.Addr()
+	if opts.Mode != testpeers.Plain {
+		cfg.TLSConfig = srv.Cert().ClientConfig()
+	}
+	s, err := sender.New(cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	return srv, s
+}
+
+func msg(i int) string {
+	return fmt.Sprintf("Subject: message %d\r\n\r\nHello %d.\r\n", i, i)
+}
+
+func TestSendOne(t *testing.T) {
+	srv, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{Auth: map[string]string{"u": "p"}, AuthRequired: true}, sender.Config{
+		Credentials: func(context.Context) (sender.Credentials, error) { return sender.Credentials{Username: "u", Secret: "p"}, nil },
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(1)))
+	require.NoError(t, err)
+	assert.NotEmpty(t, out.QueueID)
+	require.Len(t, srv.Messages(), 1)
+	assert.Equal(t, "u", srv.Messages()[0].User)
+	assert.Equal(t, msg(1), string(srv.Messages()[0].Data))
+	require.NoError(t, s.Shutdown(ctx))
+	_, err = s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(2)))
+	assert.ErrorIs(t, err, sender.ErrClosed)
+	assert.Equal(t, 0, s.Stats().Open)
+}
+
+func TestManyCallersFewConns(t *testing.T) {
+	srv, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{DiscardBodies: true}, sender.Config{MaxConns: 4, MaxInFlight: 8})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var ok, answers atomic.Int64
+	for g := 0; g < 500; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 5; i++ {
+				_, err := s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(i)))
+				answers.Add(1)
+				if err == nil {
+					ok.Add(1)
+				} else {
+					t.Errorf("send: %v", err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, int64(2500), answers.Load())
+	assert.Equal(t, int64(2500), ok.Load())
+	assert.Equal(t, int64(2500), srv.Count())
+	assert.LessOrEqual(t, srv.MaxSessions(), int64(4))
+	st := s.Stats()
+	assert.Equal(t, int64(2500), st.Sent)
+	require.NoError(t, s.Shutdown(ctx))
+}
+
+func TestCancellationStorm(t *testing.T) {
+	srv, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{DiscardBodies: true, Delay: func(stage string) time.Duration {
+		if stage == "DATA" {
+			return time.Duration(rand.IntN(3)) * time.Millisecond
+		}
+		return 0
+	}}, sender.Config{MaxConns: 3, MaxInFlight: 4})
+	var wg sync.WaitGroup
+	var sent, withdrawn, unknown atomic.Int64
+	for g := 0; g < 50; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 40; i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rand.IntN(20000))*time.Microsecond)
+				_, err := s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(i)))
+				cancel()
+				switch {
+				case err == nil:
+					sent.Add(1)
+				case errors.Is(err, sender.ErrOutcomeUnknown):
+					assert.ErrorIs(t, err, context.DeadlineExceeded)
+					unknown.Add(1)
+				case errors.Is(err, context.DeadlineExceeded):
+					withdrawn.Add(1)
+				default:
+					t.Errorf("unexpected error: %v", err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("sent %d, withdrawn %d, unknown %d", sent.Load(), withdrawn.Load(), unknown.Load())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// The same sender still works after the storm.
+	_, err := s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(0)))
+	require.NoError(t, err)
+	sent.Add(1)
+	require.NoError(t, s.Shutdown(ctx))
+	// Everything reported sent was delivered; withdrawn ones were not.
+	delivered := srv.Count()
+	assert.GreaterOrEqual(t, delivered, sent.Load())
+	assert.LessOrEqual(t, delivered, sent.Load()+unknown.Load())
+	t.Logf("stats: %+v", s.Stats())
+}
