@@ -41,7 +41,9 @@ func msg(i int) string {
 
 func TestSendOne(t *testing.T) {
 	srv, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{Auth: map[string]string{"u": "p"}, AuthRequired: true}, sender.Config{
-		Credentials: func(context.Context) (sender.Credentials, error) { return sender.Credentials{Username: "u", Secret: "p"}, nil },
+		Credentials: func(context.Context) (sender.Credentials, error) {
+			return sender.Credentials{Username: "u", Secret: "p"}, nil
+		},
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
