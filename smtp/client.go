@@ -73,6 +73,7 @@ type Client struct {
 	// probed for an unsolicited 421 before it is used again.
 	lastActive time.Time
 	scratch    []byte // command formatting
+	mailBuf    []byte // MAIL FROM of the transaction being written (advance may use scratch meanwhile)
 }
 
 // countingWriter counts the octets the transport accepted, so the

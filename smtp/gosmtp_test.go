@@ -172,3 +172,30 @@ func TestGoSMTPBareLF(t *testing.T) {
 	assert.Equal(t, int64(1), srv.Count())
 	assert.False(t, errors.Is(err, smtp.ErrOutcomeUnknown))
 }
+
+// A window of all-or-nothing transactions with several recipients: each
+// one's body waits for its RCPT replies, which the next WriteTx reads.
+// (go-smtp always offers CHUNKING; the DATA variant runs against
+// smtp-sink and the transcript tests.)
+func TestGoSMTPPipelinedMultiRcpt(t *testing.T) {
+	srv, c := connectGoSMTP(t, testpeers.GoSMTPOptions{Mode: testpeers.ImplicitTLS}, nil)
+	ctx := testCtx(t)
+	var txs []*smtp.Tx
+	for i := 0; i < 5; i++ {
+		tx, err := c.WriteTx(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com", "c@example.com"}}, strings.NewReader(strings.Repeat("x", i+1)+"\r\n"))
+		require.NoError(t, err)
+		txs = append(txs, tx)
+	}
+	for i, tx := range txs {
+		_, err := c.ReadTx(ctx, tx)
+		require.NoError(t, err, "tx %d", i)
+	}
+	msgs := srv.Messages()
+	require.Len(t, msgs, 5)
+	for i, m := range msgs {
+		assert.Equal(t, "a@example.com", m.From)
+		assert.Equal(t, []string{"b@example.com", "c@example.com"}, m.To)
+		assert.Equal(t, strings.Repeat("x", i+1)+"\r\n", string(m.Data))
+	}
+	require.NoError(t, c.Quit(ctx))
+}

@@ -262,7 +262,7 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 		}
 	}
 
-	b := c.scratch[:0]
+	b := c.mailBuf[:0]
 	b = append(b, "MAIL FROM:<"...)
 	b = append(b, env.From...)
 	b = append(b, '>')
@@ -287,7 +287,7 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 		}
 	}
 	b = append(b, '\r', '\n')
-	c.scratch = b
+	c.mailBuf = b
 
 	tx := &Tx{
 		c:        c,
