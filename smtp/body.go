@@ -128,4 +128,3 @@ func (e *bodyEncoder) finish(dst []byte) (_ []byte, ok bool) {
 	}
 	return dst, true
 }
-

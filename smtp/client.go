@@ -64,6 +64,9 @@ type Client struct {
 
 	// pending lists the replies the server owes, in order.
 	pending []pending
+	// pendingBase is pending's array from its start, reused whenever
+	// the queue is empty.
+	pendingBase []pending
 	// open is the last transaction whose commit point has not been
 	// written yet (its body or its final BDAT waits on replies), or nil.
 	open *Tx
@@ -74,6 +77,9 @@ type Client struct {
 	lastActive time.Time
 	scratch    []byte // command formatting
 	mailBuf    []byte // MAIL FROM of the transaction being written (advance may use scratch meanwhile)
+	// watchDone receives once from each context AfterFunc that ran (see
+	// watch); at most one watch is armed at a time.
+	watchDone chan struct{}
 }
 
 // countingWriter counts the octets the transport accepted, so the
@@ -94,10 +100,10 @@ type replyKind uint8
 const (
 	kMail replyKind = iota
 	kRcpt
-	kData   // the 354 (or refusal) after DATA
-	kChunk  // a non-final BDAT chunk
-	kFinal  // the reply after the final dot or BDAT ... LAST
-	kReset  // RSET
+	kData  // the 354 (or refusal) after DATA
+	kChunk // a non-final BDAT chunk
+	kFinal // the reply after the final dot or BDAT ... LAST
+	kReset // RSET
 	kAborted
 )
 
@@ -282,8 +288,21 @@ func (c *Client) watch(ctx context.Context) func() {
 		return func() {}
 	}
 	t := c.t
-	stop := context.AfterFunc(ctx, func() { t.SetDeadline(time.Unix(1, 0)) })
-	return func() { stop() }
+	if c.watchDone == nil {
+		c.watchDone = make(chan struct{}, 1)
+	}
+	done := c.watchDone
+	stop := context.AfterFunc(ctx, func() {
+		t.SetDeadline(time.Unix(1, 0))
+		done <- struct{}{}
+	})
+	return func() {
+		if !stop() {
+			// The AfterFunc has started: wait until its past deadline
+			// is set, so that it cannot land on the next call's I/O.
+			<-done
+		}
+	}
 }
 
 // setDeadline sets the transport deadline for the next step: the
@@ -309,7 +328,7 @@ func (c *Client) fail(ctx context.Context, err *Error) *Error {
 	c.state = StateClosed
 	c.closeErr = err
 	c.t.Close()
-	c.audit(Event{Type: EventSessionAborted, Op: err.Op, Code: err.Code, Kind: err.Kind, Error: err.Error()})
+	c.audit(Event{Type: EventSessionAborted, Op: err.Op, Code: err.Code, Enhanced: err.Enhanced, Kind: err.Kind, Error: err.Error()})
 	for _, p := range c.pending {
 		if p.tx != nil {
 			p.tx.sessionLost(err)

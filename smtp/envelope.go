@@ -80,41 +80,116 @@ type Outcome struct {
 //	Exim       "OK id=1abcDE-000123-Fg"
 //	Sendmail   "2.0.0 x8GFvAb1234567 Message accepted for delivery"
 //	MS 365     "2.6.0 <msgid> [InternalId=...] Queued mail for delivery"
-//	Gmail      "2.0.0 OK  1700000000 x12-20020a...- gsmtp"
+//	Gmail      "2.0.0 OK  1700000000 x12-20020a... - gsmtp"
 //	Amazon SES "Ok 0100018...-000000"
 //
-// and returns "" for anything else.
+// and returns "" for anything else. It does not allocate.
 func QueueID(text string) string {
-	fields := strings.Fields(text)
+	// The first fields and how many there are. Keywords are matched
+	// ASCII-case-insensitively in text itself: lower-casing a copy would
+	// move the offsets of any non-ASCII text before them (U+023A grows
+	// by one octet when lower-cased).
+	var buf [5]string
+	fields, n := firstFields(buf[:0], text)
 	if len(fields) > 0 && validEnhanced(fields[0]) {
-		fields = fields[1:]
+		fields, n = fields[1:], n-1
 	}
-	lower := strings.ToLower(text)
-	if i := strings.Index(lower, "queued as "); i >= 0 {
+	if i := indexFold(text, "queued as "); i >= 0 {
 		return firstWord(text[i+len("queued as "):])
 	}
-	if i := strings.Index(lower, "id="); i >= 0 && (i == 0 || text[i-1] == ' ') {
+	if i := indexFold(text, "id="); i >= 0 && (i == 0 || text[i-1] == ' ') {
 		return firstWord(text[i+3:])
 	}
-	if strings.HasSuffix(lower, "queued mail for delivery") && len(fields) > 0 && strings.HasPrefix(fields[0], "<") {
+	if hasSuffixFold(text, "queued mail for delivery") && len(fields) > 0 && strings.HasPrefix(fields[0], "<") {
 		return fields[0]
 	}
-	if strings.HasSuffix(lower, " gsmtp") && len(fields) >= 3 && strings.EqualFold(fields[0], "ok") {
-		return fields[len(fields)-2]
+	if hasSuffixFold(text, " gsmtp") && n >= 4 && strings.EqualFold(fields[0], "ok") {
+		// "OK  <timestamp> <id> - gsmtp": the id is the third field,
+		// not the "-" before "gsmtp".
+		return fields[2]
 	}
-	if strings.Contains(lower, "message accepted for delivery") && len(fields) > 0 && !strings.EqualFold(fields[0], "message") {
+	if indexFold(text, "message accepted for delivery") >= 0 && len(fields) > 0 && !strings.EqualFold(fields[0], "message") {
 		return fields[0]
 	}
-	if len(fields) == 2 && strings.EqualFold(fields[0], "ok") {
+	if n == 2 && strings.EqualFold(fields[0], "ok") {
 		return fields[1]
 	}
 	return ""
 }
 
-func firstWord(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexAny(s, " \t"); i >= 0 {
-		s = s[:i]
+// firstFields appends to dst the first cap(dst) fields of s, separated
+// by ASCII white space, and returns them with the number of fields in s.
+func firstFields(dst []string, s string) ([]string, int) {
+	n := 0
+	for i := 0; i < len(s); {
+		for i < len(s) && isSpace(s[i]) {
+			i++
+		}
+		if i == len(s) {
+			break
+		}
+		j := i
+		for j < len(s) && !isSpace(s[j]) {
+			j++
+		}
+		if len(dst) < cap(dst) {
+			dst = append(dst, s[i:j])
+		}
+		n++
+		i = j
 	}
-	return strings.TrimRight(s, ".,;)")
+	return dst, n
+}
+
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
+}
+
+// lowerASCII lower-cases an ASCII letter and leaves any other octet.
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// indexFold returns the offset in s of the first match of sub, which is
+// lower-case ASCII, ignoring ASCII case; or -1.
+func indexFold(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if hasPrefixFold(s[i:], sub) {
+			return i
+		}
+	}
+	return -1
+}
+
+// hasPrefixFold reports whether s begins with prefix, which is lower-case
+// ASCII, ignoring ASCII case.
+func hasPrefixFold(s, prefix string) bool {
+	if len(s) < len(prefix) {
+		return false
+	}
+	for k := 0; k < len(prefix); k++ {
+		if lowerASCII(s[k]) != prefix[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// hasSuffixFold reports whether s ends with suffix, which is lower-case
+// ASCII, ignoring ASCII case.
+func hasSuffixFold(s, suffix string) bool {
+	return len(s) >= len(suffix) && hasPrefixFold(s[len(s)-len(suffix):], suffix)
+}
+
+// firstWord returns the first word of s, ended by ASCII white space (a
+// bare CR included), without trailing punctuation.
+func firstWord(s string) string {
+	var buf [1]string
+	if w, _ := firstFields(buf[:0], s); len(w) > 0 {
+		return strings.TrimRight(w[0], ".,;)")
+	}
+	return ""
 }

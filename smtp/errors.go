@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Op names the protocol step an error happened in.
@@ -230,8 +231,14 @@ func ioError(ctx context.Context, op Op, err error) *Error {
 	if errors.As(err, &se) {
 		return se
 	}
-	if ctx != nil && ctx.Err() != nil && (errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err)) {
-		err = fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+	if ctx != nil && (errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err)) {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%v)", context.Cause(ctx), err)
+		} else if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+			// The transport deadline was the context's, and it fired
+			// before the context's own timer marked the context done.
+			err = fmt.Errorf("%w (%v)", context.DeadlineExceeded, err)
+		}
 	}
 	return &Error{Op: op, Kind: KindIO, Err: err}
 }

@@ -35,12 +35,16 @@ type Tx struct {
 	owed      int    // replies still owed by the server
 
 	rcpt     []RecipientStatus
+	rcpt1    [1]RecipientStatus // rcpt's storage for one recipient
 	rcptRead int
 	mailErr  *Error
 	bodyErr  *Error
 	dataErr  *Error
 	lostErr  *Error
 	final    *Reply
+	// dataRep and finalRep hold the replies dataReply and final point
+	// to, so that reading a reply allocates nothing.
+	dataRep, finalRep Reply
 
 	done    bool
 	outcome *Outcome
@@ -126,6 +130,11 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 		c.needReset = false
 		c.w.WriteString("RSET\r\n")
 		c.push(nil, kReset, 0)
+		// Without PIPELINING, RSET is answered before MAIL is sent.
+		c.sync(ctx)
+		if c.state == StateClosed {
+			return nil, c.closedError(OpMail)
+		}
 	}
 	c.w.Write(mail)
 	c.push(tx, kMail, 0)
@@ -296,7 +305,11 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 		partial:  env.AllowPartial,
 		body:     body,
 		chunking: caps.Chunking,
-		rcpt:     make([]RecipientStatus, len(env.To)),
+	}
+	if len(env.To) == 1 {
+		tx.rcpt = tx.rcpt1[:]
+	} else {
+		tx.rcpt = make([]RecipientStatus, len(env.To))
 	}
 	tx.deferCommit = !env.AllowPartial && len(env.To) > 1
 	tx.enc = newBodyEncoder(!tx.chunking, c.opts.NormalizeLineEndings, c.opts.MaxLineLength, maxSize)
@@ -362,7 +375,16 @@ func (c *Client) push(tx *Tx, kind replyKind, idx int) {
 	if tx != nil {
 		tx.owed++
 	}
+	if len(c.pending) == 0 {
+		// Start again at the front of the array: popping moves the
+		// slice forward, and would otherwise wear its capacity away.
+		c.pending = c.pendingBase
+	}
+	before := cap(c.pending)
 	c.pending = append(c.pending, pending{tx: tx, kind: kind, idx: idx})
+	if cap(c.pending) != before {
+		c.pendingBase = c.pending[:0]
+	}
 }
 
 // sync waits for every owed reply when the server does not pipeline.
@@ -436,10 +458,8 @@ func (c *Client) readOne(ctx context.Context) {
 		return
 	}
 	c.lastActive = time.Now()
+	c.pending[0] = pending{} // no reference to a finished Tx
 	c.pending = c.pending[1:]
-	if len(c.pending) == 0 {
-		c.pending = c.pending[:0:cap(c.pending)]
-	}
 	if rep.Code == 421 {
 		e := replyError(op, &rep)
 		if p.tx != nil {
@@ -480,7 +500,8 @@ func (tx *Tx) onReply(p pending, rep *Reply) {
 		}
 		c.audit(ev)
 	case kData:
-		tx.dataReply = rep
+		tx.dataRep = *rep
+		tx.dataReply = &tx.dataRep
 		if rep.Code != 354 {
 			tx.dataErr = replyError(OpData, rep)
 			tx.aborted = true
@@ -492,7 +513,8 @@ func (tx *Tx) onReply(p pending, rep *Reply) {
 			c.needReset = true
 		}
 	case kFinal:
-		tx.final = rep
+		tx.finalRep = *rep
+		tx.final = &tx.finalRep
 		if !ok && tx.chunking {
 			c.needReset = true
 		}
@@ -581,7 +603,14 @@ func (tx *Tx) finish() {
 		c.audit(Event{Type: EventMessageFailed, Op: tx.err.Op, Code: tx.err.Code, Enhanced: tx.err.Enhanced, Kind: tx.err.Kind, Error: tx.err.Error()})
 		return
 	}
-	o := &Outcome{Reply: *tx.final, QueueID: QueueID(tx.final.Text())}
+	// One allocation holds the Outcome and, for one recipient, the
+	// array of its Accepted list.
+	ob := &struct {
+		o   Outcome
+		acc [1]string
+	}{}
+	o := &ob.o
+	*o = Outcome{Reply: *tx.final, QueueID: QueueID(tx.final.Text()), Accepted: ob.acc[:0]}
 	for _, r := range tx.rcpt {
 		if r.Reply.Code/100 == 2 {
 			o.Accepted = append(o.Accepted, r.Address)
@@ -590,7 +619,11 @@ func (tx *Tx) finish() {
 		}
 	}
 	tx.outcome = o
-	c.audit(Event{Type: EventMessage, Op: OpData, Code: o.Reply.Code, Enhanced: o.Reply.Enhanced, QueueID: o.QueueID})
+	op := OpData
+	if tx.chunking {
+		op = OpBDAT
+	}
+	c.audit(Event{Type: EventMessage, Op: op, Code: o.Reply.Code, Enhanced: o.Reply.Enhanced, QueueID: o.QueueID})
 }
 
 // sessionLost settles a transaction whose session broke because of
@@ -686,15 +719,23 @@ func (c *Client) commit(tx *Tx) {
 
 var bodyBufPool = sync.Pool{New: func() any { b := make([]byte, DefaultChunkSize/4+DefaultChunkSize*2); return &b }}
 
-// bodyBuffers returns a read buffer and an encode buffer for one body.
-func (c *Client) bodyBuffers() (rb, eb []byte, put func()) {
+// bodyBuffers returns a read buffer and an encode buffer for one body,
+// and the pooled buffer to give back to putBodyBuffers (nil if none).
+func (c *Client) bodyBuffers() (rb, eb []byte, pooled *[]byte) {
 	cs := c.opts.chunkSize()
 	if cs == DefaultChunkSize {
 		p := bodyBufPool.Get().(*[]byte)
 		b := *p
-		return b[:cs/4], b[cs/4 : cs/4 : len(b)], func() { bodyBufPool.Put(p) }
+		return b[:cs/4], b[cs/4 : cs/4 : len(b)], p
 	}
-	return make([]byte, cs/4), make([]byte, 0, 2*cs), func() {}
+	return make([]byte, cs/4), make([]byte, 0, 2*cs), nil
+}
+
+// putBodyBuffers returns a buffer from bodyBuffers to the pool.
+func putBodyBuffers(p *[]byte) {
+	if p != nil {
+		bodyBufPool.Put(p)
+	}
 }
 
 // fill reads the body until at least want encoded octets are in out or
@@ -748,8 +789,8 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 		c.abort(tx)
 		return
 	}
-	rb, eb, put := c.bodyBuffers()
-	defer put()
+	rb, eb, pooled := c.bodyBuffers()
+	defer putBodyBuffers(pooled)
 	cs := c.opts.chunkSize()
 	for c.state != StateClosed {
 		out, eof := tx.fill(rb, eb[:0], cs)
@@ -796,8 +837,8 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 // dot. A bad body can only be abandoned by dropping the session before
 // the dot: the bad octets are never written.
 func (c *Client) writeData(ctx context.Context, tx *Tx) {
-	rb, eb, put := c.bodyBuffers()
-	defer put()
+	rb, eb, pooled := c.bodyBuffers()
+	defer putBodyBuffers(pooled)
 	cs := c.opts.chunkSize()
 	for c.state != StateClosed {
 		out, eof := tx.fill(rb, eb[:0], cs)
