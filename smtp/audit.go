@@ -3,6 +3,7 @@ package smtp
 import (
 	"context"
 	"log/slog"
+	"strings"
 )
 
 // EventType says what an audit [Event] records.
@@ -30,6 +31,9 @@ const (
 type Event struct {
 	// Type says what happened.
 	Type EventType
+	// Session identifies the session (Client) in this process, from 1,
+	// so events of concurrent sessions can be told apart.
+	Session uint64
 	// Op is the protocol step.
 	Op Op
 	// Code and Enhanced are the server's reply codes, when there was one.
@@ -45,6 +49,9 @@ type Event struct {
 	QueueID string
 	// TLSVersion is the negotiated version, for TLS events ("TLS 1.3").
 	TLSVersion string
+	// Extensions lists the extension keywords the server advertised, for
+	// EHLO events ("PIPELINING", "CHUNKING", "AUTH", ...).
+	Extensions []string
 	// Kind classifies the error of a failed step or an aborted session.
 	Kind Kind
 	// Error is the failed step's error text (an [*Error] message, which
@@ -54,6 +61,7 @@ type Event struct {
 
 func (c *Client) audit(e Event) {
 	if c.opts.Audit != nil {
+		e.Session = c.id
 		c.opts.Audit(e)
 	}
 }
@@ -101,12 +109,16 @@ func SlogAudit(l *slog.Logger) func(Event) {
 		if e.TLSVersion != "" {
 			attrs = append(attrs, slog.String("tls", e.TLSVersion))
 		}
+		if len(e.Extensions) > 0 {
+			attrs = append(attrs, slog.String("extensions", strings.Join(e.Extensions, " ")))
+		}
 		if e.Kind != 0 {
 			attrs = append(attrs, slog.String("kind", e.Kind.String()))
 		}
 		if e.Error != "" {
 			attrs = append(attrs, slog.String("error", e.Error))
 		}
+		attrs = append(attrs, slog.Uint64("session", e.Session))
 		l.LogAttrs(ctx, level, "smtp "+string(e.Type), attrs...)
 	}
 }

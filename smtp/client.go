@@ -7,7 +7,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/smtpkit/smtpkit/transport"
@@ -75,6 +77,7 @@ type Client struct {
 	// lastActive is when the last reply was read; an idle session is
 	// probed for an unsolicited 421 before it is used again.
 	lastActive time.Time
+	id         uint64 // audit session id
 	scratch    []byte // command formatting
 	mailBuf    []byte // MAIL FROM of the transaction being written (advance may use scratch meanwhile)
 	// watchDone receives once from each context AfterFunc that ran (see
@@ -216,6 +219,7 @@ func newClient(t transport.Transport, localName string, opts *Options) (*Client,
 		c.opts = *opts
 	}
 	c.opts.Timeouts = c.opts.Timeouts.withDefaults()
+	c.id = sessionSeq.Add(1)
 	c.serverName = c.opts.ServerName
 	c.cw.w = t
 	c.r = bufio.NewReaderSize(t, 4096)
@@ -223,9 +227,16 @@ func newClient(t transport.Transport, localName string, opts *Options) (*Client,
 	return c, nil
 }
 
+// sessionSeq numbers sessions for audit events.
+var sessionSeq atomic.Uint64
+
 // hello reads the greeting and sends EHLO.
 func (c *Client) hello(ctx context.Context) error {
 	c.audit(Event{Type: EventConnect, Op: OpGreeting})
+	if cs, ok := c.t.(interface{ ConnectionState() tls.ConnectionState }); ok {
+		// Implicit TLS: the handshake happened before the greeting.
+		c.audit(Event{Type: EventTLS, Op: OpGreeting, TLSVersion: tls.VersionName(cs.ConnectionState().Version)})
+	}
 	c.setDeadline(ctx, c.opts.Timeouts.Greeting)
 	rep, err := readReply(c.r, OpGreeting, false)
 	if err != nil {
@@ -257,7 +268,12 @@ func (c *Client) ehlo(ctx context.Context) error {
 		return c.fail(ctx, replyError(OpEHLO, &rep))
 	}
 	c.caps = parseEHLO(rep.Lines)
-	c.audit(Event{Type: EventEHLO, Op: OpEHLO, Code: rep.Code})
+	ext := make([]string, 0, len(c.caps.Extensions))
+	for k := range c.caps.Extensions {
+		ext = append(ext, k)
+	}
+	slices.Sort(ext)
+	c.audit(Event{Type: EventEHLO, Op: OpEHLO, Code: rep.Code, Extensions: ext})
 	return nil
 }
 
@@ -371,6 +387,15 @@ func (c *Client) State() SessionState { return c.state }
 // reply (after STARTTLS, only what it advertised over TLS).
 func (c *Client) Capabilities() Capabilities { return c.caps }
 
+// ctxError returns an error for a context that has already ended, so a
+// call made with it fails without touching (and breaking) the session.
+func ctxError(ctx context.Context, op Op) *Error {
+	if err := ctx.Err(); err != nil {
+		return &Error{Op: op, Kind: KindIO, Message: "context ended before the call", Err: context.Cause(ctx)}
+	}
+	return nil
+}
+
 // Greeting returns the server's greeting reply.
 func (c *Client) Greeting() Reply { return c.greeting }
 
@@ -390,6 +415,9 @@ func (c *Client) Reset(ctx context.Context) error {
 	if err := c.checkReady(OpReset); err != nil {
 		return err
 	}
+	if err := ctxError(ctx, OpReset); err != nil {
+		return err
+	}
 	defer c.watch(ctx)()
 	rep, err := c.cmd(ctx, OpReset, c.opts.Timeouts.Command, "RSET\r\n")
 	if err != nil {
@@ -406,6 +434,9 @@ func (c *Client) Reset(ctx context.Context) error {
 // Noop sends NOOP: a cheap check that the session is alive.
 func (c *Client) Noop(ctx context.Context) error {
 	if err := c.checkReady(OpNoop); err != nil {
+		return err
+	}
+	if err := ctxError(ctx, OpNoop); err != nil {
 		return err
 	}
 	defer c.watch(ctx)()

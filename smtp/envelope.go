@@ -111,7 +111,8 @@ func QueueID(text string) string {
 	if indexFold(text, "message accepted for delivery") >= 0 && len(fields) > 0 && !strings.EqualFold(fields[0], "message") {
 		return fields[0]
 	}
-	if n == 2 && strings.EqualFold(fields[0], "ok") {
+	if n == 2 && strings.EqualFold(fields[0], "ok") && sesID(fields[1]) {
+		// Amazon SES: "Ok 0100018c...-...-000000".
 		return fields[1]
 	}
 	return ""
@@ -192,4 +193,19 @@ func firstWord(s string) string {
 		return strings.TrimRight(w[0], ".,;)")
 	}
 	return ""
+}
+
+// sesID reports whether s looks like an Amazon SES message id: hex
+// digits and dashes, with at least one dash, ending in "-000000".
+func sesID(s string) bool {
+	if len(s) < 12 || !strings.Contains(s, "-") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

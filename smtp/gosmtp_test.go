@@ -199,3 +199,21 @@ func TestGoSMTPPipelinedMultiRcpt(t *testing.T) {
 	}
 	require.NoError(t, c.Quit(ctx))
 }
+
+// A call made with a context that has already ended fails without
+// touching the session, which stays usable.
+func TestCancelledContextLeavesSessionUsable(t *testing.T) {
+	srv, c := connectGoSMTP(t, testpeers.GoSMTPOptions{Mode: testpeers.ImplicitTLS}, nil)
+	ctx := testCtx(t)
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	assert.ErrorIs(t, c.Noop(done), context.Canceled)
+	assert.ErrorIs(t, c.Reset(done), context.Canceled)
+	_, err := c.Send(done, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("x\r\n"))
+	assert.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, smtp.StateReady, c.State())
+	require.NoError(t, c.Noop(ctx))
+	_, err = c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("x\r\n"))
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), srv.Count())
+}

@@ -263,7 +263,16 @@ func TestTranscriptAuditAndSlog(t *testing.T) {
 	assert.Equal(t, "a@example.com", ev[4].From)
 	assert.Equal(t, "2.1.0", ev[4].Enhanced)
 	assert.Equal(t, "b@example.com", ev[5].Recipient)
-	assert.Equal(t, smtp.Event{Type: smtp.EventRcptRefused, Op: smtp.OpRcpt, Code: 550, Enhanced: "5.1.1", Recipient: "bad@example.com"}, ev[6])
+	// Every event of one session carries its id; the EHLO event names
+	// the extensions.
+	for _, e := range ev {
+		assert.Equal(t, ev[0].Session, e.Session)
+	}
+	assert.NotZero(t, ev[0].Session)
+	assert.Equal(t, []string{"AUTH", "CHUNKING", "ENHANCEDSTATUSCODES", "PIPELINING"}, ev[2].Extensions)
+	ev6 := ev[6]
+	ev6.Session = 0
+	assert.Equal(t, smtp.Event{Type: smtp.EventRcptRefused, Op: smtp.OpRcpt, Code: 550, Enhanced: "5.1.1", Recipient: "bad@example.com"}, ev6)
 	assert.Equal(t, "Q1", ev[7].QueueID)
 	assert.Equal(t, 250, ev[7].Code)
 	assert.Equal(t, 554, ev[11].Code)

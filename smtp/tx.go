@@ -111,6 +111,9 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 	if err != nil {
 		return nil, err
 	}
+	if err := ctxError(ctx, OpMail); err != nil {
+		return nil, err
+	}
 	defer c.watch(ctx)()
 	if c.open != nil {
 		c.advance(ctx, c.open)
@@ -184,6 +187,9 @@ func (c *Client) ReadTx(ctx context.Context, tx *Tx) (*Outcome, error) {
 		return nil, inputError(OpSend, "transaction does not belong to this client")
 	}
 	if !tx.done {
+		if err := ctxError(ctx, OpSend); err != nil {
+			return nil, err
+		}
 		defer c.watch(ctx)()
 		if c.open == tx {
 			c.advance(ctx, tx)
@@ -275,7 +281,8 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 	b = append(b, "MAIL FROM:<"...)
 	b = append(b, env.From...)
 	b = append(b, '>')
-	if size > 0 && caps.Size {
+	if size > 0 && caps.Size && !c.opts.NormalizeLineEndings {
+		// With normalisation the body may grow; SIZE must not understate.
 		b = append(b, " SIZE="...)
 		b = strconv.AppendInt(b, size, 10)
 	}
@@ -784,6 +791,11 @@ func (tx *Tx) bodyProblem() {
 // writeChunks streams the body as BDAT chunks, the last with LAST. A
 // bad body abandons the transaction with RSET: the chunk holding the bad
 // octets is never written.
+// maxUnreadReplies bounds the replies one transaction lets the server
+// owe while its BDAT chunks stream: a few kilobytes, far below any socket
+// buffer. (Across transactions, the caller's window is the bound.)
+const maxUnreadReplies = 64
+
 func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 	if tx.rcptRead == len(tx.to) && (tx.dataErr != nil || !tx.recipientsOK()) {
 		c.abort(tx)
@@ -821,6 +833,12 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 				c.push(tx, kChunk, 0)
 			}
 			c.sync(ctx)
+			// Bound the replies owed (the RFC 2920 deadlock): a server
+			// that stops reading while its replies pile up unread would
+			// block these writes for ever.
+			for tx.owed > maxUnreadReplies && c.state != StateClosed && !tx.done {
+				c.readOne(ctx)
+			}
 			if !isLast && tx.dataErr != nil {
 				// A refused chunk fails the transaction: send no more.
 				c.abort(tx)
