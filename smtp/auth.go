@@ -25,6 +25,12 @@ const (
 // maxAuthSteps bounds the challenges one AUTH exchange may take.
 const maxAuthSteps = 8
 
+// maxCommandLine is the longest command line RFC 5321 (§4.5.3.1.4)
+// allows, CRLF included. An AUTH initial response that would make the
+// line longer is sent after the server's first, empty, challenge instead
+// (RFC 4954 §4): OAuth access tokens are often longer than that.
+const maxCommandLine = 512
+
 // Login authenticates with a password, choosing the strongest mechanism
 // both sides offer: SCRAM-SHA-256, then PLAIN, then LOGIN, and CRAM-MD5
 // only when the server offers nothing else. With no common mechanism it
@@ -34,6 +40,13 @@ func (c *Client) Login(ctx context.Context, user, password string) error {
 	if mech == "" {
 		if err := c.checkAuth(); err != nil {
 			return err
+		}
+		if len(c.caps.Auth) == 0 {
+			msg := "server offers no AUTH"
+			if c.caps.StartTLS && !c.secure {
+				msg += " before STARTTLS (servers commonly offer it only over TLS: use ConnectStartTLS)"
+			}
+			return &Error{Op: OpAuth, Kind: KindAuth, Message: msg}
 		}
 		return &Error{Op: OpAuth, Kind: KindAuth, Message: fmt.Sprintf("no password mechanism in common; server offers %q", strings.Join(c.caps.Auth, " "))}
 	}
@@ -49,23 +62,29 @@ func (c *Client) Login(ctx context.Context, user, password string) error {
 // A refusal (535, 534, 454...) is an [*Error] of Kind [KindAuth] with the
 // server's codes, temporary or permanent as the code says; the session
 // stays usable (a token mechanism's error challenge is answered as its
-// specification asks, so the server ends the exchange cleanly). No error
-// or audit event carries the secret or its encodings.
+// specification asks, so the server ends the exchange cleanly), and
+// LoginWith may be called again. A server that does not prove itself
+// (SCRAM's server signature) ends the session. An unknown or malformed
+// mechanism name, and credentials the mechanism cannot carry, are
+// [KindInvalidInput]. No error or audit event carries the secret or its
+// encodings.
 func (c *Client) LoginWith(ctx context.Context, mech, user, secret string) error {
 	if err := c.checkAuth(); err != nil {
 		return err
 	}
 	mech = strings.ToUpper(mech)
+	if !validMechName(mech) {
+		if len(mech) > 32 {
+			mech = mech[:32] + "..."
+		}
+		return inputError(OpAuth, "invalid SASL mechanism name %q", mech)
+	}
 	if !c.caps.HasAuth(mech) {
 		return &Error{Op: OpAuth, Kind: KindAuth, Message: fmt.Sprintf("server does not offer %s; it offers %q", mech, strings.Join(c.caps.Auth, " "))}
 	}
 	m, err := c.mechanism(mech, user, secret)
 	if err != nil {
-		kind := KindInvalidInput
-		if !errors.Is(err, sasl.ErrInvalidCredentials) {
-			kind = KindAuth
-		}
-		return &Error{Op: OpAuth, Kind: kind, Message: mech, Err: err}
+		return &Error{Op: OpAuth, Kind: KindInvalidInput, Message: mech, Err: err}
 	}
 	defer c.watch(ctx)()
 	aerr := c.authenticate(ctx, m)
@@ -94,6 +113,20 @@ func (c *Client) checkAuth() *Error {
 		return &Error{Op: OpAuth, Kind: KindAuth, Message: "refusing to send credentials on a session without TLS (Options.InsecureAllowPlaintext allows it)"}
 	}
 	return nil
+}
+
+// validMechName reports whether s is a SASL mechanism name (RFC 4422
+// §3.1: 1 to 20 upper-case letters, digits, "-" and "_").
+func validMechName(s string) bool {
+	if len(s) == 0 || len(s) > 20 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *Client) mechanism(mech, user, secret string) (sasl.Mechanism, error) {
@@ -134,27 +167,51 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) *Error {
 		return &Error{Op: OpAuth, Kind: KindAuth, Message: m.Name(), Err: err}
 	}
 	line := "AUTH " + m.Name()
+	// deferred is an initial response too long for the command line: it
+	// answers the server's first challenge, which must be empty.
+	var deferred string
 	if hasIR {
-		if len(ir) == 0 {
-			line += " ="
+		enc := "=" // RFC 4954 §4: an empty initial response
+		if len(ir) > 0 {
+			enc = base64.StdEncoding.EncodeToString(ir)
+			clear(ir)
+		}
+		if len(line)+1+len(enc)+2 <= maxCommandLine {
+			line += " " + enc
 		} else {
-			line += " " + base64.StdEncoding.EncodeToString(ir)
+			deferred = enc
 		}
 	}
 	rep, rerr := c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, line+"\r\n")
 	for step := 0; rerr == nil && rep.Code == 334; step++ {
 		if step == maxAuthSteps {
-			return c.cancelAuth(ctx, m, "too many challenges")
+			return c.cancelAuth(ctx, m, "too many challenges", nil)
 		}
-		chal, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(rep.Text()))
-		if derr != nil {
-			return c.cancelAuth(ctx, m, "challenge is not base64")
+		var resp string
+		if deferred != "" {
+			if strings.TrimSpace(rep.Text()) != "" {
+				return c.cancelAuth(ctx, m, "server sent a challenge where it should ask for the initial response", nil)
+			}
+			resp, deferred = deferred, ""
+		} else {
+			chal, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(rep.Text()))
+			if derr != nil {
+				return c.cancelAuth(ctx, m, "challenge is not base64", nil)
+			}
+			out, merr := m.Next(chal)
+			if errors.Is(merr, sasl.ErrServerVerification) {
+				// SCRAM: the server's signature does not match, so it does
+				// not know the user's keys and may be an impostor. Cancelling
+				// would leave the session open to it: drop it.
+				return c.fail(ctx, &Error{Op: OpAuth, Kind: KindAuth, Message: m.Name() + ": server did not prove it knows the credentials; session dropped", Err: merr})
+			}
+			if merr != nil {
+				return c.cancelAuth(ctx, m, "challenge refused", merr)
+			}
+			resp = base64.StdEncoding.EncodeToString(out)
+			clear(out)
 		}
-		resp, merr := m.Next(chal)
-		if merr != nil {
-			return c.cancelAuth(ctx, m, merr.Error())
-		}
-		rep, rerr = c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, base64.StdEncoding.EncodeToString(resp)+"\r\n")
+		rep, rerr = c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, resp+"\r\n")
 	}
 	if rerr != nil {
 		var e *Error
@@ -163,13 +220,23 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) *Error {
 		}
 		return ioError(ctx, OpAuth, rerr)
 	}
-	if rep.Code == 235 {
+	switch {
+	case rep.Code == 235:
 		if err := m.Complete(); err != nil {
-			// The server claimed success without proving itself (SCRAM):
-			// it may be an impostor, so the session is dropped.
-			return c.fail(ctx, &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Message: m.Name() + ": server did not prove it knows the credentials; session dropped", Err: err})
+			// The server claimed success before the exchange was done
+			// (SCRAM: without proving itself): it may be an impostor, so
+			// the session is dropped.
+			msg := m.Name() + ": server reported success before the exchange was complete; session dropped"
+			if errors.Is(err, sasl.ErrServerVerification) {
+				msg = m.Name() + ": server did not prove it knows the credentials; session dropped"
+			}
+			return c.fail(ctx, &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: msg, Err: err})
 		}
 		return nil
+	case rep.Code < 400:
+		// Not an AUTH reply (smtp-sink answers 250): the client is not
+		// authenticated, whatever the server thinks.
+		return &Error{Op: OpAuth, Kind: KindProtocol, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + ": server answered with " + strconv.Itoa(rep.Code) + ", not 235: " + rep.Text()}
 	}
 	e := &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + " refused: " + rep.Text()}
 	if te := sasl.ServerError(m); te != nil {
@@ -179,16 +246,32 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) *Error {
 }
 
 // cancelAuth answers "*" (RFC 4954 §4) to abandon the exchange and reads
-// the server's reply; the session stays usable if the server agrees.
-func (c *Client) cancelAuth(ctx context.Context, m sasl.Mechanism, why string) *Error {
-	e := &Error{Op: OpAuth, Kind: KindProtocol, Message: m.Name() + ": " + why + "; exchange cancelled"}
+// the server's reply, which must be a refusal (501); the session stays
+// usable then. cause is the mechanism's objection to a challenge, if
+// any: a SCRAM server error (e=) is the server refusing the credentials,
+// so the error is of Kind auth; anything else is a protocol error.
+func (c *Client) cancelAuth(ctx context.Context, m sasl.Mechanism, why string, cause error) *Error {
+	e := &Error{Op: OpAuth, Kind: KindProtocol, Message: m.Name() + ": " + why + "; exchange cancelled", Err: cause}
+	var se *sasl.SCRAMError
+	if errors.As(cause, &se) {
+		e.Kind = KindAuth
+	}
 	rep, err := c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, "*\r\n")
 	if err != nil {
+		// The session broke (cmd closed it): say so too.
+		if cause == nil {
+			e.Err = err
+		} else {
+			e.Err = fmt.Errorf("%w (then the session broke: %w)", cause, err)
+		}
 		return e
 	}
-	if rep.Code/100 == 2 || rep.Code == 334 {
+	e.Code, e.Enhanced = rep.Code, rep.Enhanced
+	if rep.Code < 400 {
+		// The server did not accept the cancellation: where the exchange
+		// stands is unknown, so the session cannot be trusted.
+		e.Message += "; server answered " + strconv.Itoa(rep.Code) + " to the cancellation; session dropped"
 		return c.fail(ctx, e)
 	}
-	e.Code, e.Enhanced = rep.Code, rep.Enhanced
 	return e
 }
