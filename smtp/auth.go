@@ -86,6 +86,9 @@ func (c *Client) LoginWith(ctx context.Context, mech, user, secret string) error
 	if err != nil {
 		return &Error{Op: OpAuth, Kind: KindInvalidInput, Message: mech, Err: err}
 	}
+	if err := ctxError(ctx, OpAuth); err != nil {
+		return err
+	}
 	defer c.watch(ctx)()
 	aerr := c.authenticate(ctx, m)
 	ev := Event{Type: EventAuth, Op: OpAuth, Mechanism: mech}

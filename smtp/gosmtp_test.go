@@ -217,3 +217,11 @@ func TestCancelledContextLeavesSessionUsable(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), srv.Count())
 }
+
+func TestCancelledContextLogin(t *testing.T) {
+	_, c := connectGoSMTP(t, testpeers.GoSMTPOptions{Mode: testpeers.ImplicitTLS, Auth: map[string]string{"u": "p"}}, nil)
+	done, cancel := context.WithCancel(testCtx(t))
+	cancel()
+	assert.ErrorIs(t, c.Login(done, "u", "p"), context.Canceled)
+	require.NoError(t, c.Login(testCtx(t), "u", "p"))
+}
