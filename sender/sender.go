@@ -32,7 +32,7 @@ var ErrClosed = errors.New("sender: closed")
 type Sender struct {
 	cfg Config
 	// reqs hands a request to a session with room for it. Unbuffered:
-	// there is no queue; waiting Sends block here in FIFO order.
+	// there is no queue; waiting Sends block here.
 	reqs chan *request
 	sem  *semaphore.Weighted // one unit per session goroutine
 	// ctx is cancelled by Close: it interrupts every session's I/O.
@@ -45,18 +45,24 @@ type Sender struct {
 	wg           sync.WaitGroup // every session goroutine
 
 	mu sync.Mutex // guards the fields below
-	// closed refuses new Sends.
+	// closed refuses new Sends and new session goroutines.
 	closed bool
 	// dialFailures counts consecutive failed dials; lastDialErr is the
 	// latest. At cfg.MaxDialFailures Send fails fast while one session
-	// goroutine (probing) keeps trying.
+	// goroutine (the probe) keeps trying.
 	dialFailures int
 	lastDialErr  error
 	probing      bool
-	bo           backoff.BackOff
-	// dialEvent is closed (and replaced) when a dial fails, waking Sends
-	// that wait for a session so they can dial again or fail fast.
-	dialEvent chan struct{}
+	// dialing counts the session goroutines started for waiting Sends
+	// that have not taken a request yet (most are dialing): a waiting
+	// Send starts a session only while there are fewer of them than
+	// waiting Sends.
+	dialing int
+	bo      backoff.BackOff
+	// event is closed (and replaced) when a dial fails or a session
+	// goroutine ends, waking Sends that wait for a session so they can
+	// start one, or fail fast.
+	event chan struct{}
 
 	stats counters
 }
@@ -77,17 +83,20 @@ type Stats struct {
 	// Dials and DialFailures count connection attempts (each includes
 	// TLS, greeting, EHLO and AUTH).
 	Dials, DialFailures int64
-	// Sent counts messages the server accepted; Failed those it refused
-	// or that failed otherwise (including bad input); Unknown those
-	// answered with ErrOutcomeUnknown.
+	// Sent counts the Sends that returned an Outcome; Failed those that
+	// returned an error other than their context's or one wrapping
+	// ErrOutcomeUnknown (refusals, bad input, fail-fast, ErrClosed);
+	// Unknown those whose error wraps ErrOutcomeUnknown. Every Send
+	// counts once in Sent, Failed, Unknown or Withdrawn.
 	Sent, Failed, Unknown int64
 	// Replayed counts requests written again on a new session after a
 	// 421 or a lost session before their commit point.
 	Replayed int64
-	// Seen421 counts sessions the server closed with 421.
+	// Seen421 counts the 421 replies the sessions met (each ends its
+	// session), at connection time or later.
 	Seen421 int64
-	// Withdrawn counts requests whose caller's context ended before
-	// they were written.
+	// Withdrawn counts the Sends whose context ended before their
+	// message's commit point was written; they returned ctx.Err().
 	Withdrawn int64
 }
 
@@ -99,38 +108,62 @@ func New(cfg Config) (*Sender, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Sender{
-		cfg:       cfg,
-		reqs:      make(chan *request),
-		sem:       semaphore.NewWeighted(int64(cfg.MaxConns)),
-		ctx:       ctx,
-		cancel:    cancel,
-		shutdown:  make(chan struct{}),
-		bo:        cfg.Backoff(),
-		dialEvent: make(chan struct{}),
+		cfg:      cfg,
+		reqs:     make(chan *request),
+		sem:      semaphore.NewWeighted(int64(cfg.MaxConns)),
+		ctx:      ctx,
+		cancel:   cancel,
+		shutdown: make(chan struct{}),
+		bo:       cfg.Backoff(),
+		event:    make(chan struct{}),
 	}
 	return s, nil
 }
 
-// Request states; the request's caller and its session goroutine race
-// only on the first transition out of stQueued.
+// Request states. The caller (Send) and the session goroutine holding
+// the request race on the transitions; each is a compare-and-swap, so
+// exactly one side answers the caller.
+//
+//	stQueued    -> stActive     the session takes it
+//	stQueued    -> stWithdrawn  the caller gives up before that
+//	stActive    -> stEOF        the body reached EOF: from now on its
+//	                            commit point may be on the wire
+//	stActive    -> stWithdrawn  the caller gives up: the body reader
+//	                            refuses to reach EOF, so the commit
+//	                            point is never written
+//	stEOF       -> stActive     the session will replay it (the commit
+//	                            point was not written, or drew a 421)
+//	stEOF       -> stAbandoned  the caller gives up after EOF: it
+//	                            returns ErrOutcomeUnknown and the session
+//	                            still reads the real outcome (for audit)
+//	stActive/stEOF -> stAnswered the session answers on result
 const (
-	stQueued    int32 = iota // not yet written; the caller may withdraw it
-	stWriting                // taken by a session: may be committed
-	stWithdrawn              // the caller gave up before it was written
+	stQueued int32 = iota
+	stActive
+	stEOF
+	stWithdrawn
+	stAbandoned
+	stAnswered
 )
+
+// errWithdrawn is what a withdrawn request's body returns to the smtp
+// core instead of EOF, so its commit point is never written.
+var errWithdrawn = errors.New("sender: request withdrawn by its caller")
 
 type request struct {
 	ctx    context.Context
 	env    smtp.Envelope
-	body   *replayableBody
+	body   body
 	result chan result // buffered (1): the answer never blocks
 	state  atomic.Int32
+	// conn is the session goroutine holding the request, set before it
+	// leaves stQueued; a caller that withdraws it tells that session.
+	conn atomic.Pointer[conn]
 
 	// Owned by the session goroutine that holds the request.
 	tx       *smtp.Tx
 	attempts int
 	lastErr  error
-	answered bool
 }
 
 type result struct {
@@ -138,23 +171,32 @@ type result struct {
 	err error
 }
 
-// replayableBody counts what was read so a request can be written again
-// if nothing was read yet, or if the body is an io.Seeker.
-type replayableBody struct {
+// body is a request's message body as the smtp core reads it: it counts
+// what was read, so the request can be written again if nothing was read
+// yet or if the body is an io.Seeker; and it is the gate of the commit
+// point: it reports EOF only to a request its caller has not withdrawn.
+type body struct {
+	req   *request
 	r     io.Reader
 	n     int64
 	start int64
 	seek  io.Seeker
 }
 
-func (b *replayableBody) Read(p []byte) (int, error) {
+func (b *body) Read(p []byte) (int, error) {
+	if b.req.state.Load() == stWithdrawn {
+		return 0, errWithdrawn
+	}
 	n, err := b.r.Read(p)
 	b.n += int64(n)
+	if err == io.EOF && !b.req.state.CompareAndSwap(stActive, stEOF) && b.req.state.Load() != stEOF {
+		return n, errWithdrawn
+	}
 	return n, err
 }
 
 // rewind makes the body readable from its start again.
-func (b *replayableBody) rewind() bool {
+func (b *body) rewind() bool {
 	if b.n == 0 {
 		return true
 	}
@@ -168,15 +210,16 @@ func (b *replayableBody) rewind() bool {
 	return true
 }
 
-func newRequest(ctx context.Context, env smtp.Envelope, body io.Reader) *request {
-	rb := &replayableBody{r: body}
-	if s, ok := body.(io.Seeker); ok {
+func newRequest(ctx context.Context, env smtp.Envelope, r io.Reader) *request {
+	req := &request{ctx: ctx, result: make(chan result, 1)}
+	req.body = body{req: req, r: r}
+	if s, ok := r.(io.Seeker); ok {
 		if off, err := s.Seek(0, io.SeekCurrent); err == nil {
-			rb.seek, rb.start = s, off
+			req.body.seek, req.body.start = s, off
 		}
 	}
 	if env.Size <= 0 {
-		switch b := body.(type) {
+		switch b := r.(type) {
 		case *bytes.Reader:
 			env.Size = int64(b.Len())
 		case *strings.Reader:
@@ -185,23 +228,43 @@ func newRequest(ctx context.Context, env smtp.Envelope, body io.Reader) *request
 			env.Size = int64(b.Len())
 		}
 	}
-	return &request{ctx: ctx, env: env, body: rb, result: make(chan result, 1)}
+	req.env = env
+	return req
 }
 
 // Send delivers one message through one of the sender's sessions and
 // returns exactly one answer. It waits for a free session (dialing one
 // when fewer than MaxConns are open) until ctx ends; there is no queue.
 //
-// If ctx ends before the message was written, Send returns ctx.Err() and
-// the message is withdrawn. If it ends after, Send returns an error
-// wrapping both ctx.Err() and [ErrOutcomeUnknown]; the session finishes
-// the transaction and its real outcome still reaches the audit hook.
-// Other errors are [*smtp.Error] values, classified by smtp.IsTemporary
-// and smtp.IsPermanent. A message is never written again after its
-// commit point: after a 421 or a lost session, only requests whose
-// commit point was not written (or that got the 421) are replayed on a
-// new session, and only if their body is unread or an io.Seeker.
+// If ctx ends before the message's commit point (the final "." or BDAT
+// ... LAST) was written, Send returns ctx.Err() at once and the message
+// is withdrawn: it is never committed (the session abandons it with
+// RSET, or drops the connection when bytes of it are half-written). If
+// ctx ends after, Send returns at once an [*smtp.Error] wrapping both
+// ctx.Err() and [ErrOutcomeUnknown]; the session finishes the
+// transaction and its real outcome still reaches the audit hook. Other
+// errors are [*smtp.Error] values, classified by smtp.IsTemporary and
+// smtp.IsPermanent, or [ErrClosed]. A message is never written again
+// after its commit point: after a 421 or a lost session, only requests
+// whose commit point was not written (or that got the 421) are replayed
+// on a new session, and only if their body is unread or an io.Seeker.
 func (s *Sender) Send(ctx context.Context, env smtp.Envelope, body io.Reader) (*smtp.Outcome, error) {
+	out, err := s.send(ctx, env, body)
+	st := &s.stats
+	switch {
+	case err == nil:
+		st.sent.Add(1)
+	case errors.Is(err, ErrOutcomeUnknown):
+		st.unknown.Add(1)
+	case ctx.Err() != nil && err == ctx.Err():
+		st.withdrawn.Add(1)
+	default:
+		st.failed.Add(1)
+	}
+	return out, err
+}
+
+func (s *Sender) send(ctx context.Context, env smtp.Envelope, body io.Reader) (*smtp.Outcome, error) {
 	if body == nil {
 		return nil, &smtp.Error{Op: smtp.OpBody, Kind: smtp.KindInvalidInput, Message: "nil body"}
 	}
@@ -216,22 +279,32 @@ func (s *Sender) Send(ctx context.Context, env smtp.Envelope, body io.Reader) (*
 	case r := <-req.result:
 		return r.out, r.err
 	case <-ctx.Done():
-		select {
-		case r := <-req.result:
+	}
+	for {
+		switch st := req.state.Load(); st {
+		case stQueued:
+			if req.state.CompareAndSwap(stQueued, stWithdrawn) {
+				return nil, ctx.Err()
+			}
+		case stActive:
+			if req.state.CompareAndSwap(stActive, stWithdrawn) {
+				req.conn.Load().withdrawn()
+				return nil, ctx.Err()
+			}
+		case stEOF:
+			if req.state.CompareAndSwap(stEOF, stAbandoned) {
+				return nil, &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindIO,
+					Message: "the caller's context ended after the message's commit point may have been written",
+					Err:     fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())}
+			}
+		default: // stAnswered: the result is on its way
+			r := <-req.result
 			return r.out, r.err
-		default:
 		}
-		if req.state.CompareAndSwap(stQueued, stWithdrawn) {
-			s.stats.withdrawn.Add(1)
-			return nil, ctx.Err()
-		}
-		return nil, &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindIO,
-			Message: "the caller's context ended after the message was written",
-			Err:     fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())}
 	}
 }
 
-// hand gives req to a session, dialing one if there is room.
+// hand gives req to a session, starting one if there is room.
 func (s *Sender) hand(ctx context.Context, req *request) error {
 	s.stats.waiting.Add(1)
 	defer s.stats.waiting.Add(-1)
@@ -245,16 +318,11 @@ func (s *Sender) hand(ctx context.Context, req *request) error {
 			return nil
 		default:
 		}
-		if s.sem.TryAcquire(1) {
-			s.wg.Add(1)
-			s.stats.open.Add(1)
-			go s.session()
-		}
+		s.spawn()
 		select {
 		case s.reqs <- req:
 			return nil
 		case <-ctx.Done():
-			s.stats.withdrawn.Add(1)
 			return ctx.Err()
 		case <-ev:
 		case <-s.shutdown:
@@ -263,21 +331,77 @@ func (s *Sender) hand(ctx context.Context, req *request) error {
 	}
 }
 
+// spawn starts a session goroutine if fewer than MaxConns run and the
+// sender is open. It holds mu so that no goroutine is added to wg after
+// Close has begun waiting for them.
+func (s *Sender) spawn() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || int64(s.dialing) >= s.stats.waiting.Load() || !s.sem.TryAcquire(1) {
+		return
+	}
+	s.dialing++
+	s.wg.Add(1)
+	s.stats.open.Add(1)
+	go s.session()
+}
+
 // admit refuses Sends after Shutdown, and fails them fast after
 // MaxDialFailures consecutive failed dials. It returns the channel that
-// signals the next failed dial.
+// signals the next failed dial or ended session.
 func (s *Sender) admit() (chan struct{}, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, ErrClosed
 	}
-	if s.dialFailures >= s.cfg.MaxDialFailures {
-		return nil, &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO,
-			Message: fmt.Sprintf("%d consecutive dials failed; failing fast while a probe retries", s.dialFailures),
-			Err:     s.lastDialErr}
+	if err := s.failFastLocked(); err != nil {
+		return nil, err
 	}
-	return s.dialEvent, nil
+	return s.event, nil
+}
+
+// failFastLocked returns the error for Sends while dials keep failing,
+// or nil. The error wraps the last dial error and carries its code and
+// kind, so it classifies as that error does.
+func (s *Sender) failFastLocked() error {
+	if s.dialFailures < s.cfg.MaxDialFailures {
+		return nil
+	}
+	e := &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO,
+		Message: fmt.Sprintf("%d consecutive dials failed; failing fast while a probe retries", s.dialFailures),
+		Err:     s.lastDialErr}
+	if de, ok := errors.AsType[*smtp.Error](s.lastDialErr); ok {
+		e.Op, e.Kind, e.Code, e.Enhanced = de.Op, de.Kind, de.Code, de.Enhanced
+	}
+	return e
+}
+
+// failingFast returns the fail-fast error, or nil while dials work.
+func (s *Sender) failingFast() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failFastLocked()
+}
+
+// dialed records that a session goroutine took its first request, or
+// ended without one.
+func (s *Sender) dialed() {
+	s.mu.Lock()
+	s.dialing--
+	s.mu.Unlock()
+}
+
+// wake wakes the Sends waiting for a session.
+func (s *Sender) wake() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wakeLocked()
+}
+
+func (s *Sender) wakeLocked() {
+	close(s.event)
+	s.event = make(chan struct{})
 }
 
 // dialDelay is how long a new session waits before dialing: nothing
@@ -296,15 +420,18 @@ func (s *Sender) dialDelay() time.Duration {
 }
 
 // dialFailed records a failed dial and wakes waiting Sends. It reports
-// whether the caller should keep probing (it is the one prober).
+// whether the caller has become the probe: the one session goroutine
+// that keeps dialing, with backoff, while Sends fail fast.
 func (s *Sender) dialFailed(err error) (probe bool) {
 	s.stats.dialFailures.Add(1)
+	if e, ok := errors.AsType[*smtp.Error](err); ok && e.Code == 421 {
+		s.stats.seen421.Add(1)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dialFailures++
 	s.lastDialErr = err
-	close(s.dialEvent)
-	s.dialEvent = make(chan struct{})
+	s.wakeLocked()
 	if s.dialFailures >= s.cfg.MaxDialFailures && !s.probing {
 		s.probing = true
 		return true
@@ -312,13 +439,14 @@ func (s *Sender) dialFailed(err error) (probe bool) {
 	return false
 }
 
-func (s *Sender) dialSucceeded(wasProbe bool) {
+// dialSucceeded records a dial that worked; the probe gives up its role.
+func (s *Sender) dialSucceeded(probe bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dialFailures = 0
 	s.lastDialErr = nil
 	s.bo.Reset()
-	if wasProbe {
+	if probe {
 		s.probing = false
 	}
 }
@@ -329,29 +457,29 @@ func (s *Sender) stopProbing() {
 	s.mu.Unlock()
 }
 
-// sleep waits d, or until the sender shuts down; it reports whether the
-// full time passed.
-func (s *Sender) sleep(d time.Duration, extra <-chan struct{}) bool {
+// sleep waits d, or until the sender is closed or stop is closed; it
+// reports whether the full time passed.
+func (s *Sender) sleep(d time.Duration, stop <-chan struct{}) bool {
 	if d <= 0 {
-		return true
+		return s.ctx.Err() == nil
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-s.shutdown:
 	case <-s.ctx.Done():
-	case <-extra:
+	case <-stop:
 	}
 	return false
 }
 
-// connect dials, greets, upgrades and authenticates one session.
-func (s *Sender) connect() (*smtp.Client, error) {
+// connect dials, greets, upgrades and authenticates one session, within
+// ctx and DialTimeout.
+func (s *Sender) connect(parent context.Context) (*smtp.Client, error) {
 	s.stats.dials.Add(1)
 	cfg := &s.cfg
-	ctx, cancel := context.WithTimeout(s.ctx, cfg.DialTimeout)
+	ctx, cancel := context.WithTimeout(parent, cfg.DialTimeout)
 	defer cancel()
 	var t transport.Transport
 	var err error

@@ -3,56 +3,228 @@ package sender
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
+
+	"github.com/cenkalti/backoff/v4"
 
 	"github.com/smtpkit/smtpkit/smtp"
 )
 
-// conn is one session and the goroutine that owns it. Every field is
+// conn is one session goroutine and the connections it makes, one after
+// another: it dials, serves requests, and after a 421 or a lost
+// connection redials to replay what it may. Unless noted, every field is
 // owned by that goroutine (the session loop); nothing else touches the
 // smtp.Client.
 type conn struct {
 	s        *Sender
-	c        *smtp.Client
+	c        *smtp.Client // nil while dialing
 	born     time.Time
-	written  int        // transactions written on this session
+	written  int        // transactions written on this connection
 	inflight []*request // written, replies not yet read, in order
-	replay   []*request // to write again on a new session, in order
+	replay   []*request // to write again on a new connection, in order
+	// dialing is set until the goroutine takes its first request (or
+	// ends): a Send that waits for a session counts on it.
+	dialing bool
+	// probe is set while this goroutine is the sender's one probe: it
+	// keeps dialing while Sends fail fast, and must not end before a
+	// dial works (or the sender closes).
+	probe bool
+	// io bounds the current connection (and its dial): it is cancelled
+	// by Close, and by the caller that withdraws the last request this
+	// goroutine holds (see withdrawn).
+	io context.Context
+
+	mu sync.Mutex // guards the fields below
+	// live counts the requests held (taken and not yet finished), other
+	// than those their callers withdrew.
+	live int
+	// stop cancels io.
+	stop context.CancelFunc
 }
 
-// session is the goroutine of one connection: it dials (waiting the
-// backoff after failures; after MaxDialFailures it becomes the one probe
-// that keeps trying while Sends fail fast), then serves requests until
-// idle, retired, shut down or broken beyond repair.
+// session is the goroutine of one conn. It dials (waiting the backoff
+// after failures; after MaxDialFailures it may become the one probe that
+// keeps trying while Sends fail fast), then serves requests until idle,
+// retired or shut down; a connection that breaks is redialed as long as
+// requests wait to be replayed.
 func (s *Sender) session() {
-	defer s.wg.Done()
-	defer s.sem.Release(1)
-	defer s.stats.open.Add(-1)
-	probe := false
+	a := &conn{s: s, dialing: true}
+	defer func() {
+		if a.dialing {
+			s.dialed()
+		}
+		if a.probe {
+			s.stopProbing()
+		}
+		a.endEpoch()
+		s.stats.open.Add(-1)
+		s.sem.Release(1)
+		s.wake() // a waiting Send may start a session in this one's place
+		s.wg.Done()
+	}()
 	for {
-		if !s.sleep(s.dialDelay(), nil) {
-			if probe {
-				s.stopProbing()
-			}
+		if a.c == nil && !a.dialLoop() {
 			return
 		}
-		c, err := s.connect()
-		if err == nil {
-			s.dialSucceeded(probe)
-			a := &conn{s: s, c: c, born: time.Now()}
-			a.serve()
+		if !a.serve() {
 			return
+		}
+		// The connection broke: settle what was in flight, then redial
+		// for the requests to replay.
+		a.settleInflight()
+		a.c = nil
+		if !a.redial() && !a.probe {
+			return
+		}
+	}
+}
+
+// dialLoop makes the goroutine's first connection, or, as the probe,
+// dials until a connection works. It reports whether it has one.
+func (a *conn) dialLoop() bool {
+	s := a.s
+	for {
+		if !s.sleep(s.dialDelay(), s.shutdown) || isShutdown(s) {
+			return false
+		}
+		io := a.newEpoch(false)
+		c, err := s.connect(io)
+		if err == nil {
+			s.dialSucceeded(a.probe)
+			a.probe = false
+			a.connected(c)
+			return true
 		}
 		if s.ctx.Err() != nil {
-			if probe {
-				s.stopProbing()
+			return false
+		}
+		if s.dialFailed(err) {
+			a.probe = true
+		}
+		if !a.probe {
+			return false
+		}
+	}
+}
+
+// redial connects again for the requests to replay, with backoff, until
+// one connection works, every waiting caller is gone (their contexts
+// bound the redial), the sender is closed, or dials fail so often that
+// the sender fails fast (then the requests get the fail-fast error). It
+// reports whether it has a connection.
+func (a *conn) redial() bool {
+	s := a.s
+	var bo backoff.BackOff
+	for {
+		a.pruneReplay()
+		if len(a.replay) == 0 {
+			return false
+		}
+		if s.ctx.Err() != nil {
+			a.failReplay(nil)
+			return false
+		}
+		if err := s.failingFast(); err != nil {
+			a.failReplay(err)
+			return false
+		}
+		io := a.newEpoch(true)
+		if bo != nil {
+			d := bo.NextBackOff()
+			if d == backoff.Stop {
+				a.failReplay(nil)
+				return false
 			}
-			return
+			if !s.sleep(d, io.Done()) {
+				continue // closed, or every caller withdrew
+			}
+		} else {
+			bo = s.cfg.Backoff()
 		}
-		if !s.dialFailed(err) && !probe {
-			return
+		c, err := s.connect(io)
+		if err == nil {
+			s.dialSucceeded(a.probe)
+			a.probe = false
+			a.connected(c)
+			replay := a.replay
+			a.replay = nil
+			for _, req := range replay {
+				a.write(req)
+			}
+			return true
 		}
-		probe = true
+		if io.Err() != nil {
+			continue // closed, or every caller withdrew: not the server's fault
+		}
+		if s.dialFailed(err) {
+			a.probe = true
+		}
+	}
+}
+
+// newEpoch starts the context that bounds one connection and its dial.
+// For a redial (bounded), it is born cancelled if every request the
+// goroutine held has been withdrawn meanwhile.
+func (a *conn) newEpoch(bounded bool) context.Context {
+	ctx, cancel := context.WithCancel(a.s.ctx)
+	a.mu.Lock()
+	if a.stop != nil {
+		a.stop()
+	}
+	a.stop = cancel
+	if bounded && a.live == 0 {
+		cancel()
+	}
+	a.mu.Unlock()
+	a.io = ctx
+	return ctx
+}
+
+func (a *conn) endEpoch() {
+	a.mu.Lock()
+	if a.stop != nil {
+		a.stop()
+	}
+	a.mu.Unlock()
+}
+
+func (a *conn) connected(c *smtp.Client) {
+	a.c, a.born, a.written = c, time.Now(), 0
+}
+
+// hold counts req as held by this goroutine. It reports false if its
+// caller withdrew it while it waited to be taken.
+func (a *conn) hold(req *request) bool {
+	a.mu.Lock()
+	a.live++
+	a.mu.Unlock()
+	req.conn.Store(a)
+	if req.state.CompareAndSwap(stQueued, stActive) {
+		return true
+	}
+	a.release()
+	return false
+}
+
+// release is the session's end of its hold on a request.
+func (a *conn) release() {
+	a.mu.Lock()
+	a.live--
+	a.mu.Unlock()
+}
+
+// withdrawn is called by the caller of a held request it withdrew. When
+// no held request is left whose outcome matters, the connection's I/O is
+// interrupted: a session blocked on a server that stopped answering, or
+// a redial nobody waits for, ends at once. (The withdrawn request itself
+// is safe without that: its body never reaches EOF.)
+func (a *conn) withdrawn() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.live--
+	if a.live == 0 && a.stop != nil {
+		a.stop()
 	}
 }
 
@@ -68,49 +240,51 @@ func (a *conn) retiring() bool {
 	return cfg.MaxLifetime > 0 && time.Since(a.born) >= cfg.MaxLifetime
 }
 
-func (a *conn) serve() {
+// serve runs the connection until it is done. It reports true if the
+// connection broke (and the goroutine should redial for what it has to
+// replay), false if it ended in order: idle, retired, shut down, closed.
+func (a *conn) serve() (broken bool) {
 	s := a.s
 	idle := time.NewTimer(s.cfg.IdleTimeout)
 	defer idle.Stop()
 	for {
 		if a.c.State() == smtp.StateClosed {
-			if !a.recover() {
-				return
-			}
-			continue
+			a.closed()
+			return true
 		}
 		if len(a.inflight) == 0 {
-			if a.retiring() {
+			if a.retiring() || isShutdown(s) {
 				a.quit()
-				return
+				return false
 			}
 			idle.Reset(s.cfg.IdleTimeout)
 			s.stats.idle.Add(1)
 			select {
 			case req := <-s.reqs:
 				s.stats.idle.Add(-1)
-				a.write(req)
+				a.take(req)
 			case <-idle.C:
 				s.stats.idle.Add(-1)
 				a.quit()
-				return
+				return false
 			case <-s.shutdown:
 				s.stats.idle.Add(-1)
 				a.quit()
-				return
+				return false
 			case <-s.ctx.Done():
 				s.stats.idle.Add(-1)
 				a.c.Close()
-				return
+				a.c = nil
+				return false
 			}
 			continue
 		}
 		// Fill the window with whatever is waiting, without blocking.
 	fill:
-		for len(a.inflight) < a.window() && !a.retiring() && a.c.State() != smtp.StateClosed {
+		for len(a.inflight) < a.window() && !a.retiring() && !isShutdown(s) && a.c.State() != smtp.StateClosed {
 			select {
 			case req := <-s.reqs:
-				a.write(req)
+				a.take(req)
 			default:
 				break fill
 			}
@@ -121,28 +295,54 @@ func (a *conn) serve() {
 	}
 }
 
-// write starts one request on the session, unless its caller withdrew it.
-func (a *conn) write(req *request) {
-	if !req.state.CompareAndSwap(stQueued, stWriting) && req.attempts == 0 {
-		return // withdrawn before it was written
+// closed notes a connection that ended by a failure.
+func (a *conn) closed() {
+	if e, ok := errors.AsType[*smtp.Error](a.c.Err()); ok && e.Code == 421 {
+		a.s.stats.seen421.Add(1)
 	}
-	if req.attempts > 0 && !req.body.rewind() {
-		a.answer(req, nil, req.lastErr)
+}
+
+// take starts a request handed over by Send.
+func (a *conn) take(req *request) {
+	if a.dialing {
+		a.dialing = false
+		a.s.dialed()
+	}
+	if a.hold(req) {
+		a.write(req)
+	}
+}
+
+// write starts one held request on the connection, unless its caller
+// withdrew it.
+func (a *conn) write(req *request) {
+	if req.state.Load() == stWithdrawn {
+		return // the caller released it
+	}
+	if req.attempts >= a.s.cfg.MaxAttempts || (req.attempts > 0 && !req.body.rewind()) {
+		a.finish(req, nil, req.lastErr)
 		return
 	}
-	req.attempts++
-	a.written++
-	tx, err := a.c.WriteTx(a.s.ctx, req.env, req.body)
+	tx, err := a.c.WriteTx(a.io, req.env, &req.body)
 	if err != nil {
 		if errors.Is(err, smtp.ErrClosed) && a.s.ctx.Err() == nil {
-			// Nothing of it was written: it goes on the next session.
-			req.lastErr = err
+			// Nothing of it was written (the connection was found
+			// closed): it goes on the next connection, and this was
+			// not an attempt.
+			if req.lastErr == nil {
+				req.lastErr = err
+			}
 			a.replay = append(a.replay, req)
 			return
 		}
-		a.answer(req, nil, err)
+		a.finish(req, nil, err)
 		return
 	}
+	if req.attempts > 0 {
+		a.s.stats.replayed.Add(1)
+	}
+	req.attempts++
+	a.written++
 	req.tx = tx
 	a.inflight = append(a.inflight, req)
 }
@@ -152,87 +352,58 @@ func (a *conn) readOldest() {
 	req := a.inflight[0]
 	a.inflight[0] = nil
 	a.inflight = a.inflight[1:]
-	out, err := a.c.ReadTx(a.s.ctx, req.tx)
+	out, err := a.c.ReadTx(a.io, req.tx)
 	a.settle(req, out, err)
 }
 
-// settle answers a finished request, or keeps it for replay.
-func (a *conn) settle(req *request, out *smtp.Outcome, err error) {
-	if err != nil && req.tx.Replayable() && a.s.ctx.Err() == nil {
-		req.lastErr = err
-		req.tx = nil
-		a.replay = append(a.replay, req)
-		return
-	}
-	a.answer(req, out, err)
-}
-
-func (a *conn) answer(req *request, out *smtp.Outcome, err error) {
-	if req.answered {
-		return
-	}
-	req.answered = true
-	st := &a.s.stats
-	switch {
-	case err == nil:
-		st.sent.Add(1)
-	case errors.Is(err, ErrOutcomeUnknown):
-		st.unknown.Add(1)
-	default:
-		st.failed.Add(1)
-	}
-	req.result <- result{out, err}
-}
-
-// recover handles a session that broke: it settles what was in flight,
-// then redials and writes the replayable requests again, in order. It
-// returns false when the goroutine should end.
-func (a *conn) recover() bool {
-	s := a.s
-	if e, ok := errors.AsType[*smtp.Error](a.c.Err()); ok && e.Code == 421 {
-		s.stats.seen421.Add(1)
-	}
+// settleInflight settles the transactions of a connection that broke:
+// each has failed (smtp settles them all when a session breaks).
+func (a *conn) settleInflight() {
 	for _, req := range a.inflight {
-		out, err := a.c.ReadTx(s.ctx, req.tx)
+		out, err := a.c.ReadTx(a.io, req.tx)
 		a.settle(req, out, err)
 	}
 	clear(a.inflight)
 	a.inflight = a.inflight[:0]
-	bo := s.cfg.Backoff()
+}
+
+// settle answers a finished request, or keeps it for replay: its commit
+// point was not written, or the server answered it with 421.
+func (a *conn) settle(req *request, out *smtp.Outcome, err error) {
+	tx := req.tx
+	req.tx = nil
+	if err != nil && tx.Replayable() && a.s.ctx.Err() == nil {
+		req.lastErr = err
+		// A request whose body reached EOF may be its caller's again.
+		req.state.CompareAndSwap(stEOF, stActive)
+		switch req.state.Load() {
+		case stActive:
+			a.replay = append(a.replay, req)
+			return
+		case stWithdrawn:
+			return
+		}
+	}
+	a.finish(req, out, err)
+}
+
+// finish ends the session's hold on req, answering its caller unless the
+// caller has answered itself (withdrawn, or gone with ErrOutcomeUnknown).
+func (a *conn) finish(req *request, out *smtp.Outcome, err error) {
 	for {
-		a.pruneReplay()
-		if len(a.replay) == 0 {
-			return false
-		}
-		if s.ctx.Err() != nil {
-			a.failReplay()
-			return false
-		}
-		c, err := s.connect()
-		if err == nil {
-			s.dialSucceeded(false)
-			a.c, a.born, a.written = c, time.Now(), 0
-			replay := a.replay
-			a.replay = nil
-			for _, req := range replay {
-				s.stats.replayed.Add(1)
-				a.write(req)
+		switch st := req.state.Load(); st {
+		case stActive, stEOF:
+			if !req.state.CompareAndSwap(st, stAnswered) {
+				continue
 			}
-			return true
-		}
-		s.dialFailed(err)
-		for _, req := range a.replay {
-			req.lastErr = err
-		}
-		d := bo.NextBackOff()
-		if d < 0 {
-			a.failReplay()
-			return false
-		}
-		// Wait the backoff, or until the oldest waiting caller gives up.
-		if !s.sleep(d, a.replay[0].ctx.Done()) && (s.ctx.Err() != nil || isShutdown(s)) {
-			a.failReplay()
-			return false
+			req.result <- result{out, err}
+			a.release()
+			return
+		case stAbandoned:
+			a.release()
+			return
+		default: // stWithdrawn: the caller released it
+			return
 		}
 	}
 }
@@ -244,12 +415,11 @@ func (a *conn) pruneReplay() {
 	kept := a.replay[:0]
 	for _, req := range a.replay {
 		switch {
+		case req.state.Load() == stWithdrawn:
 		case req.ctx.Err() != nil:
-			a.answer(req, nil, req.ctx.Err())
-		case req.attempts >= a.s.cfg.MaxAttempts:
-			a.answer(req, nil, req.lastErr)
-		case !req.body.rewind():
-			a.answer(req, nil, req.lastErr)
+			a.finish(req, nil, req.ctx.Err())
+		case req.attempts >= a.s.cfg.MaxAttempts, !req.body.rewind():
+			a.finish(req, nil, req.lastErr)
 		default:
 			kept = append(kept, req)
 		}
@@ -258,10 +428,17 @@ func (a *conn) pruneReplay() {
 	a.replay = kept
 }
 
-func (a *conn) failReplay() {
+// failReplay answers every request waiting for a replay with err, or
+// with its last error when err is nil.
+func (a *conn) failReplay(err error) {
 	for _, req := range a.replay {
-		a.answer(req, nil, req.lastErr)
+		e := err
+		if e == nil {
+			e = req.lastErr
+		}
+		a.finish(req, nil, e)
 	}
+	clear(a.replay)
 	a.replay = nil
 }
 
@@ -276,7 +453,8 @@ func isShutdown(s *Sender) bool {
 
 // quit ends the session politely.
 func (a *conn) quit() {
-	ctx, cancel := context.WithTimeout(a.s.ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(a.io, 5*time.Second)
 	defer cancel()
 	a.c.Quit(ctx)
+	a.c = nil
 }
