@@ -101,7 +101,10 @@ type Config struct {
 	Backoff func() backoff.BackOff
 	// MaxDialFailures is how many consecutive failed dials make Send
 	// fail fast (with the last dial error) while one background probe
-	// keeps trying; 0 means 3.
+	// keeps trying; 0 means 3. A login the server refuses with 5xx (or
+	// credentials that are invalid) counts as all of them at once: a
+	// wrong password is not tried again at once, which could lock the
+	// account; the probe retries it at the backoff's pace.
 	MaxDialFailures int
 	// MaxAttempts bounds how often one request is written (the first
 	// time plus replays after 421 or a lost session before its commit

@@ -430,6 +430,12 @@ func (s *Sender) dialFailed(err error) (probe bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dialFailures++
+	if credentialsRefused(err) {
+		// Retrying a refused password at once only risks locking the
+		// account: fail fast now, and let the probe's backoff pace
+		// further attempts.
+		s.dialFailures = max(s.dialFailures, s.cfg.MaxDialFailures)
+	}
 	s.lastDialErr = err
 	s.wakeLocked()
 	if s.dialFailures >= s.cfg.MaxDialFailures && !s.probing {
@@ -437,6 +443,13 @@ func (s *Sender) dialFailed(err error) (probe bool) {
 		return true
 	}
 	return false
+}
+
+// credentialsRefused reports whether a dial failed because the server
+// permanently refused the credentials (5xx to AUTH) or they were invalid.
+func credentialsRefused(err error) bool {
+	e, ok := errors.AsType[*smtp.Error](err)
+	return ok && e.Op == smtp.OpAuth && (e.Kind == smtp.KindInvalidInput || e.Kind == smtp.KindAuth && e.Code >= 500)
 }
 
 // dialSucceeded records a dial that worked; the probe gives up its role.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -135,4 +136,27 @@ func TestCancellationStorm(t *testing.T) {
 	assert.GreaterOrEqual(t, delivered, sent.Load())
 	assert.LessOrEqual(t, delivered, sent.Load()+unknown.Load())
 	t.Logf("stats: %+v", s.Stats())
+}
+
+// A refused password fails fast after one login, not MaxDialFailures of
+// them: repeated bad logins can lock an account.
+func TestWrongPasswordFailsFast(t *testing.T) {
+	_, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{Auth: map[string]string{"u": "right"}, AuthRequired: true}, sender.Config{
+		Credentials: func(context.Context) (sender.Credentials, error) {
+			return sender.Credentials{Username: "u", Secret: "wrong"}, nil
+		},
+		MaxDialFailures: 5,
+		Backoff:         func() backoff.BackOff { return backoff.NewConstantBackOff(time.Hour) },
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := 0; i < 3; i++ {
+		_, err := s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(i)))
+		var se *smtp.Error
+		require.ErrorAs(t, err, &se)
+		assert.Equal(t, smtp.OpAuth, se.Op)
+		assert.True(t, smtp.IsPermanent(err), "%v", err)
+		assert.NotContains(t, err.Error(), "wrong")
+	}
+	assert.Equal(t, int64(1), s.Stats().Dials)
 }
