@@ -369,7 +369,7 @@ func (s *Sender) failFastLocked() error {
 		return nil
 	}
 	e := &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO,
-		Message: fmt.Sprintf("%d consecutive dials failed; failing fast while a probe retries", s.dialFailures),
+		Message: "the server cannot be reached or refused the login; failing fast while a probe retries",
 		Err:     s.lastDialErr}
 	if de, ok := errors.AsType[*smtp.Error](s.lastDialErr); ok {
 		e.Op, e.Kind, e.Code, e.Enhanced = de.Op, de.Kind, de.Code, de.Enhanced
