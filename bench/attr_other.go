@@ -1,0 +1,7 @@
+//go:build !linux
+
+package main
+
+import "syscall"
+
+func helperAttr() *syscall.SysProcAttr { return nil }

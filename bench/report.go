@@ -1,0 +1,644 @@
+package main
+
+import (
+	"bytes"
+	_ "embed"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"text/template"
+	"time"
+)
+
+// report is everything one run of the benchmark produced.
+type report struct {
+	Mode      string // "full" or "quick"
+	Started   time.Time
+	Took      time.Duration
+	Machine   string
+	Plan      plan
+	LineRTTs  []rttStat
+	Results   []measurement
+	Memory    []memResult
+	Unavail   map[string]string // sink -> why it did not run
+	Profiling bool
+}
+
+// find returns the measurement of sc on sink at rtt, if it succeeded.
+func (r *report) find(sink string, rtt time.Duration, sc scenario) (measurement, bool) {
+	for _, m := range r.Results {
+		if m.Sink == sink && m.rtt == rtt && m.sc == sc && m.err == nil {
+			return m, true
+		}
+	}
+	return measurement{}, false
+}
+
+// fmtInt formats n with thousands separators.
+func fmtInt(n float64) string {
+	s := strconv.FormatInt(int64(math.Round(n)), 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+func fmtRate(m measurement) string {
+	if m.err != nil {
+		return "error"
+	}
+	return fmtInt(m.MsgsPerS)
+}
+
+func fmtRTT(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', -1, 64) + " ms"
+}
+
+func fmtBytes(b float64) string {
+	switch {
+	case math.Abs(b) >= 1<<20:
+		return trimZeros(strconv.FormatFloat(b/(1<<20), 'f', 2, 64)) + " MiB"
+	case math.Abs(b) >= 1<<10:
+		return trimZeros(strconv.FormatFloat(b/(1<<10), 'f', 1, 64)) + " KiB"
+	}
+	return fmtInt(b) + " B"
+}
+
+func trimZeros(s string) string {
+	if strings.Contains(s, ".") {
+		s = strings.TrimRight(strings.TrimRight(s, "0"), ".")
+	}
+	return s
+}
+
+// sinkTitle names a sink in headings.
+func sinkTitle(sink string) string {
+	switch sink {
+	case sinkGoSMTP:
+		return "go-smtp server"
+	case sinkSMTPSink:
+		return "Postfix smtp-sink"
+	case sinkPostfix:
+		return "Postfix smtpd"
+	}
+	return sink
+}
+
+// spread shows the runs' range as a percentage of the median.
+func spread(m measurement) string {
+	if len(m.rates) < 2 || m.MsgsPerS == 0 {
+		return ""
+	}
+	lo, hi := slices.Min(m.rates), slices.Max(m.rates)
+	return fmt.Sprintf("±%.0f%%", 100*(hi-lo)/2/m.MsgsPerS)
+}
+
+// progressLine describes one measurement as it finishes.
+func progressLine(m measurement) string {
+	head := fmt.Sprintf("%-9s %6s  %-36s", m.Sink, fmtRTT(m.rtt), m.sc.label())
+	if m.err != nil {
+		return head + "  error: " + m.err.Error()
+	}
+	s := fmt.Sprintf("%s %9s msg/s %5s", head, fmtInt(m.MsgsPerS), spread(m))
+	if m.AllocsPerMsg != nil {
+		s += fmt.Sprintf("  %6.1f allocs/msg %7s B/msg", *m.AllocsPerMsg, fmtInt(*m.BytesPerMsg))
+	}
+	if m.cpu >= 0 {
+		s += fmt.Sprintf("  %5.1f µs CPU", float64(m.cpu)/1e3)
+	}
+	if m.reads >= 0 {
+		s += fmt.Sprintf("  %4.2f rd %4.2f wr", m.reads, m.writes)
+	}
+	return s
+}
+
+// printTables writes the summary: per sink, msg/s for each client at
+// each RTT, then the targets and the memory figures.
+func (r *report) printTables(w io.Writer) {
+	for _, sink := range r.Plan.Sinks {
+		if why, ok := r.Unavail[sink]; ok {
+			fmt.Fprintf(w, "\n%s: not measured (%s)\n", sinkTitle(sink), why)
+			continue
+		}
+		fmt.Fprintf(w, "\n%s: msg/s (median of %d runs)\n", sinkTitle(sink), r.Plan.Timing.Runs)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprint(tw, "client\t")
+		for _, rtt := range r.Plan.RTTs {
+			fmt.Fprintf(tw, "RTT %s\t", fmtRTT(rtt))
+		}
+		fmt.Fprint(tw, "allocs/msg @0\tB/msg @0\t\n")
+		for _, sc := range r.Plan.Scenarios {
+			if !sc.supports(sink) {
+				continue
+			}
+			fmt.Fprintf(tw, "%s\t", sc.label())
+			var at0 *measurement
+			for _, rtt := range r.Plan.RTTs {
+				m, ok := r.find(sink, rtt, sc)
+				switch {
+				case ok:
+					fmt.Fprintf(tw, "%s\t", fmtRate(m))
+					if rtt == 0 {
+						at0 = &m
+					}
+				default:
+					fmt.Fprint(tw, "-\t")
+				}
+			}
+			if at0 != nil && at0.AllocsPerMsg != nil {
+				fmt.Fprintf(tw, "%.1f\t%s\t\n", *at0.AllocsPerMsg, fmtInt(*at0.BytesPerMsg))
+			} else {
+				fmt.Fprint(tw, "-\t-\t\n")
+			}
+		}
+		tw.Flush()
+	}
+	if len(r.Memory) > 0 {
+		fmt.Fprintln(w, "\nmemory")
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		for _, m := range r.Memory {
+			fmt.Fprintf(tw, "%s\n", memLine(m))
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(w, "\ntargets")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprint(tw, "target\tmeasured\tagainst\tratio\tgoal\tmet\n")
+	for _, t := range r.targets() {
+		if t.Met == "not measured" {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, t.Measured, t.Against, t.Ratio, t.Goal, t.Met)
+	}
+	tw.Flush()
+}
+
+func memLine(m memResult) string {
+	if m.err != nil {
+		return fmt.Sprintf("%s\t%s\t%s\terror: %v", m.What, m.Client, m.Sink, m.err)
+	}
+	switch m.What {
+	case "idle-session":
+		return fmt.Sprintf("idle session\t%s\t%s\t%s per session (heap %s, goroutine stack %s)", m.Client, m.Sink, fmtBytes(m.Bytes), fmtBytes(m.Alloc), fmtBytes(m.Bytes-m.Alloc))
+	default:
+		return fmt.Sprintf("%s body\t%s\t%s\tpeak heap +%s, %s allocated while streaming", fmtBytes(float64(m.Size)), m.Client, m.Sink, fmtBytes(m.Bytes), fmtBytes(m.Alloc))
+	}
+}
+
+// target is one row of the issue's target table, evaluated.
+type target struct {
+	Name, Measured, Against, Ratio, Goal, Met string
+	Core                                      string // the same ratio for smtp.Client driven directly
+}
+
+func (r *report) targets() []target {
+	var out []target
+	rate := func(sink string, rtt time.Duration, sc scenario) (float64, bool) {
+		m, ok := r.find(sink, rtt, sc)
+		return m.MsgsPerS, ok && m.MsgsPerS > 0
+	}
+	snd := func(c, w int) scenario { return scenario{clientSender, c, w} }
+	core := func(w int) scenario { return scenario{clientCore, 1, w} }
+	chunk := func(w int) scenario { return scenario{clientWireChunking, 1, w} }
+	data := scenario{clientWireData, 1, 1}
+	ratioRow := func(name, sink string, rtt time.Duration, ours, coreSc, ref scenario, goal float64, goalText string) {
+		t := target{Name: name, Goal: goalText}
+		a, okA := rate(sink, rtt, ours)
+		b, okB := rate(sink, rtt, ref)
+		t.Against = ref.label()
+		if !okA || !okB {
+			t.Measured, t.Ratio, t.Met = "-", "-", "not measured"
+			out = append(out, t)
+			return
+		}
+		t.Measured = fmtInt(a) + " (" + ours.label() + ")"
+		t.Against = fmtInt(b) + " (" + ref.label() + ")"
+		ratio := a / b
+		if goal >= 1.5 {
+			t.Ratio = fmt.Sprintf("%.2f×", ratio)
+		} else {
+			t.Ratio = fmt.Sprintf("%.0f %%", 100*ratio)
+		}
+		if goal == 0 {
+			t.Met = "-"
+		} else if ratio >= goal {
+			t.Met = "met"
+		} else if goal >= 1.5 {
+			t.Met = fmt.Sprintf("MISSED (%.2f× short)", goal-ratio)
+		} else {
+			pts := math.Round(100 * (goal - ratio))
+			t.Met = fmt.Sprintf("MISSED by %.0f point", pts)
+			if pts != 1 {
+				t.Met += "s"
+			}
+		}
+		if c, ok := rate(sink, rtt, coreSc); ok && coreSc != ref {
+			if goal >= 1.5 {
+				t.Core = fmt.Sprintf("%.2f×", c/b)
+			} else {
+				t.Core = fmt.Sprintf("%.0f %%", 100*c/b)
+			}
+		}
+		out = append(out, t)
+	}
+	ms10 := 10 * time.Millisecond
+	ratioRow("go-smtp sink, RTT 0, W=32", sinkGoSMTP, 0, snd(1, 32), core(32), chunk(32), 0.8, "≥ 80 % of wire limit")
+	ratioRow("go-smtp sink, RTT 10 ms, W=32", sinkGoSMTP, ms10, snd(1, 32), core(32), chunk(32), 0.9, "≥ 90 % of wire limit")
+	ratioRow("go-smtp sink, RTT 10 ms, W=128", sinkGoSMTP, ms10, snd(1, 128), core(128), chunk(128), 0.8, "≥ 80 % of wire limit")
+	ratioRow("smtp-sink, RTT 10 ms (DATA)", sinkSMTPSink, ms10, snd(1, 32), core(32), data, 0.9, "≥ 90 % of wire limit")
+	ratioRow("smtp-sink, RTT 0 (DATA)", sinkSMTPSink, 0, snd(1, 32), core(32), scenario{clientSource, 1, 1}, 2, "≥ 2× smtp-source")
+	ratioRow("smtp-sink, RTT 0 (DATA), vs wire limit", sinkSMTPSink, 0, snd(1, 32), core(32), data, 0, "(for information)")
+	ratioRow("actor cost, go-smtp sink, RTT 0, no window", sinkGoSMTP, 0, snd(1, 1), core(1), core(1), 0.9, "≥ 90 % of smtp.Client")
+	ratioRow("actor cost, go-smtp sink, RTT 0, W=32", sinkGoSMTP, 0, snd(1, 32), core(32), core(32), 0.9, "≥ 90 % of smtp.Client")
+	ratioRow("actor cost, smtp-sink, RTT 0, W=32", sinkSMTPSink, 0, snd(1, 32), core(32), core(32), 0.9, "≥ 90 % of smtp.Client")
+
+	for _, sink := range r.Plan.Sinks {
+		ref, ok := r.find(sink, 0, scenario{clientNetSMTP, 1, 1})
+		if !ok || ref.AllocsPerMsg == nil {
+			continue
+		}
+		for _, sc := range []scenario{snd(1, 32), snd(1, 1), core(1), core(32)} {
+			m, ok := r.find(sink, 0, sc)
+			if !ok || m.AllocsPerMsg == nil {
+				continue
+			}
+			t := target{Name: fmt.Sprintf("allocs/msg, %s, RTT 0", sinkTitle(sink)), Goal: "≤ net/smtp",
+				Measured: fmt.Sprintf("%.1f (%s)", *m.AllocsPerMsg, sc.label()),
+				Against:  fmt.Sprintf("%.1f (net/smtp)", *ref.AllocsPerMsg),
+				Ratio:    fmt.Sprintf("%.2f×", *m.AllocsPerMsg / *ref.AllocsPerMsg)}
+			if *m.AllocsPerMsg <= *ref.AllocsPerMsg {
+				t.Met = "met"
+			} else {
+				t.Met = fmt.Sprintf("MISSED by %.1f allocs", *m.AllocsPerMsg-*ref.AllocsPerMsg)
+			}
+			out = append(out, t)
+		}
+	}
+	for _, m := range r.Memory {
+		if m.err != nil || (m.Client != clientSender && m.Client != clientCore) {
+			continue
+		}
+		t := target{Name: fmt.Sprintf("%s, %s", m.What, m.Client), Against: "-", Ratio: "-"}
+		limit := 64.0 * 1024
+		t.Goal = "< 64 KiB"
+		if m.What == "stream-body" {
+			limit = 1 << 20
+			t.Goal = "< 1 MiB heap"
+			t.Name = fmt.Sprintf("%s body, %s, %s", fmtBytes(float64(m.Size)), m.Client, sinkTitle(m.Sink))
+		}
+		t.Measured = fmtBytes(m.Bytes)
+		if m.Bytes < limit {
+			t.Met = "met"
+		} else {
+			t.Met = "MISSED by " + fmtBytes(m.Bytes-limit)
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+//go:embed analysis.md
+var analysis string
+
+// markdown renders docs/benchmarks.md.
+func (r *report) markdown() []byte {
+	var b bytes.Buffer
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	p("# Benchmarks\n\n")
+	p("Generated by `go run ./bench%s` on %s (%s run, %s). ", map[bool]string{true: " -quick"}[r.Mode == "quick"],
+		r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Mode, r.Took.Round(time.Second))
+	p("Numbers from a shared or busy machine are noisy; re-run on a quiet one to compare.\n\n")
+	p("![msg/s against round-trip time, one line per client](benchmarks.svg)\n\n")
+
+	p("## Setup\n\n")
+	p("- Machine: %s.\n", r.Machine)
+	p("- Every message is %s octets with one recipient, over plain TCP on loopback; smtpkit runs in its insecure plaintext mode (`smtp.Options{InsecureAllowPlaintext: true}`, `sender.InsecurePlaintext`). smtp-source sends a payload of 980 octets plus its own headers (about the same size).\n", fmtInt(float64(len(message))))
+	p("- Sinks, started by the benchmark: the go-smtp server (`internal/testpeers.GoSMTP`, bodies discarded; PIPELINING, CHUNKING), Postfix smtp-sink (PIPELINING, no CHUNKING) and Postfix smtpd (a real MTA that writes a queue file per message and discards it). They run in a helper process, so the measuring process holds only the client: its CPU profile and its allocation counts are the client's own.\n")
+	p("- Latency comes from the userspace delay line in `internal/delayline` (a second helper process), %s each way. Its real round trip, measured with 64-octet ping-pongs through it:\n\n", "half the RTT")
+	if len(r.LineRTTs) > 0 {
+		p("  | nominal RTT | median | p90 |\n  |---|---|---|\n")
+		for _, s := range r.LineRTTs {
+			p("  | %s | %.3f ms | %.3f ms |\n", fmtRTT(s.Nominal), float64(s.Median)/1e6, float64(s.P90)/1e6)
+		}
+		p("\n")
+	}
+	p("- Each figure is the median of %d runs. A run connects, warms up (%v), then measures %v of steady sending (at least %d messages); connecting and the filling and draining of pipelines are outside the measured stretch. smtp-source, exec'd, is timed from start to exit. Allocations and bytes per message are `runtime.MemStats` deltas over the measured stretch.\n",
+		r.Plan.Timing.Runs, r.Plan.Timing.Warm, r.Plan.Timing.Window, r.Plan.Timing.MinMsgs)
+	p("- Clients: `smtpkit-sender cC wW` is `sender.Sender` with MaxConns C and MaxInFlight W, fed by 2×C×W+C goroutines calling Send (so a window never waits for a caller to come back); `smtpkit-client Send` calls `smtp.Client.Send` in a loop; `smtpkit-client WriteTx/ReadTx wW` keeps W transactions written ahead of their replies; net/smtp and the emersion/go-smtp client reuse one connection; `smtp-source sN` is Postfix's generator with N sessions; `wire-chunking wW` writes pre-rendered MAIL/RCPT/BDAT LAST transactions, W in flight, from a writer goroutine while a reader goroutine counts replies; `wire-data` groups body, dot and the next MAIL/RCPT/DATA in one write (RFC 2920), one round trip per message. The two wire clients do nothing but the protocol: they are the ceiling a real client is measured against.\n\n")
+	if r.Profiling {
+		p("This run was profiled (-cpuprofile), which slows it a little.\n\n")
+	}
+
+	p("## Targets\n\n")
+	p("| target | smtpkit-sender | against | ratio | smtp.Client directly | goal | result |\n|---|---|---|---|---|---|---|\n")
+	for _, t := range r.targets() {
+		core := t.Core
+		if core == "" {
+			core = "-"
+		}
+		p("| %s | %s | %s | %s | %s | %s | %s |\n", t.Name, t.Measured, t.Against, t.Ratio, core, t.Goal, t.Met)
+	}
+	p("\n")
+
+	p("## Throughput\n\nmsg/s, median of %d runs (± is half the range of the runs, relative to the median).\n\n", r.Plan.Timing.Runs)
+	for _, sink := range r.Plan.Sinks {
+		if why, ok := r.Unavail[sink]; ok {
+			p("### %s\n\nNot measured: %s\n\n", sinkTitle(sink), why)
+			continue
+		}
+		p("### %s\n\n| client |", sinkTitle(sink))
+		for _, rtt := range r.Plan.RTTs {
+			p(" RTT %s |", fmtRTT(rtt))
+		}
+		p("\n|---|")
+		for range r.Plan.RTTs {
+			p("---:|")
+		}
+		p("\n")
+		for _, sc := range r.Plan.Scenarios {
+			if !sc.supports(sink) {
+				continue
+			}
+			p("| %s |", sc.label())
+			for _, rtt := range r.Plan.RTTs {
+				m, ok := r.find(sink, rtt, sc)
+				if !ok {
+					p(" - |")
+					continue
+				}
+				p(" %s %s |", fmtRate(m), spread(m))
+			}
+			p("\n")
+		}
+		p("\n")
+	}
+
+	p("## Cost per message\n\nIn the client's process, at RTT 0: heap allocations and bytes allocated (`runtime.MemStats`), CPU time (user and system, `getrusage`) and read and write system calls (`/proc/self/io`; they include the Go runtime's own) per message. CPU per message is less sensitive than msg/s to other load on the machine.\n\n")
+	for _, sink := range r.Plan.Sinks {
+		if _, ok := r.Unavail[sink]; ok {
+			continue
+		}
+		p("### %s\n\n| client | allocs | bytes | CPU µs | reads | writes |\n|---|---:|---:|---:|---:|---:|\n", sinkTitle(sink))
+		for _, sc := range r.Plan.Scenarios {
+			if sc.Client == clientSource || !sc.supports(sink) {
+				continue
+			}
+			m, ok := r.find(sink, 0, sc)
+			if !ok || m.AllocsPerMsg == nil {
+				continue
+			}
+			p("| %s | %.1f | %s | %s | %s | %s |\n", sc.label(), *m.AllocsPerMsg, fmtInt(*m.BytesPerMsg),
+				orDash(float64(m.cpu)/1e3, m.cpu >= 0, 1), orDash(m.reads, m.reads >= 0, 2), orDash(m.writes, m.writes >= 0, 2))
+		}
+		p("\n")
+	}
+
+	if len(r.Memory) > 0 {
+		p("## Memory\n\n| measurement | client | sink | result |\n|---|---|---|---|\n")
+		for _, m := range r.Memory {
+			cells := strings.Split(memLine(m), "\t")
+			p("| %s |\n", strings.Join(cells, " | "))
+		}
+		p("\nAn idle session is measured over 32 sessions to the go-smtp sink: live heap after GC plus the goroutine stack in use (as the collector scans it), divided by 32; kernel socket buffers are not counted. A streamed body is generated line by line, so the heap figure is the client's own: the peak of live and not-yet-collected heap objects, sampled every millisecond, above what was live before.\n\n")
+	}
+
+	p("## Where the time goes\n\n")
+	p("%s\n", strings.TrimSpace(analysis))
+	p("\n## How to run\n\n")
+	p("```\ngo run ./bench            # full run: every sink, RTT 0, 1, 2, 10 ms; writes docs/benchmarks.{md,svg}\n")
+	p("go run ./bench -quick     # under 2 minutes: go-smtp sink and smtp-sink, RTT 0 and 10 ms, W=32\n")
+	p("go run ./bench -json      # one JSON object per measurement on stdout\n")
+	p("go run ./bench -quick -sinks go-smtp -rtt 0 -clients smtpkit-sender -cpuprofile cpu.out\n")
+	p("go test -bench . ./bench  # the same comparisons as Go benchmarks\n```\n\n")
+	p("`go run ./bench -h` lists every flag. Postfix (smtpd, smtp-sink, smtp-source) is needed for those sinks; a sink that cannot start is reported and skipped. `.ci/run` installs it.\n")
+	return b.Bytes()
+}
+
+// machine describes the host in one line.
+func machine() string {
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := ""
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = ", Linux " + strings.TrimSpace(string(b))
+	}
+	return fmt.Sprintf("%s, %d CPUs (GOMAXPROCS %d)%s, %s %s/%s", cpu, runtime.NumCPU(), runtime.GOMAXPROCS(0), kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// ---- the chart
+
+type chartLine struct {
+	Label  string
+	Color  string
+	Width  float64
+	Dash   string
+	Points string // "x,y x,y ..."
+	Dots   []chartPoint
+}
+
+type chartPoint struct{ X, Y float64 }
+
+type chartTick struct {
+	X, Y  float64
+	Label string
+}
+
+type chartPanel struct {
+	Title          string
+	X, Y, W, H     float64 // plot area
+	XTicks, YTicks []chartTick
+	Lines          []chartLine
+	Empty          string
+}
+
+type chartLegend struct {
+	X, Y  float64
+	Color string
+	Width float64
+	Dash  string
+	Label string
+}
+
+type chartData struct {
+	Width, Height float64
+	Title         string
+	Panels        []chartPanel
+	Legend        []chartLegend
+}
+
+var palette = []string{
+	"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
+	"#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173",
+}
+
+const chartTemplate = `<svg xmlns="http://www.w3.org/2000/svg" width="{{.Width}}" height="{{.Height}}" viewBox="0 0 {{.Width}} {{.Height}}" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="#fff"/>
+<text x="{{half .Width}}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{{html .Title}}</text>
+{{range .Panels}}<g>
+<text x="{{add .X (half .W)}}" y="{{add .Y -12}}" text-anchor="middle" font-size="13" font-weight="bold">{{html .Title}}</text>
+<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="none" stroke="#999"/>
+{{$p := .}}{{range .YTicks}}<line x1="{{$p.X}}" x2="{{add $p.X $p.W}}" y1="{{.Y}}" y2="{{.Y}}" stroke="#e4e4e4"/>
+<text x="{{add $p.X -5}}" y="{{add .Y 4}}" text-anchor="end">{{html .Label}}</text>
+{{end}}{{range .XTicks}}<line x1="{{.X}}" x2="{{.X}}" y1="{{$p.Y}}" y2="{{add $p.Y $p.H}}" stroke="#e4e4e4"/>
+<text x="{{.X}}" y="{{add $p.Y (add $p.H 16)}}" text-anchor="middle">{{html .Label}}</text>
+{{end}}<text x="{{add .X (half .W)}}" y="{{add .Y (add .H 34)}}" text-anchor="middle">round-trip time (delay line)</text>
+<text transform="translate({{add .X -48}},{{add .Y (half .H)}}) rotate(-90)" text-anchor="middle">messages per second (log scale)</text>
+{{if .Empty}}<text x="{{add .X (half .W)}}" y="{{add .Y (half .H)}}" text-anchor="middle" fill="#999">{{html .Empty}}</text>
+{{end}}{{range .Lines}}<polyline fill="none" stroke="{{.Color}}" stroke-width="{{.Width}}"{{if .Dash}} stroke-dasharray="{{.Dash}}"{{end}} points="{{.Points}}"><title>{{html .Label}}</title></polyline>
+{{$l := .}}{{range .Dots}}<circle cx="{{.X}}" cy="{{.Y}}" r="2.5" fill="{{$l.Color}}"/>
+{{end}}{{end}}</g>
+{{end}}{{range .Legend}}<line x1="{{.X}}" x2="{{add .X 24}}" y1="{{.Y}}" y2="{{.Y}}" stroke="{{.Color}}" stroke-width="{{.Width}}"{{if .Dash}} stroke-dasharray="{{.Dash}}"{{end}}/>
+<text x="{{add .X 30}}" y="{{add .Y 4}}">{{html .Label}}</text>
+{{end}}</svg>
+`
+
+// svg renders the chart: for each sink, msg/s against RTT, one line per
+// client, on a log scale (the clients span three orders of magnitude).
+func (r *report) svg() ([]byte, error) {
+	const (
+		panelW, panelH = 360.0, 300.0
+		left, top      = 70.0, 60.0
+		gap            = 90.0
+	)
+	var sinks []string
+	for _, s := range r.Plan.Sinks {
+		if _, ok := r.Unavail[s]; !ok {
+			sinks = append(sinks, s)
+		}
+	}
+	if len(sinks) == 0 {
+		sinks = r.Plan.Sinks
+	}
+	// One scale for every panel, so they compare at a glance.
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, m := range r.Results {
+		if m.err == nil && m.MsgsPerS > 0 {
+			lo, hi = math.Min(lo, m.MsgsPerS), math.Max(hi, m.MsgsPerS)
+		}
+	}
+	if math.IsInf(lo, 1) {
+		lo, hi = 10, 10000
+	}
+	decLo, decHi := math.Floor(math.Log10(lo)), math.Ceil(math.Log10(hi))
+	if decHi <= decLo {
+		decHi = decLo + 1
+	}
+	colors := map[string]string{}
+	var legend []chartLegend
+	style := func(sc scenario) (float64, string) {
+		switch sc.Client {
+		case clientSender:
+			return 2.5, ""
+		case clientCore:
+			return 1.5, ""
+		case clientWireChunking, clientWireData:
+			return 1.5, "6 3"
+		}
+		return 1.2, "2 3"
+	}
+	d := chartData{Title: "SMTP throughput against round-trip time (" + fmtInt(float64(len(message))) + "-octet messages)"}
+	for i, sink := range sinks {
+		p := chartPanel{Title: sinkTitle(sink), X: left + float64(i)*(panelW+gap), Y: top, W: panelW, H: panelH}
+		rtts := r.Plan.RTTs
+		xOf := func(j int) float64 {
+			if len(rtts) == 1 {
+				return p.X + p.W/2
+			}
+			return p.X + 20 + float64(j)*(p.W-40)/float64(len(rtts)-1)
+		}
+		yOf := func(v float64) float64 {
+			return p.Y + p.H - (math.Log10(v)-decLo)/(decHi-decLo)*p.H
+		}
+		for j, rtt := range rtts {
+			p.XTicks = append(p.XTicks, chartTick{X: xOf(j), Label: fmtRTT(rtt)})
+		}
+		for e := decLo; e <= decHi; e++ {
+			p.YTicks = append(p.YTicks, chartTick{Y: yOf(math.Pow(10, e)), Label: fmtInt(math.Pow(10, e))})
+		}
+		for _, sc := range r.Plan.Scenarios {
+			if !sc.supports(sink) {
+				continue
+			}
+			var line chartLine
+			var pts []string
+			for j, rtt := range rtts {
+				m, ok := r.find(sink, rtt, sc)
+				if !ok || m.MsgsPerS <= 0 {
+					continue
+				}
+				pt := chartPoint{X: round(xOf(j), 1), Y: round(yOf(m.MsgsPerS), 1)}
+				line.Dots = append(line.Dots, pt)
+				pts = append(pts, fmt.Sprintf("%g,%g", pt.X, pt.Y))
+			}
+			if len(pts) == 0 {
+				continue
+			}
+			label := sc.label()
+			if _, ok := colors[label]; !ok {
+				colors[label] = palette[len(colors)%len(palette)]
+				w, dash := style(sc)
+				legend = append(legend, chartLegend{Color: colors[label], Width: w, Dash: dash, Label: label})
+			}
+			line.Label, line.Color, line.Points = label, colors[label], strings.Join(pts, " ")
+			line.Width, line.Dash = style(sc)
+			p.Lines = append(p.Lines, line)
+		}
+		if len(p.Lines) == 0 {
+			p.Empty = "not measured"
+			if why, ok := r.Unavail[sink]; ok && len(why) < 60 {
+				p.Empty += ": " + why
+			}
+		}
+		d.Panels = append(d.Panels, p)
+	}
+	d.Width = left + float64(len(sinks))*(panelW+gap) - gap + 30
+	legendTop := top + panelH + 60
+	perRow := max(1, int(d.Width-left)/250)
+	for i := range legend {
+		legend[i].X = left + float64(i%perRow)*250
+		legend[i].Y = legendTop + float64(i/perRow)*18
+	}
+	d.Legend = legend
+	d.Height = legendTop + float64((len(legend)+perRow-1)/perRow)*18 + 20
+	t, err := template.New("chart").Funcs(template.FuncMap{
+		"half": func(v float64) float64 { return v / 2 },
+		"add":  func(a, b float64) float64 { return a + b },
+	}).Parse(chartTemplate)
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	if err := t.Execute(&b, d); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+func orDash(v float64, ok bool, digits int) string {
+	if !ok {
+		return "-"
+	}
+	return strconv.FormatFloat(v, 'f', digits, 64)
+}
