@@ -80,8 +80,11 @@ type Client struct {
 	id         uint64 // audit session id
 	scratch    []byte // command formatting
 	mailBuf    []byte // MAIL FROM of the transaction being written (advance may use scratch meanwhile)
-	// watchDone receives once from each context AfterFunc that ran (see
-	// watch); at most one watch is armed at a time.
+	// watchCtx is the context whose cancellation is armed to interrupt
+	// I/O (see watch), watchStop disarms it, and watchDone receives once
+	// from each AfterFunc that ran. At most one is armed at a time.
+	watchCtx  context.Context
+	watchStop func() bool
 	watchDone chan struct{}
 }
 
@@ -297,28 +300,64 @@ func (c *Client) cmd(ctx context.Context, op Op, timeout time.Duration, line str
 	return rep, nil
 }
 
-// watch arranges for ctx's cancellation to interrupt blocked I/O, and
-// returns the function that disarms it.
+// watch arranges for ctx's cancellation to interrupt blocked I/O. The
+// arrangement stays armed for the next call with the same context (a
+// caller that pipelines uses one context for many calls; re-arming per
+// call cost allocations and a quarter of the client's time) and is
+// replaced when another context comes. A cancellation between calls sets
+// a past deadline that the next call's setDeadline replaces. The returned
+// function is for the callers' defer and does nothing.
 func (c *Client) watch(ctx context.Context) func() {
+	if ctx == c.watchCtx {
+		return noop
+	}
+	c.unwatch()
 	if ctx.Done() == nil {
-		return func() {}
+		return noop
 	}
 	t := c.t
 	if c.watchDone == nil {
 		c.watchDone = make(chan struct{}, 1)
 	}
 	done := c.watchDone
-	stop := context.AfterFunc(ctx, func() {
+	c.watchStop = context.AfterFunc(ctx, func() {
 		t.SetDeadline(time.Unix(1, 0))
 		done <- struct{}{}
 	})
-	return func() {
-		if !stop() {
-			// The AfterFunc has started: wait until its past deadline
-			// is set, so that it cannot land on the next call's I/O.
-			<-done
-		}
+	c.watchCtx = ctx
+	return noop
+}
+
+func noop() {}
+
+// unwatch disarms the armed context, if any. If its AfterFunc has
+// started, it waits until the past deadline is set, so that it cannot
+// land on a later call's I/O.
+func (c *Client) unwatch() {
+	if c.watchStop == nil {
+		return
 	}
+	if !c.watchStop() {
+		<-c.watchDone
+	}
+	c.watchStop, c.watchCtx = nil, nil
+}
+
+// Flush writes what WriteTx left buffered. ReadTx, and a WriteTx that
+// must wait for a reply, flush by themselves.
+func (c *Client) Flush(ctx context.Context) error {
+	if c.state == StateClosed {
+		return c.closedError(OpSend)
+	}
+	if err := ctxError(ctx, OpSend); err != nil {
+		return err
+	}
+	defer c.watch(ctx)()
+	c.flush(ctx, OpSend)
+	if c.state == StateClosed {
+		return c.closedError(OpSend)
+	}
+	return nil
 }
 
 // setDeadline sets the transport deadline for the next step: the
@@ -344,6 +383,7 @@ func (c *Client) fail(ctx context.Context, err *Error) *Error {
 	c.state = StateClosed
 	c.closeErr = err
 	c.t.Close()
+	c.unwatch()
 	c.audit(Event{Type: EventSessionAborted, Op: err.Op, Code: err.Code, Enhanced: err.Enhanced, Kind: err.Kind, Error: err.Error()})
 	for _, p := range c.pending {
 		if p.tx != nil {
@@ -468,6 +508,7 @@ func (c *Client) Quit(ctx context.Context) error {
 	c.state = StateClosed
 	c.closeErr = &Error{Op: OpQuit, Kind: KindIO, Message: "session ended by QUIT"}
 	cerr := c.t.Close()
+	c.unwatch()
 	if rep.Code != 221 {
 		return replyError(OpQuit, &rep)
 	}

@@ -461,15 +461,25 @@ func TestWatchStopWaitsForAfterFunc(t *testing.T) {
 	require.NoError(t, err)
 	for range 5 {
 		ctx, cancel := context.WithCancel(context.Background())
-		stop := c.watch(ctx)
+		c.watch(ctx)()
 		before := tr.pastSet.Load()
 		cancel()
-		stop()
-		assert.False(t, tr.inPast.Load(), "the AfterFunc is still running after stop returned")
+		// Arming another context disarms this one, waiting for its
+		// AfterFunc if it has started.
+		c.watch(context.Background())()
+		assert.False(t, tr.inPast.Load(), "the AfterFunc is still running after the watch was replaced")
 		assert.Equal(t, before+1, tr.pastSet.Load())
 	}
-	// A context that never ends costs nothing.
-	c.watch(context.Background())()
+	// The same context is armed once for many calls.
+	ctx, cancel := context.WithCancel(context.Background())
+	before := tr.pastSet.Load()
+	for range 3 {
+		c.watch(ctx)()
+	}
+	cancel()
+	c.unwatch()
+	assert.Equal(t, before+1, tr.pastSet.Load())
+	assert.Nil(t, c.watchStop)
 }
 
 // ioError wraps the context's error when the transport deadline, which

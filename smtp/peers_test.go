@@ -897,6 +897,7 @@ func TestSinkPipelinedDATA(t *testing.T) {
 		txs[i] = tx
 	}
 	assert.Equal(t, smtp.StateTransaction, c.State())
+	require.NoError(t, c.Flush(ctx))
 	for i, tx := range txs[:n-1] {
 		assert.True(t, tx.Committed(), "tx %d: its final dot left with tx %d's commands", i, i+1)
 	}

@@ -143,6 +143,7 @@ func TestTranscriptQuit(t *testing.T) {
 		ctx := trCtx(t)
 		tx, err := c.WriteTx(ctx, trEnv, strings.NewReader("x\r\n"))
 		require.NoError(t, err)
+		require.NoError(t, c.Flush(ctx))
 		err = c.Quit(ctx)
 		trErr(t, err, smtp.OpQuit, smtp.KindInvalidInput)
 		assert.Equal(t, smtp.StateClosed, c.State(), "Quit closes the session whatever happens")
@@ -415,11 +416,15 @@ func TestTranscriptWindow(t *testing.T) {
 	for _, body := range []string{"one\r\n", "two\r\n", "three\r\n"} {
 		tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(body))
 		require.NoError(t, err)
-		assert.True(t, tx.Committed())
+		assert.False(t, tx.Committed(), "buffered until a flush")
 		assert.False(t, tx.Done())
 		txs = append(txs, tx)
 	}
-	assert.Equal(t, []string{trEHLO, trTx("one\r\n"), trTx("two\r\n"), trTx("three\r\n")}, conn.Writes(), "written ahead, one write each, nothing read")
+	require.NoError(t, c.Flush(ctx))
+	for _, tx := range txs {
+		assert.True(t, tx.Committed())
+	}
+	assert.Equal(t, []string{trEHLO, all}, conn.Writes(), "written ahead in one write, nothing read")
 	for i, tx := range txs {
 		out, err := c.ReadTx(ctx, tx)
 		require.NoError(t, err)
@@ -606,6 +611,7 @@ func TestTranscriptWindowDeferredBDAT(t *testing.T) {
 	require.NoError(t, err)
 	tx2, err := c.WriteTx(ctx, trTwo, strings.NewReader("two\r\n"))
 	require.NoError(t, err)
+	require.NoError(t, c.Flush(ctx))
 	assert.True(t, tx1.Committed())
 	assert.False(t, tx2.Committed())
 	out, err := c.ReadTx(ctx, tx1)
@@ -637,6 +643,7 @@ func TestTranscriptDataPipelining(t *testing.T) {
 		assert.False(t, tx1.Committed(), "the body waits for the 354")
 		tx2, err := c.WriteTx(ctx, trEnv, strings.NewReader("body two\r\n"))
 		require.NoError(t, err)
+		require.NoError(t, c.Flush(ctx))
 		assert.True(t, tx1.Committed())
 		assert.False(t, tx2.Committed())
 		assert.Equal(t, []string{trEHLO, cmds, "body one\r\n.\r\n" + cmds}, conn.Writes())

@@ -99,6 +99,10 @@ func (c *Client) Send(ctx context.Context, env Envelope, body io.Reader) (*Outco
 // body), so a body and the next transaction's commands leave in one
 // write.
 //
+// What WriteTx writes may stay in the client's buffer, so that several
+// transactions leave in one write: it goes out with the next ReadTx (or
+// a WriteTx that must wait for a reply), or at [Client.Flush].
+//
 // An error means nothing of this transaction was written: validation,
 // policy, or a closed session (then wrapping [ErrClosed]). Otherwise
 // read the outcome with [Client.ReadTx]; transactions must be read in
@@ -175,7 +179,6 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 		}
 		c.open = tx
 	}
-	c.flush(ctx, OpMail)
 	return tx, nil
 }
 
