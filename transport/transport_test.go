@@ -3,15 +3,10 @@ package transport_test
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -21,6 +16,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/smtpkit/smtpkit/transport"
+
+	"github.com/smtpkit/smtpkit/internal/selfsigned"
 )
 
 func TestMain(m *testing.M) {
@@ -36,33 +33,9 @@ type testCert struct {
 
 func newTestCert(t *testing.T) testCert {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	noErr(t, err, "generate key")
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	noErr(t, err, "serial")
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "smtpkit transport test"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		DNSNames:              []string{"localhost"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	noErr(t, err, "create certificate")
-	leaf, err := x509.ParseCertificate(der)
-	noErr(t, err, "parse certificate")
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return testCert{
-		cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf},
-		pool: pool,
-	}
+	c, err := selfsigned.New("smtpkit transport test", selfsigned.ECDSA, time.Hour)
+	noErr(t, err, "certificate")
+	return testCert{cert: c.TLS, pool: c.Pool}
 }
 
 // noErr stops the test if err is not nil.

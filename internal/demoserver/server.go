@@ -2,18 +2,12 @@ package demoserver
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"strings"
 	"sync"
@@ -21,6 +15,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/smtpkit/smtpkit/internal/selfsigned"
 )
 
 // The recipient local parts that make the server fail on purpose (see the
@@ -88,12 +84,11 @@ type Server struct {
 // Start starts a server on a free 127.0.0.1 port, with implicit TLS and
 // a certificate made on the spot. Stop it with [Server.Close].
 func Start(opts Options) (*Server, error) {
-	cert, certPEM, err := newCertificate()
+	sc, err := selfsigned.New("smtpkit demo server", selfsigned.ECDSA, 24*time.Hour)
 	if err != nil {
 		return nil, fmt.Errorf("demoserver: certificate: %w", err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(certPEM)
+	cert, certPEM, pool := sc.TLS, sc.CertPEM, sc.Pool
 
 	s := &Server{
 		certPEM: certPEM,
@@ -334,37 +329,4 @@ func (c *trackedConn) Close() error {
 	delete(c.l.conns, c)
 	c.l.mu.Unlock()
 	return c.Conn.Close()
-}
-
-// newCertificate makes a self-signed ECDSA P-256 certificate for
-// localhost, 127.0.0.1 and ::1, valid from an hour ago for a day.
-func newCertificate() (tls.Certificate, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "localhost", Organization: []string{"smtpkit demo server"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		DNSNames:              []string{"localhost"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return tls.Certificate{}, nil, err
-	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-	return cert, certPEM, nil
 }

@@ -1,19 +1,15 @@
 package testpeers
 
 import (
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/smtpkit/smtpkit/internal/selfsigned"
 )
 
 // Cert is a throwaway self-signed RSA 2048 certificate for the loopback peers:
@@ -44,42 +40,12 @@ var (
 // generateCert makes the process-wide key pair. An RSA key takes a while, so
 // it is made once and shared by every NewCert.
 func generateCert() {
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	c, err := selfsigned.New("smtpkit test peers", selfsigned.RSA, 10*365*24*time.Hour)
 	if err != nil {
 		certErr = err
 		return
 	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		certErr = err
-		return
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "localhost", Organization: []string{"smtpkit test peers"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(10 * 365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		DNSNames:              []string{"localhost"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		certErr = err
-		return
-	}
-	pk, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		certErr = err
-		return
-	}
-	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pk})
-	certPair, certErr = tls.X509KeyPair(certPEM, keyPEM)
+	certPEM, keyPEM, certPair = c.CertPEM, c.KeyPEM, c.TLS
 }
 
 // NewCert returns the test certificate, written to fresh files for this
