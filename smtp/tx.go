@@ -669,9 +669,11 @@ func (tx *Tx) sessionLost(cause *Error) {
 	tx.finish()
 }
 
-// advance writes tx's commit point (or abandons it) once the replies it
-// waits on are in: with CHUNKING the final BDAT 0 LAST (or RSET), with
-// DATA the DATA command, then after the 354 the body and final dot.
+// advance writes tx's commit point (or abandons it with RSET) once the
+// replies it waits on are in: for an all-or-nothing transaction with
+// several recipients, the RCPT replies come first; then with CHUNKING the
+// body in BDAT chunks, with DATA the DATA command, and after the 354 the
+// body and final dot.
 func (c *Client) advance(ctx context.Context, tx *Tx) {
 	defer func() {
 		if c.open == tx {
@@ -791,14 +793,14 @@ func (tx *Tx) bodyProblem() {
 	tx.bodyErr = &Error{Op: OpBody, Kind: kind, Message: tx.enc.problem}
 }
 
-// writeChunks streams the body as BDAT chunks, the last with LAST. A
-// bad body abandons the transaction with RSET: the chunk holding the bad
-// octets is never written.
 // maxUnreadReplies bounds the replies one transaction lets the server
 // owe while its BDAT chunks stream: a few kilobytes, far below any socket
 // buffer. (Across transactions, the caller's window is the bound.)
 const maxUnreadReplies = 64
 
+// writeChunks streams the body as BDAT chunks, the last with LAST. A
+// bad body abandons the transaction with RSET: the chunk holding the bad
+// octets is never written.
 func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 	if tx.rcptRead == len(tx.to) && (tx.dataErr != nil || !tx.recipientsOK()) {
 		c.abort(tx)
