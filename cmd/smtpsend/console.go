@@ -139,7 +139,12 @@ func (p *exchangePrinter) event(e smtp.Event) {
 	case smtp.EventEHLO:
 		cmd, reply = "EHLO", code
 	case smtp.EventTLS:
-		cmd, reply = "STARTTLS", "220, then "+e.TLSVersion
+		if e.Op == smtp.OpSTARTTLS {
+			cmd, reply = "STARTTLS", "220, then "+e.TLSVersion
+		} else {
+			// Implicit TLS: the handshake came before the greeting.
+			cmd, reply = "(TLS handshake)", e.TLSVersion
+		}
 	case smtp.EventAuth:
 		cmd, reply = "AUTH "+e.Mechanism, code
 		if e.Error != "" {

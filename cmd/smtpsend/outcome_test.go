@@ -100,6 +100,7 @@ func TestExchangePrinter(t *testing.T) {
 	p := &exchangePrinter{c: newConsole(&out, &out), connect: "TCP, TLS"}
 	for _, e := range []smtp.Event{
 		{Type: smtp.EventConnect, Op: smtp.OpGreeting},
+		{Type: smtp.EventTLS, Op: smtp.OpGreeting, TLSVersion: "TLS 1.3"},
 		{Type: smtp.EventGreeting, Op: smtp.OpGreeting, Code: 220},
 		{Type: smtp.EventEHLO, Op: smtp.OpEHLO, Code: 250},
 		{Type: smtp.EventTLS, Op: smtp.OpSTARTTLS, TLSVersion: "TLS 1.3"},
@@ -114,6 +115,7 @@ func TestExchangePrinter(t *testing.T) {
 	}
 	want := []string{
 		"  connect                            -> TCP, TLS",
+		"  (TLS handshake)                    -> TLS 1.3",
 		"  (greeting)                         -> 220",
 		"  EHLO                               -> 250",
 		"  STARTTLS                           -> 220, then TLS 1.3",
