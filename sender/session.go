@@ -324,6 +324,14 @@ func (a *conn) write(req *request) {
 		return
 	}
 	tx, err := a.c.WriteTx(a.io, req.env, &req.body)
+	if err != nil && a.io.Err() != nil && a.c.State() != smtp.StateClosed {
+		// The connection's context was cancelled (its last caller
+		// withdrew) just before this request was taken: WriteTx wrote
+		// nothing and left the session as it was. The connection is
+		// being abandoned; the request goes on the next one.
+		a.c.Close()
+		err = &smtp.Error{Op: smtp.OpMail, Kind: smtp.KindIO, Err: smtp.ErrClosed, Message: "connection abandoned"}
+	}
 	if err != nil {
 		if errors.Is(err, smtp.ErrClosed) && a.s.ctx.Err() == nil {
 			// Nothing of it was written (the connection was found

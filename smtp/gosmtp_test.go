@@ -230,3 +230,21 @@ func TestCancelledContextLogin(t *testing.T) {
 	assert.ErrorIs(t, c.Login(done, "u", "p"), context.Canceled)
 	require.NoError(t, c.Login(testCtx(t), "u", "p"))
 }
+
+// ReadTx with an ended context still settles a written transaction: a
+// committed one whose reply cannot be read is ErrOutcomeUnknown, never a
+// bare context error that would invite a resend.
+func TestReadTxEndedContextSettles(t *testing.T) {
+	_, c := connectGoSMTP(t, testpeers.GoSMTPOptions{Mode: testpeers.ImplicitTLS}, nil)
+	ctx := testCtx(t)
+	tx, err := c.WriteTx(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("x\r\n"))
+	require.NoError(t, err)
+	require.NoError(t, c.Flush(ctx))
+	require.True(t, tx.Committed())
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err = c.ReadTx(done, tx)
+	assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
+	assert.True(t, tx.Done())
+	assert.False(t, tx.Replayable())
+}

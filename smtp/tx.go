@@ -190,9 +190,10 @@ func (c *Client) ReadTx(ctx context.Context, tx *Tx) (*Outcome, error) {
 		return nil, inputError(OpSend, "transaction does not belong to this client")
 	}
 	if !tx.done {
-		if err := ctxError(ctx, OpSend); err != nil {
-			return nil, err
-		}
+		// No early return for an ended ctx here: the transaction is
+		// written, so its outcome must be settled (an interrupted read
+		// closes the session and reports ErrOutcomeUnknown for a
+		// committed transaction).
 		defer c.watch(ctx)()
 		if c.open == tx {
 			c.advance(ctx, tx)
