@@ -77,9 +77,10 @@ type Client struct {
 	// lastActive is when the last reply was read; an idle session is
 	// probed for an unsolicited 421 before it is used again.
 	lastActive time.Time
-	id         uint64 // audit session id
-	scratch    []byte // command formatting
-	mailBuf    []byte // MAIL FROM of the transaction being written (advance may use scratch meanwhile)
+	id         uint64   // audit session id
+	texts      interner // reply texts the server repeats
+	scratch    []byte   // command formatting
+	mailBuf    []byte   // MAIL FROM of the transaction being written (advance may use scratch meanwhile)
 	// watchCtx is the context whose cancellation is armed to interrupt
 	// I/O (see watch), watchStop disarms it, and watchDone receives once
 	// from each AfterFunc that ran. At most one is armed at a time.
@@ -289,7 +290,7 @@ func (c *Client) cmd(ctx context.Context, op Op, timeout time.Duration, line str
 	if err := c.w.Flush(); err != nil {
 		return Reply{}, c.fail(ctx, ioError(ctx, op, err))
 	}
-	rep, err := readReply(c.r, op, c.caps.EnhancedStatusCodes)
+	rep, err := readReplyIn(c.r, op, c.caps.EnhancedStatusCodes, &c.texts)
 	if err != nil {
 		return rep, c.fail(ctx, ioError(ctx, op, err))
 	}

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -522,4 +524,24 @@ func TestSanitize(t *testing.T) {
 	assert.Equal(t, `a\r\nb`, sanitize("a\r\nb"))
 	assert.Equal(t, strings.Repeat("x", 64)+"...", sanitize(strings.Repeat("x", 100)))
 	assert.Equal(t, `\x00`, sanitize("\x00"))
+}
+
+// Repeated short reply texts are shared; the interner stays bounded.
+func TestInterner(t *testing.T) {
+	var in interner
+	a := in.str([]byte("2.0.0 Ok"))
+	b := in.str([]byte("2.0.0 Ok"))
+	assert.Equal(t, "2.0.0 Ok", b)
+	assert.Equal(t, unsafe.StringData(a), unsafe.StringData(b), "the second read reuses the first string")
+	for i := range 1000 {
+		in.str([]byte(fmt.Sprintf("2.0.0 Ok: queued as %d", i)))
+	}
+	assert.LessOrEqual(t, len(in.m), internMax)
+	long := strings.Repeat("x", internMaxLen+1)
+	assert.Equal(t, long, in.str([]byte(long)))
+	assert.NotContains(t, in.m, long)
+	var none *interner
+	assert.Equal(t, "abc", none.str([]byte("abc")))
+	allocs := testing.AllocsPerRun(100, func() { in.str([]byte("2.1.5 Ok")) })
+	assert.Zero(t, allocs)
 }

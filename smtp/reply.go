@@ -91,6 +91,40 @@ func readLine(r *bufio.Reader) ([]byte, error) {
 // malformed replies as a KindProtocol *Error for op. When enhanced is
 // true, an RFC 3463 code at the start of the first line is parsed out.
 func readReply(r *bufio.Reader, op Op, enhanced bool) (Reply, error) {
+	return readReplyIn(r, op, enhanced, nil)
+}
+
+// interner keeps the texts of short reply lines a server repeats
+// ("2.0.0 Ok", "2.1.5 Recipient ok"), so reading them again allocates
+// nothing. It holds at most internMax entries and starts afresh when
+// full, so unique texts (queue ids) cannot grow it. The zero value is
+// ready; a nil *interner interns nothing.
+type interner struct{ m map[string]string }
+
+const (
+	internMax    = 64
+	internMaxLen = 48
+)
+
+func (in *interner) str(b []byte) string {
+	if in == nil || len(b) > internMaxLen {
+		return string(b)
+	}
+	if s, ok := in.m[string(b)]; ok {
+		return s
+	}
+	if in.m == nil {
+		in.m = make(map[string]string, internMax)
+	} else if len(in.m) >= internMax {
+		clear(in.m)
+	}
+	s := string(b)
+	in.m[s] = s
+	return s
+}
+
+// readReplyIn is readReply with the line texts taken from in.
+func readReplyIn(r *bufio.Reader, op Op, enhanced bool, in *interner) (Reply, error) {
 	var rep Reply
 	for n := 0; ; n++ {
 		if n == MaxReplyLines {
@@ -106,7 +140,7 @@ func readReply(r *bufio.Reader, op Op, enhanced bool) (Reply, error) {
 			}
 			return rep, err
 		}
-		code, last, text, perr := parseReplyLine(line)
+		code, last, text, perr := parseReplyLine(line, in)
 		if perr != "" {
 			return rep, protoError(op, "%s: %q", perr, truncate(line, 64))
 		}
@@ -133,7 +167,7 @@ func readReply(r *bufio.Reader, op Op, enhanced bool) (Reply, error) {
 // parseReplyLine splits "NNN-text", "NNN text" or "NNN". The problem is
 // returned as a string so the caller can wrap it without allocating on
 // the good path.
-func parseReplyLine(line []byte) (code int, last bool, text string, problem string) {
+func parseReplyLine(line []byte, in *interner) (code int, last bool, text string, problem string) {
 	if len(line) < 3 {
 		return 0, false, "", "short reply line"
 	}
@@ -157,7 +191,7 @@ func parseReplyLine(line []byte) (code int, last bool, text string, problem stri
 	default:
 		return 0, false, "", "bad separator after reply code"
 	}
-	return code, last, string(line[4:]), ""
+	return code, last, in.str(line[4:]), ""
 }
 
 // splitEnhanced removes a leading RFC 3463 "class.subject.detail" code

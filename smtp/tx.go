@@ -463,7 +463,7 @@ func (c *Client) readOne(ctx context.Context) {
 		timeout = c.opts.Timeouts.DataEnd
 	}
 	c.setDeadline(ctx, timeout)
-	rep, err := readReply(c.r, op, c.caps.EnhancedStatusCodes)
+	rep, err := readReplyIn(c.r, op, c.caps.EnhancedStatusCodes, &c.texts)
 	if err != nil {
 		c.fail(ctx, ioError(ctx, op, err))
 		return
