@@ -89,7 +89,7 @@ func (c *Client) LoginWith(ctx context.Context, mech, user, secret string) error
 	if err := ctxError(ctx, OpAuth); err != nil {
 		return err
 	}
-	defer c.watch(ctx)()
+	c.watch(ctx)
 	aerr := c.authenticate(ctx, m)
 	ev := Event{Type: EventAuth, Op: OpAuth, Mechanism: mech}
 	if aerr != nil {

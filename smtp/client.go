@@ -145,7 +145,7 @@ func Connect(ctx context.Context, t transport.Transport, localName string, opts 
 		t.Close()
 		return nil, inputError(OpGreeting, "transport is not TLS; use ConnectStartTLS, or Options.InsecureAllowPlaintext for a loopback test sink")
 	}
-	defer c.watch(ctx)()
+	c.watch(ctx)
 	if err := c.hello(ctx); err != nil {
 		return nil, err
 	}
@@ -165,7 +165,7 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 		t.Close()
 		return nil, err
 	}
-	defer c.watch(ctx)()
+	c.watch(ctx)
 	if err := c.hello(ctx); err != nil {
 		return nil, err
 	}
@@ -306,15 +306,14 @@ func (c *Client) cmd(ctx context.Context, op Op, timeout time.Duration, line str
 // caller that pipelines uses one context for many calls; re-arming per
 // call cost allocations and a quarter of the client's time) and is
 // replaced when another context comes. A cancellation between calls sets
-// a past deadline that the next call's setDeadline replaces. The returned
-// function is for the callers' defer and does nothing.
-func (c *Client) watch(ctx context.Context) func() {
+// a past deadline that the next call's setDeadline replaces.
+func (c *Client) watch(ctx context.Context) {
 	if ctx == c.watchCtx {
-		return noop
+		return
 	}
 	c.unwatch()
 	if ctx.Done() == nil {
-		return noop
+		return
 	}
 	t := c.t
 	if c.watchDone == nil {
@@ -326,10 +325,7 @@ func (c *Client) watch(ctx context.Context) func() {
 		done <- struct{}{}
 	})
 	c.watchCtx = ctx
-	return noop
 }
-
-func noop() {}
 
 // unwatch disarms the armed context, if any. If its AfterFunc has
 // started, it waits until the past deadline is set, so that it cannot
@@ -353,7 +349,7 @@ func (c *Client) Flush(ctx context.Context) error {
 	if err := ctxError(ctx, OpSend); err != nil {
 		return err
 	}
-	defer c.watch(ctx)()
+	c.watch(ctx)
 	c.flush(ctx, OpSend)
 	if c.state == StateClosed {
 		return c.closedError(OpSend)
@@ -459,7 +455,7 @@ func (c *Client) Reset(ctx context.Context) error {
 	if err := ctxError(ctx, OpReset); err != nil {
 		return err
 	}
-	defer c.watch(ctx)()
+	c.watch(ctx)
 	rep, err := c.cmd(ctx, OpReset, c.opts.Timeouts.Command, "RSET\r\n")
 	if err != nil {
 		return err
@@ -480,7 +476,7 @@ func (c *Client) Noop(ctx context.Context) error {
 	if err := ctxError(ctx, OpNoop); err != nil {
 		return err
 	}
-	defer c.watch(ctx)()
+	c.watch(ctx)
 	rep, err := c.cmd(ctx, OpNoop, c.opts.Timeouts.Command, "NOOP\r\n")
 	if err != nil {
 		return err
@@ -500,7 +496,7 @@ func (c *Client) Quit(ctx context.Context) error {
 		}
 		return err
 	}
-	defer c.watch(ctx)()
+	c.watch(ctx)
 	rep, err := c.cmd(ctx, OpQuit, c.opts.Timeouts.Command, "QUIT\r\n")
 	if err != nil {
 		return err

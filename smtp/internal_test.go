@@ -463,12 +463,12 @@ func TestWatchStopWaitsForAfterFunc(t *testing.T) {
 	require.NoError(t, err)
 	for range 5 {
 		ctx, cancel := context.WithCancel(context.Background())
-		c.watch(ctx)()
+		c.watch(ctx)
 		before := tr.pastSet.Load()
 		cancel()
 		// Arming another context disarms this one, waiting for its
 		// AfterFunc if it has started.
-		c.watch(context.Background())()
+		c.watch(context.Background())
 		assert.False(t, tr.inPast.Load(), "the AfterFunc is still running after the watch was replaced")
 		assert.Equal(t, before+1, tr.pastSet.Load())
 	}
@@ -476,7 +476,7 @@ func TestWatchStopWaitsForAfterFunc(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	before := tr.pastSet.Load()
 	for range 3 {
-		c.watch(ctx)()
+		c.watch(ctx)
 	}
 	cancel()
 	c.unwatch()

@@ -118,7 +118,7 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 	if err := ctxError(ctx, OpMail); err != nil {
 		return nil, err
 	}
-	defer c.watch(ctx)()
+	c.watch(ctx)
 	if c.open != nil {
 		c.advance(ctx, c.open)
 	}
@@ -194,7 +194,7 @@ func (c *Client) ReadTx(ctx context.Context, tx *Tx) (*Outcome, error) {
 		// written, so its outcome must be settled (an interrupted read
 		// closes the session and reports ErrOutcomeUnknown for a
 		// committed transaction).
-		defer c.watch(ctx)()
+		c.watch(ctx)
 		if c.open == tx {
 			c.advance(ctx, tx)
 		}
@@ -914,5 +914,6 @@ func sanitize(s string) string {
 	if len(s) > 64 {
 		s = s[:64] + "..."
 	}
-	return strconv.Quote(s)[1 : len(strconv.Quote(s))-1]
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
 }
