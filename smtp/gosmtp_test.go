@@ -248,3 +248,34 @@ func TestReadTxEndedContextSettles(t *testing.T) {
 	assert.True(t, tx.Done())
 	assert.False(t, tx.Replayable())
 }
+
+// SIZE is declared from a body of known length, but not when line
+// endings are normalised: the body may grow, and SIZE must not
+// understate it.
+func TestSizeNotDeclaredWhenNormalising(t *testing.T) {
+	for _, normalise := range []bool{false, true} {
+		srv, c := connectGoSMTP(t, testpeers.GoSMTPOptions{Mode: testpeers.ImplicitTLS}, &smtp.Options{NormalizeLineEndings: normalise})
+		body := "a\r\nb\r\n"
+		if normalise {
+			body = "a\nb\n"
+		}
+		_, err := c.Send(testCtx(t), smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(body))
+		require.NoError(t, err)
+		m := srv.Messages()
+		require.Len(t, m, 1)
+		assert.Equal(t, "a\r\nb\r\n", string(m[0].Data))
+		if normalise {
+			assert.Zero(t, m[0].Opts.Size, "no SIZE when the body may grow")
+		} else {
+			assert.Equal(t, int64(len(body)), m[0].Opts.Size)
+		}
+	}
+}
+
+// The SES form of queue id needs an id-shaped token: a two-word "OK x"
+// reply from another server is not one.
+func TestQueueIDSESShape(t *testing.T) {
+	assert.Equal(t, "0100018b1c2d3e4f-5a6b7c8d-000000", smtp.QueueID("Ok 0100018b1c2d3e4f-5a6b7c8d-000000"))
+	assert.Empty(t, smtp.QueueID("OK done"))
+	assert.Empty(t, smtp.QueueID("OK accepted"))
+}
