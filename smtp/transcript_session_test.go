@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -452,6 +453,54 @@ func TestTranscriptWindowReadOutOfOrder(t *testing.T) {
 	out1, err := c.ReadTx(ctx, tx1)
 	require.NoError(t, err)
 	assert.Equal(t, "Q1", out1.QueueID)
+	require.NoError(t, c.Quit(ctx))
+	assert.Equal(t, trEHLO+all+"QUIT\r\n", trEnd(t, srv, c))
+}
+
+// Poll reads the replies already received, and no further: it neither
+// writes nor waits, and stops before a reply that has only partly arrived.
+func TestTranscriptPoll(t *testing.T) {
+	all := trTx("one\r\n") + trTx("two\r\n") + trTx("three\r\n")
+	release := make(chan struct{})
+	srv, c, conn := trConnect(t, nil, trSteps(trHello("PIPELINING", "CHUNKING"),
+		fs.Expect(all),
+		// Everything for one and two, the MAIL reply of three and the
+		// start of its RCPT reply's first line.
+		fs.Reply("250 ok\r\n250 ok\r\n250 ok: queued as Q1\r\n"+
+			"250 ok\r\n250-first\r\n250 ok\r\n250 ok: queued as Q2\r\n"+
+			"250 ok\r\n250-fi"),
+		fs.Func(func(c net.Conn) error {
+			<-release
+			_, err := c.Write([]byte("rst\r\n250 ok\r\n250 ok: queued as Q3\r\n"))
+			return err
+		}),
+		trQuit)...)
+	ctx := trCtx(t)
+	var txs []*smtp.Tx
+	for _, body := range []string{"one\r\n", "two\r\n", "three\r\n"} {
+		tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(body))
+		require.NoError(t, err)
+		txs = append(txs, tx)
+	}
+	assert.Zero(t, c.Poll(), "nothing has been received")
+	assert.Equal(t, []string{trEHLO}, conn.Writes(), "Poll does not flush")
+	out, err := c.ReadTx(ctx, txs[0])
+	require.NoError(t, err)
+	assert.Equal(t, "Q1", out.QueueID)
+	assert.False(t, txs[1].Done())
+	assert.Equal(t, 4, c.Poll(), "two's three replies and three's MAIL reply")
+	assert.True(t, txs[1].Done())
+	assert.False(t, txs[2].Done())
+	assert.Zero(t, c.Poll(), "half a reply line is not a reply")
+	assert.Equal(t, []string{trEHLO, all}, conn.Writes())
+	out, err = c.ReadTx(ctx, txs[1])
+	require.NoError(t, err)
+	assert.Equal(t, "Q2", out.QueueID)
+	close(release)
+	out, err = c.ReadTx(ctx, txs[2])
+	require.NoError(t, err)
+	assert.Equal(t, "Q3", out.QueueID)
+	assert.Zero(t, c.Poll(), "nothing is owed")
 	require.NoError(t, c.Quit(ctx))
 	assert.Equal(t, trEHLO+all+"QUIT\r\n", trEnd(t, srv, c))
 }

@@ -445,10 +445,7 @@ func (k replyKind) op() Op {
 // readOne reads the next owed reply and gives it to its transaction.
 func (c *Client) readOne(ctx context.Context) {
 	p := c.pending[0]
-	op := p.kind.op()
-	if p.kind == kFinal && p.tx != nil && p.tx.chunking {
-		op = OpBDAT
-	}
+	op := p.op()
 	c.flush(ctx, op)
 	if c.state == StateClosed {
 		return
@@ -463,6 +460,55 @@ func (c *Client) readOne(ctx context.Context) {
 		timeout = c.opts.Timeouts.DataEnd
 	}
 	c.setDeadline(ctx, timeout)
+	c.consume(ctx, p, op)
+}
+
+// op is the step a pending reply answers.
+func (p pending) op() Op {
+	if p.kind == kFinal && p.tx != nil && p.tx.chunking {
+		return OpBDAT
+	}
+	return p.kind.op()
+}
+
+// Poll reads the replies that have already arrived, without writing,
+// waiting for the network or touching the connection, and reports how
+// many it read. The transactions they finish are then [Tx.Done], and
+// ReadTx returns their outcome at once. A caller with many transactions
+// in flight uses it to settle every finished one together, after the
+// ReadTx that waited for the oldest.
+func (c *Client) Poll() int {
+	n := 0
+	for c.state != StateClosed && len(c.pending) > 0 && c.replyArrived() {
+		p := c.pending[0]
+		c.consume(context.Background(), p, p.op())
+		n++
+	}
+	return n
+}
+
+// replyArrived reports whether the read buffer holds a whole reply (or a
+// line that ends one, which reading will reject if it is malformed), so
+// that reading it cannot wait for the network.
+func (c *Client) replyArrived() bool {
+	b, _ := c.r.Peek(c.r.Buffered())
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return false
+		}
+		if i < 4 || b[3] != '-' {
+			return true
+		}
+		b = b[i+1:]
+	}
+	return false
+}
+
+// consume reads the reply p is owed (from the read buffer, or from the
+// connection with the deadline readOne set) and gives it to p's
+// transaction.
+func (c *Client) consume(ctx context.Context, p pending, op Op) {
 	rep, err := readReplyIn(c.r, op, c.caps.EnhancedStatusCodes, &c.texts)
 	if err != nil {
 		c.fail(ctx, ioError(ctx, op, err))
