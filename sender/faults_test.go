@@ -704,6 +704,65 @@ func TestFaultPipelinedWindow(t *testing.T) {
 	}
 }
 
+// TestFaultAnswerNotHeldBehindStall: of two transactions in one window,
+// the first is answered as soon as its reply is in, though the server
+// stalls on the second: the session does not hold an answer back while
+// it waits on the network.
+func TestFaultAnswerNotHeldBehindStall(t *testing.T) {
+	m := serverMode{"chunking+pipelining", true, true}
+	script := []fs.Step{stepGreet}
+	script = append(script, ehloSteps(m)...)
+	script = append(script, stepMail, stepRcpt, readBDAT(false), stepMail, stepRcpt, readBDAT(false),
+		fs.Reply("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: queued as A1\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"),
+		fs.Stall())
+	srv := fs.Start(t, script...)
+	var s *sender.Sender
+	s = faultSender(t, srv.Addr(), func(c *sender.Config) {
+		c.MaxConns = 1
+		c.Options.ChunkSize = 0 // one BDAT LAST per message
+		// Dial once both Sends wait, so that one window takes both.
+		c.Dial = func(ctx context.Context) (transport.Transport, error) {
+			for s.Stats().Waiting < 2 {
+				select {
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				case <-time.After(time.Millisecond):
+				}
+			}
+			return transport.Dial(ctx, srv.Addr())
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	type answer struct {
+		out *smtp.Outcome
+		err error
+	}
+	answers := make(chan answer, 2)
+	for _, id := range []string{"n1", "n2"} {
+		go func() {
+			out, err := s.Send(ctx, smtp.Envelope{From: faultFrom, To: []string{faultTo}}, strings.NewReader(faultBody(id)))
+			answers <- answer{out, err}
+		}()
+	}
+	select {
+	case a := <-answers:
+		require.NoError(t, a.err)
+		assert.Equal(t, "A1", a.out.QueueID)
+	case <-time.After(30 * time.Second): // a hang guard, not a measurement
+		t.Fatal("the first transaction's answer was held back")
+	}
+	select {
+	case a := <-answers:
+		t.Fatalf("the stalled transaction was answered: %v", a.err)
+	default:
+	}
+	cancel()
+	a := <-answers
+	assert.ErrorIs(t, a.err, sender.ErrOutcomeUnknown)
+	shutdown(t, s, srv)
+}
+
 // TestFaultDeferredCommit: with two recipients (all or nothing), the
 // commit waits for the RCPT replies even with CHUNKING and PIPELINING,
 // so a connection lost at RCPT loses nothing committed: replayed.

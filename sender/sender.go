@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,10 +32,7 @@ var ErrClosed = errors.New("sender: closed")
 // by one goroutine. It is safe for concurrent use; share one per server.
 type Sender struct {
 	cfg Config
-	// reqs hands a request to a session with room for it. Unbuffered:
-	// there is no queue; waiting Sends block here.
-	reqs chan *request
-	sem  *semaphore.Weighted // one unit per session goroutine
+	sem *semaphore.Weighted // one unit per session goroutine
 	// ctx is cancelled by Close: it interrupts every session's I/O.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -47,6 +45,17 @@ type Sender struct {
 	mu sync.Mutex // guards the fields below
 	// closed refuses new Sends and new session goroutines.
 	closed bool
+	// head and tail are the Sends waiting for a session, oldest first:
+	// each is a caller blocked in Send, so this is not a queue, only the
+	// order in which blocked callers are served. Sessions take requests
+	// from the head without waking their callers; a caller is woken once,
+	// by its answer.
+	head, tail *request
+	queued     int
+	// parked are the sessions with nothing in flight, waiting for a
+	// request, the most recently used last: a new request wakes that one,
+	// so sessions beyond the load go idle and retire.
+	parked []*conn
 	// dialFailures counts consecutive failed dials; lastDialErr is the
 	// latest. At cfg.MaxDialFailures Send fails fast while one session
 	// goroutine (the probe) keeps trying.
@@ -54,15 +63,11 @@ type Sender struct {
 	lastDialErr  error
 	probing      bool
 	// dialing counts the session goroutines started for waiting Sends
-	// that have not taken a request yet (most are dialing): a waiting
-	// Send starts a session only while there are fewer of them than
+	// that have not yet reached their first request (most are dialing):
+	// a session is started only while there are fewer of them than
 	// waiting Sends.
 	dialing int
 	bo      backoff.BackOff
-	// event is closed (and replaced) when a dial fails or a session
-	// goroutine ends, waking Sends that wait for a session so they can
-	// start one, or fail fast.
-	event chan struct{}
 
 	stats counters
 }
@@ -109,13 +114,11 @@ func New(cfg Config) (*Sender, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Sender{
 		cfg:      cfg,
-		reqs:     make(chan *request),
 		sem:      semaphore.NewWeighted(int64(cfg.MaxConns)),
 		ctx:      ctx,
 		cancel:   cancel,
 		shutdown: make(chan struct{}),
 		bo:       cfg.Backoff(),
-		event:    make(chan struct{}),
 	}
 	return s, nil
 }
@@ -126,6 +129,8 @@ func New(cfg Config) (*Sender, error) {
 //
 //	stQueued    -> stActive     the session takes it
 //	stQueued    -> stWithdrawn  the caller gives up before that
+//	stQueued    -> stAnswered   refused while waiting: the sender shut
+//	                            down, or started failing fast
 //	stActive    -> stEOF        the body reached EOF: from now on its
 //	                            commit point may be on the wire
 //	stActive    -> stWithdrawn  the caller gives up: the body reader
@@ -159,6 +164,11 @@ type request struct {
 	// conn is the session goroutine holding the request, set before it
 	// leaves stQueued; a caller that withdraws it tells that session.
 	conn atomic.Pointer[conn]
+
+	// prev and next link the waiting list; queued is set while the
+	// request is on it. Guarded by Sender.mu.
+	prev, next *request
+	queued     bool
 
 	// Owned by the session goroutine that holds the request.
 	tx       *smtp.Tx
@@ -272,7 +282,7 @@ func (s *Sender) send(ctx context.Context, env smtp.Envelope, body io.Reader) (*
 		return nil, err
 	}
 	req := newRequest(ctx, env, body)
-	if err := s.hand(ctx, req); err != nil {
+	if err := s.enqueue(req); err != nil {
 		return nil, err
 	}
 	select {
@@ -284,6 +294,7 @@ func (s *Sender) send(ctx context.Context, env smtp.Envelope, body io.Reader) (*
 		switch st := req.state.Load(); st {
 		case stQueued:
 			if req.state.CompareAndSwap(stQueued, stWithdrawn) {
+				s.unlink(req)
 				return nil, ctx.Err()
 			}
 		case stActive:
@@ -304,61 +315,141 @@ func (s *Sender) send(ctx context.Context, env smtp.Envelope, body io.Reader) (*
 	}
 }
 
-// hand gives req to a session, starting one if there is room.
-func (s *Sender) hand(ctx context.Context, req *request) error {
-	s.stats.waiting.Add(1)
-	defer s.stats.waiting.Add(-1)
-	for {
-		ev, err := s.admit()
-		if err != nil {
-			return err
-		}
-		select {
-		case s.reqs <- req:
-			return nil
-		default:
-		}
-		s.spawn()
-		select {
-		case s.reqs <- req:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-ev:
-		case <-s.shutdown:
-			return ErrClosed
-		}
-	}
-}
-
-// spawn starts a session goroutine if fewer than MaxConns run and the
-// sender is open. It holds mu so that no goroutine is added to wg after
-// Close has begun waiting for them.
-func (s *Sender) spawn() {
+// enqueue puts req on the waiting list and gets a session to take it: it
+// wakes the most recently parked session, or starts one if there is
+// room. It refuses req after Shutdown, and while the sender fails fast.
+func (s *Sender) enqueue(req *request) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || int64(s.dialing) >= s.stats.waiting.Load() || !s.sem.TryAcquire(1) {
+	if s.closed {
+		return ErrClosed
+	}
+	if err := s.failFastLocked(); err != nil {
+		return err
+	}
+	req.prev, req.queued = s.tail, true
+	if s.tail == nil {
+		s.head = req
+	} else {
+		s.tail.next = req
+	}
+	s.tail = req
+	s.queued++
+	s.stats.waiting.Store(int64(s.queued))
+	if n := len(s.parked); n > 0 {
+		a := s.parked[n-1]
+		s.parked[n-1] = nil
+		s.parked = s.parked[:n-1]
+		a.parked = false
+		a.wake <- struct{}{} // one slot, empty while parked: never blocks
+		return nil
+	}
+	s.spawnLocked()
+	return nil
+}
+
+// unlinkLocked takes req off the waiting list, if it is on it.
+func (s *Sender) unlinkLocked(req *request) {
+	if !req.queued {
 		return
+	}
+	if req.prev == nil {
+		s.head = req.next
+	} else {
+		req.prev.next = req.next
+	}
+	if req.next == nil {
+		s.tail = req.prev
+	} else {
+		req.next.prev = req.prev
+	}
+	req.prev, req.next, req.queued = nil, nil, false
+	s.queued--
+	s.stats.waiting.Store(int64(s.queued))
+}
+
+// unlink takes a withdrawn request off the waiting list.
+func (s *Sender) unlink(req *request) {
+	s.mu.Lock()
+	s.unlinkLocked(req)
+	s.mu.Unlock()
+}
+
+// take moves up to len(buf) waiting requests, oldest first, into buf for
+// session a, and returns how many. With park set and nothing waiting, it
+// parks a instead: the next enqueue wakes it. A request taken here may
+// have been withdrawn by its caller meanwhile; hold tells.
+func (s *Sender) take(a *conn, buf []*request, park bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a.dialing {
+		a.dialing = false
+		s.dialing--
+	}
+	n := 0
+	for n < len(buf) && s.head != nil {
+		buf[n] = s.head
+		s.unlinkLocked(s.head)
+		n++
+	}
+	if n == 0 && park {
+		a.parked = true
+		s.parked = append(s.parked, a)
+	}
+	return n
+}
+
+// unpark takes a off the parked list. It reports false if an enqueue
+// woke a meanwhile: a's wake slot then holds the token.
+func (s *Sender) unpark(a *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !a.parked {
+		return false
+	}
+	a.parked = false
+	for i, p := range s.parked {
+		if p == a {
+			s.parked = slices.Delete(s.parked, i, i+1)
+			break
+		}
+	}
+	return true
+}
+
+// spawnLocked starts a session goroutine if the sender is open, fewer
+// session goroutines are dialing than requests wait, and fewer than
+// MaxConns run. Holding mu, it adds no goroutine to wg after Close has
+// begun waiting for them.
+func (s *Sender) spawnLocked() bool {
+	if s.closed || s.dialing >= s.queued || !s.sem.TryAcquire(1) {
+		return false
 	}
 	s.dialing++
 	s.wg.Add(1)
 	s.stats.open.Add(1)
 	go s.session()
+	return true
 }
 
-// admit refuses Sends after Shutdown, and fails them fast after
-// MaxDialFailures consecutive failed dials. It returns the channel that
-// signals the next failed dial or ended session.
-func (s *Sender) admit() (chan struct{}, error) {
+// kick starts sessions for the waiting requests, as many as there is
+// room for: a session goroutine ended, so one may start in its place.
+func (s *Sender) kick() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return nil, ErrClosed
+	for s.spawnLocked() {
 	}
-	if err := s.failFastLocked(); err != nil {
-		return nil, err
+}
+
+// failQueuedLocked answers every waiting request with err.
+func (s *Sender) failQueuedLocked(err error) {
+	for s.head != nil {
+		req := s.head
+		s.unlinkLocked(req)
+		if req.state.CompareAndSwap(stQueued, stAnswered) {
+			req.result <- result{err: err}
+		}
 	}
-	return s.event, nil
 }
 
 // failFastLocked returns the error for Sends while dials keep failing,
@@ -384,24 +475,12 @@ func (s *Sender) failingFast() error {
 	return s.failFastLocked()
 }
 
-// dialed records that a session goroutine took its first request, or
-// ended without one.
+// dialed records that a session goroutine ended before it reached its
+// first request.
 func (s *Sender) dialed() {
 	s.mu.Lock()
 	s.dialing--
 	s.mu.Unlock()
-}
-
-// wake wakes the Sends waiting for a session.
-func (s *Sender) wake() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.wakeLocked()
-}
-
-func (s *Sender) wakeLocked() {
-	close(s.event)
-	s.event = make(chan struct{})
 }
 
 // dialDelay is how long a new session waits before dialing: nothing
@@ -419,7 +498,8 @@ func (s *Sender) dialDelay() time.Duration {
 	return d
 }
 
-// dialFailed records a failed dial and wakes waiting Sends. It reports
+// dialFailed records a failed dial; when Sends start failing fast, it
+// answers the waiting ones with the fail-fast error. It reports
 // whether the caller has become the probe: the one session goroutine
 // that keeps dialing, with backoff, while Sends fail fast.
 func (s *Sender) dialFailed(err error) (probe bool) {
@@ -437,7 +517,9 @@ func (s *Sender) dialFailed(err error) (probe bool) {
 		s.dialFailures = max(s.dialFailures, s.cfg.MaxDialFailures)
 	}
 	s.lastDialErr = err
-	s.wakeLocked()
+	if err := s.failFastLocked(); err != nil {
+		s.failQueuedLocked(err)
+	}
 	if s.dialFailures >= s.cfg.MaxDialFailures && !s.probing {
 		s.probing = true
 		return true
@@ -585,6 +667,7 @@ func (s *Sender) beginShutdown() {
 	s.shutdownOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
+		s.failQueuedLocked(ErrClosed)
 		s.mu.Unlock()
 		close(s.shutdown)
 	})

@@ -23,9 +23,21 @@ type conn struct {
 	written  int        // transactions written on this connection
 	inflight []*request // written, replies not yet read, in order
 	replay   []*request // to write again on a new connection, in order
-	// dialing is set until the goroutine takes its first request (or
-	// ends): a Send that waits for a session counts on it.
+	// dialing is set until the goroutine first looks for a request (or
+	// ends): a Send that waits for a session counts on it. Guarded by
+	// Sender.mu after the goroutine starts.
 	dialing bool
+	// parked is set while the session waits for a request on the
+	// sender's parked list (guarded by Sender.mu); wake, with one slot,
+	// is how the enqueue that takes it off the list wakes it.
+	parked bool
+	wake   chan struct{}
+	// batch receives the requests taken from the waiting list at once.
+	batch []*request
+	// While batching is set (see settleReplies), answers wait in answers
+	// and reach their callers together.
+	batching bool
+	answers  []answer
 	// probe is set while this goroutine is the sender's one probe: it
 	// keeps dialing while Sends fail fast, and must not end before a
 	// dial works (or the sender closes).
@@ -49,9 +61,9 @@ type conn struct {
 // retired or shut down; a connection that breaks is redialed as long as
 // requests wait to be replayed.
 func (s *Sender) session() {
-	a := &conn{s: s, dialing: true}
+	a := &conn{s: s, dialing: true, wake: make(chan struct{}, 1)}
 	defer func() {
-		if a.dialing {
+		if a.dialing { // only this goroutine clears it
 			s.dialed()
 		}
 		if a.probe {
@@ -60,7 +72,7 @@ func (s *Sender) session() {
 		a.endEpoch()
 		s.stats.open.Add(-1)
 		s.sem.Release(1)
-		s.wake() // a waiting Send may start a session in this one's place
+		s.kick() // a waiting Send may start a session in this one's place
 		s.wg.Done()
 	}()
 	for {
@@ -231,6 +243,16 @@ func (a *conn) withdrawn() {
 // window is how many transactions may be in flight.
 func (a *conn) window() int { return a.s.cfg.MaxInFlight }
 
+// room is how many more requests the session may take now: what the
+// window leaves, within what MaxMessagesPerConn leaves.
+func (a *conn) room() int {
+	r := a.window() - len(a.inflight)
+	if m := a.s.cfg.MaxMessagesPerConn; m > 0 {
+		r = min(r, m-a.written)
+	}
+	return r
+}
+
 // retiring reports whether the session should take no new request.
 func (a *conn) retiring() bool {
 	cfg := &a.s.cfg
@@ -257,42 +279,103 @@ func (a *conn) serve() (broken bool) {
 				a.quit()
 				return false
 			}
+			if a.fill(true) {
+				continue
+			}
+			// Parked: wait for an enqueue to wake the session.
 			idle.Reset(s.cfg.IdleTimeout)
 			s.stats.idle.Add(1)
 			select {
-			case req := <-s.reqs:
+			case <-a.wake:
 				s.stats.idle.Add(-1)
-				a.take(req)
+				continue
 			case <-idle.C:
-				s.stats.idle.Add(-1)
-				a.quit()
-				return false
 			case <-s.shutdown:
-				s.stats.idle.Add(-1)
-				a.quit()
-				return false
 			case <-s.ctx.Done():
-				s.stats.idle.Add(-1)
+			}
+			s.stats.idle.Add(-1)
+			if !s.unpark(a) {
+				// Woken at the same moment: serve the request (or see
+				// the shutdown on the next turn).
+				<-a.wake
+				continue
+			}
+			if s.ctx.Err() != nil {
 				a.c.Close()
 				a.c = nil
-				return false
+			} else {
+				a.quit()
 			}
-			continue
+			return false
 		}
-		// Fill the window with whatever is waiting, without blocking.
-	fill:
-		for len(a.inflight) < a.window() && !a.retiring() && !isShutdown(s) && a.c.State() != smtp.StateClosed {
-			select {
-			case req := <-s.reqs:
-				a.take(req)
-			default:
-				break fill
-			}
-		}
+		a.fill(false)
 		if len(a.inflight) > 0 && a.c.State() != smtp.StateClosed {
-			a.readOldest()
+			a.settleReplies()
 		}
 	}
+}
+
+// answer is a request's answer held back by settleReplies.
+type answer struct {
+	req *request
+	res result
+}
+
+// settleReplies answers the oldest transaction in flight, waiting for its
+// reply if need be, and with it every later one whose reply has already
+// arrived. The answers reach their callers together, after the reads: a
+// burst of ready goroutines costs the scheduler one wake-up of an idle
+// thread rather than one per message. Nothing here waits while an answer
+// is held back: only the first read may wait, and none is held then.
+func (a *conn) settleReplies() {
+	a.batching = true
+	a.readOldest()
+	a.c.Poll()
+	for len(a.inflight) > 0 && a.inflight[0].tx.Done() {
+		a.readOldest()
+	}
+	a.batching = false
+	for i, ans := range a.answers {
+		ans.req.result <- ans.res
+		a.answers[i] = answer{}
+	}
+	a.answers = a.answers[:0]
+}
+
+// fill starts waiting requests until the window is full, without
+// blocking. With park set (nothing in flight, and the caller has checked
+// that the session may take requests) and nothing waiting, it parks the
+// session. It reports whether it took any request.
+func (a *conn) fill(park bool) bool {
+	s := a.s
+	if !park && !a.open() {
+		return false
+	}
+	if a.batch == nil {
+		a.batch = make([]*request, min(a.window(), 16))
+	}
+	took := false
+	for room := a.room(); room > 0; room = a.room() {
+		buf := a.batch[:min(room, len(a.batch))]
+		n := s.take(a, buf, park && !took)
+		if n == 0 {
+			break
+		}
+		took = true
+		for i, req := range buf[:n] {
+			buf[i] = nil
+			a.start(req)
+		}
+		if !a.open() {
+			break
+		}
+	}
+	return took
+}
+
+// open reports whether the session may take more requests.
+func (a *conn) open() bool {
+	return !a.retiring() && !isShutdown(a.s) && a.c.State() != smtp.StateClosed
 }
 
 // closed notes a connection that ended by a failure.
@@ -302,12 +385,8 @@ func (a *conn) closed() {
 	}
 }
 
-// take starts a request handed over by Send.
-func (a *conn) take(req *request) {
-	if a.dialing {
-		a.dialing = false
-		a.s.dialed()
-	}
+// start holds and writes a request taken from the waiting list.
+func (a *conn) start(req *request) {
 	if a.hold(req) {
 		a.write(req)
 	}
@@ -404,7 +483,11 @@ func (a *conn) finish(req *request, out *smtp.Outcome, err error) {
 			if !req.state.CompareAndSwap(st, stAnswered) {
 				continue
 			}
-			req.result <- result{out, err}
+			if a.batching {
+				a.answers = append(a.answers, answer{req, result{out, err}})
+			} else {
+				req.result <- result{out, err}
+			}
 			a.release()
 			return
 		case stAbandoned:
