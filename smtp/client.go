@@ -87,6 +87,9 @@ type Client struct {
 	watchCtx  context.Context
 	watchStop func() bool
 	watchDone chan struct{}
+	// deadline is the transport deadline setDeadline last set, or zero
+	// when another one may be in force (see setDeadline).
+	deadline time.Time
 }
 
 // countingWriter counts the octets the transport accepted, so the
@@ -198,6 +201,7 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 		return nil, c.fail(ctx, ioError(ctx, OpSTARTTLS, err))
 	}
 	c.t = tt
+	c.deadline = time.Time{}
 	c.cw.w = tt
 	c.r.Reset(tt)
 	c.secure = true
@@ -312,6 +316,7 @@ func (c *Client) watch(ctx context.Context) {
 		return
 	}
 	c.unwatch()
+	c.deadline = time.Time{} // the old context's AfterFunc may have set one
 	if ctx.Done() == nil {
 		return
 	}
@@ -359,17 +364,36 @@ func (c *Client) Flush(ctx context.Context) error {
 
 // setDeadline sets the transport deadline for the next step: the
 // context's deadline or now+timeout, whichever is sooner.
+//
+// Moving a deadline re-arms two runtime timers, and a session sets one
+// per reply: a deadline that would move later by less than
+// timeout/deadlineSlack is left as it is, so a step may time out up to
+// that much early (under 5 s of a 5 min timeout). A deadline that must
+// come sooner is always set.
 func (c *Client) setDeadline(ctx context.Context, timeout time.Duration) {
 	d := time.Now().Add(timeout)
 	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
 		d = cd
 	}
-	c.t.SetDeadline(d)
 	if ctx.Err() != nil {
 		// The AfterFunc may have run before this deadline replaced its.
 		c.t.SetDeadline(time.Unix(1, 0))
+		c.deadline = time.Time{}
+		return
+	}
+	if !c.deadline.IsZero() && !d.Before(c.deadline) && d.Sub(c.deadline) < timeout/deadlineSlack {
+		return
+	}
+	c.t.SetDeadline(d)
+	c.deadline = d
+	if ctx.Err() != nil {
+		c.t.SetDeadline(time.Unix(1, 0))
+		c.deadline = time.Time{}
 	}
 }
+
+// deadlineSlack: see setDeadline.
+const deadlineSlack = 64
 
 // fail closes the session because of err (the first cause is kept),
 // settles every pending transaction, and returns err.

@@ -936,6 +936,7 @@ func (c *Client) probeIdle(ctx context.Context) {
 	// A deadline already past would fail the read before it looks at
 	// the socket; a short one in the future reads what is there.
 	c.t.SetDeadline(time.Now().Add(2 * time.Millisecond))
+	c.deadline = time.Time{}
 	_, err := c.r.Peek(1)
 	switch {
 	case err == nil:
