@@ -245,7 +245,9 @@ func Sleep(d time.Duration) Step {
 // Func runs f with the connection, as an escape hatch for what the other
 // steps cannot do. Reads from the conn given to f return first the bytes
 // already received but not consumed by earlier steps, and are recorded like
-// every other read; after a StartTLS step the conn is the TLS one. An error
+// every other read; after a StartTLS step the conn is the TLS one. The conn
+// has a NetConn method that returns the accepted TCP connection, for socket
+// options such as buffer sizes. An error
 // from f fails the step. Closing the server closes the conn, which
 // interrupts f's reads and writes; f must not call [Server.Close].
 func Func(f func(c net.Conn) error) Step {
@@ -389,6 +391,9 @@ type scriptConn struct {
 	net.Conn
 	s *session
 }
+
+// NetConn returns the accepted TCP connection under the session.
+func (sc *scriptConn) NetConn() net.Conn { return sc.s.raw }
 
 func (sc *scriptConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {

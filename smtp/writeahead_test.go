@@ -1,0 +1,94 @@
+package smtp_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	fs "github.com/smtpkit/smtpkit/internal/faultserver"
+	"github.com/smtpkit/smtpkit/smtp"
+)
+
+// TestWriteAheadBound is the RFC 2920 deadlock: a server that answers
+// each BDAT chunk as it reads it, and stops reading while its replies
+// wait unread, blocks a client that streams a body without reading
+// replies as soon as both directions' socket buffers are full. The
+// client bounds the replies one transaction lets the server owe, so the
+// body goes through. The buffers are made small so the deadlock, without
+// the bound, comes within a few hundred kilobytes.
+func TestWriteAheadBound(t *testing.T) {
+	const bodySize = 1 << 20
+	chunkReply := strings.Repeat("250-"+strings.Repeat("x", 500)+"\r\n", 3) + "250 2.0.0 chunk received\r\n"
+	srv := fs.Start(t, trSteps(trHello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"),
+		fs.Func(func(c net.Conn) error {
+			tcp := c.(interface{ NetConn() net.Conn }).NetConn().(*net.TCPConn)
+			tcp.SetReadBuffer(16 << 10)
+			tcp.SetWriteBuffer(16 << 10)
+			r := bufio.NewReaderSize(c, 1024)
+			var got int64
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return fmt.Errorf("after %d body octets: %w", got, err)
+				}
+				line = strings.TrimSuffix(line, "\r\n")
+				f := strings.Fields(line)
+				switch {
+				case strings.HasPrefix(line, "MAIL FROM:"), strings.HasPrefix(line, "RCPT TO:"):
+					_, err = io.WriteString(c, "250 2.1.0 Ok\r\n")
+				case len(f) >= 2 && f[0] == "BDAT":
+					n, perr := strconv.ParseInt(f[1], 10, 64)
+					if perr != nil {
+						return perr
+					}
+					if _, err := io.CopyN(io.Discard, r, n); err != nil {
+						return err
+					}
+					got += n
+					if len(f) == 3 && f[2] == "LAST" {
+						_, err = fmt.Fprintf(c, "250 2.0.0 Ok: %d octets, queued as WA1\r\n", got)
+					} else {
+						_, err = io.WriteString(c, chunkReply)
+					}
+				case line == "QUIT":
+					_, err = io.WriteString(c, "221 2.0.0 bye\r\n")
+					return err
+				default:
+					return fmt.Errorf("unexpected %q", line)
+				}
+				if err != nil {
+					return err
+				}
+			}
+		}))...)
+	// A hang guard, not a measurement: without the bound the transfer
+	// blocks until this ends.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", srv.Addr())
+	require.NoError(t, err)
+	tcp := conn.(*net.TCPConn)
+	require.NoError(t, tcp.SetReadBuffer(16<<10))
+	require.NoError(t, tcp.SetWriteBuffer(16<<10))
+	c, err := smtp.Connect(ctx, conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true, ChunkSize: 512})
+	require.NoError(t, err)
+	body := strings.Repeat(strings.Repeat("y", 78)+"\r\n", bodySize/80)
+	out, err := c.Send(ctx, trEnv, strings.NewReader(body))
+	require.NoError(t, err)
+	assert.Equal(t, "WA1", out.QueueID)
+	assert.Contains(t, out.Reply.Text(), strconv.Itoa(len(body))+" octets")
+	require.NoError(t, c.Quit(ctx))
+	c.Close()
+	<-srv.Done()
+	require.NoError(t, srv.Err())
+}
