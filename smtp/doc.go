@@ -24,7 +24,8 @@
 //   - RFC 2920 PIPELINING, RFC 3030 CHUNKING (BDAT)
 //   - RFC 1870 SIZE, RFC 6152 8BITMIME, RFC 6531 SMTPUTF8
 //   - RFC 2034 and RFC 3463 enhanced status codes
-//   - RFC 3461 DSN parameters (RET, ENVID, NOTIFY, ORCPT with xtext)
+//   - RFC 3461 DSN parameters (RET, ENVID, NOTIFY, ORCPT with xtext, or
+//     RFC 6533's utf-8 type for an internationalized recipient)
 //   - RFC 4954 AUTH with RFC 4616 PLAIN, LOGIN, RFC 5802/7677
 //     SCRAM-SHA-256, RFC 7628 OAUTHBEARER, XOAUTH2 and RFC 2195 CRAM-MD5
 //   - RFC 5322 §2.1.1 line length; bare CR and LF refused (SMTP smuggling)

@@ -3,6 +3,7 @@ package smtp
 import (
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Envelope is the SMTP envelope of one message: its reverse-path,
@@ -40,8 +41,43 @@ type DSN struct {
 	// Notify is "NEVER" or any of "SUCCESS", "FAILURE", "DELAY"
 	// (NOTIFY= on every RCPT); empty leaves it to the server.
 	Notify []string
-	// OriginalRecipient sends ORCPT=rfc822;ADDRESS on every RCPT.
+	// OriginalRecipient sends ORCPT on every RCPT: rfc822;ADDRESS in
+	// xtext for an ASCII address, and RFC 6533's utf-8;ADDRESS in the
+	// utf-8-addr-unitext form for an internationalized one (the
+	// transaction then uses SMTPUTF8).
 	OriginalRecipient bool
+}
+
+// appendORCPT appends the ORCPT value for rcpt: the rfc822 type in
+// xtext (RFC 3461) for an ASCII address; for a non-ASCII one, which the
+// rfc822 type cannot carry, RFC 6533's utf-8 type in the
+// utf-8-addr-unitext form: UTF-8 as is, and the ASCII characters xtext
+// would escape, and "\\", as \x{HH}.
+func appendORCPT(b []byte, rcpt string) []byte {
+	ascii := true
+	for i := 0; i < len(rcpt); i++ {
+		if rcpt[i] >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		b = append(b, "rfc822;"...)
+		return append(b, xtext(rcpt)...)
+	}
+	const hex = "0123456789ABCDEF"
+	b = append(b, "utf-8;"...)
+	for _, r := range rcpt {
+		switch {
+		case r >= utf8.RuneSelf:
+			b = utf8.AppendRune(b, r)
+		case r >= '!' && r <= '~' && r != '+' && r != '=' && r != '\\':
+			b = append(b, byte(r))
+		default:
+			b = append(b, '\\', 'x', '{', hex[r>>4], hex[r&15], '}')
+		}
+	}
+	return b
 }
 
 // xtext encodes s as RFC 3461 xtext.

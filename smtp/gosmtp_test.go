@@ -88,6 +88,25 @@ func TestGoSMTPStartTLSAndUTF8(t *testing.T) {
 	require.NoError(t, c.Quit(ctx))
 }
 
+// ORCPT carries an ASCII address as rfc822 in xtext, and an
+// internationalized one as RFC 6533's utf-8 type, which the rfc822 type
+// cannot carry; the go-smtp server decodes both back to the address.
+func TestGoSMTPOriginalRecipientUTF8(t *testing.T) {
+	srv, c := connectGoSMTP(t, testpeers.GoSMTPOptions{Mode: testpeers.StartTLS, EnableSMTPUTF8: true, EnableDSN: true}, nil)
+	ctx := testCtx(t)
+	to := []string{"用户+tag@例子.广告", "b+x=y@example.com"}
+	_, err := c.Send(ctx, smtp.Envelope{From: "a@example.com", To: to, DSN: &smtp.DSN{OriginalRecipient: true}}, strings.NewReader("Subject: hi\r\n\r\nhi\r\n"))
+	require.NoError(t, err)
+	msgs := srv.Messages()
+	require.Len(t, msgs, 1)
+	require.Len(t, msgs[0].RcptOpts, 2)
+	assert.Equal(t, gosmtp.DSNAddressTypeUTF8, msgs[0].RcptOpts[0].OriginalRecipientType)
+	assert.Equal(t, to[0], msgs[0].RcptOpts[0].OriginalRecipient)
+	assert.Equal(t, gosmtp.DSNAddressTypeRFC822, msgs[0].RcptOpts[1].OriginalRecipientType)
+	assert.Equal(t, to[1], msgs[0].RcptOpts[1].OriginalRecipient)
+	require.NoError(t, c.Quit(ctx))
+}
+
 func TestGoSMTPRecipients(t *testing.T) {
 	reject := func(to string) error {
 		if strings.HasPrefix(to, "bad") {

@@ -287,6 +287,10 @@ func TestXtext(t *testing.T) {
 	assert.Equal(t, "user@example.com", xtext("user@example.com"))
 	assert.Equal(t, "+C3+BC+0D+7F", xtext("ü\r\x7f"))
 	assert.Equal(t, "", xtext(""))
+	orcpt := func(s string) string { return string(appendORCPT(nil, s)) }
+	assert.Equal(t, "rfc822;b+2Btag@example.com", orcpt("b+tag@example.com"))
+	assert.Equal(t, `utf-8;用户\x{2B}t\x{3D}g\x{5C}@例子.广告`, orcpt(`用户+t=g\@例子.广告`))
+	assert.Equal(t, `utf-8;ü\x{20}\x{7F}`, orcpt("ü \x7f"))
 }
 
 func TestValidateAddress(t *testing.T) {

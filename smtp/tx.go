@@ -372,8 +372,8 @@ func (c *Client) rcptCommand(rcpt string, env *Envelope) []byte {
 			}
 		}
 		if d.OriginalRecipient {
-			b = append(b, " ORCPT=rfc822;"...)
-			b = append(b, xtext(rcpt)...)
+			b = append(b, " ORCPT="...)
+			b = appendORCPT(b, rcpt)
 		}
 	}
 	b = append(b, '\r', '\n')
