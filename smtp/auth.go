@@ -90,12 +90,12 @@ func (c *Client) LoginWith(ctx context.Context, mech, user, secret string) error
 		return err
 	}
 	c.watch(ctx)
-	aerr := c.authenticate(ctx, m)
+	enhanced, aerr := c.authenticate(ctx, m)
 	ev := Event{Type: EventAuth, Op: OpAuth, Mechanism: mech}
 	if aerr != nil {
 		ev.Code, ev.Enhanced, ev.Kind, ev.Error = aerr.Code, aerr.Enhanced, aerr.Kind, aerr.Error()
 	} else {
-		ev.Code = 235
+		ev.Code, ev.Enhanced = 235, enhanced
 	}
 	c.audit(ev)
 	if aerr != nil {
@@ -163,11 +163,12 @@ func (c *Client) mechanism(mech, user, secret string) (sasl.Mechanism, error) {
 }
 
 // authenticate runs the AUTH exchange. Protocol and transport errors
-// close the session; a refusal leaves it usable.
-func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) *Error {
+// close the session; a refusal leaves it usable. On success it returns
+// the enhanced status code of the 235, if any.
+func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) (enhanced string, _ *Error) {
 	ir, hasIR, err := m.Start()
 	if err != nil {
-		return &Error{Op: OpAuth, Kind: KindAuth, Message: m.Name(), Err: err}
+		return "", &Error{Op: OpAuth, Kind: KindAuth, Message: m.Name(), Err: err}
 	}
 	line := "AUTH " + m.Name()
 	// deferred is an initial response too long for the command line: it
@@ -188,28 +189,28 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) *Error {
 	rep, rerr := c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, line+"\r\n")
 	for step := 0; rerr == nil && rep.Code == 334; step++ {
 		if step == maxAuthSteps {
-			return c.cancelAuth(ctx, m, "too many challenges", nil)
+			return "", c.cancelAuth(ctx, m, "too many challenges", nil)
 		}
 		var resp string
 		if deferred != "" {
 			if strings.TrimSpace(rep.Text()) != "" {
-				return c.cancelAuth(ctx, m, "server sent a challenge where it should ask for the initial response", nil)
+				return "", c.cancelAuth(ctx, m, "server sent a challenge where it should ask for the initial response", nil)
 			}
 			resp, deferred = deferred, ""
 		} else {
 			chal, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(rep.Text()))
 			if derr != nil {
-				return c.cancelAuth(ctx, m, "challenge is not base64", nil)
+				return "", c.cancelAuth(ctx, m, "challenge is not base64", nil)
 			}
 			out, merr := m.Next(chal)
 			if errors.Is(merr, sasl.ErrServerVerification) {
 				// SCRAM: the server's signature does not match, so it does
 				// not know the user's keys and may be an impostor. Cancelling
 				// would leave the session open to it: drop it.
-				return c.fail(ctx, &Error{Op: OpAuth, Kind: KindAuth, Message: m.Name() + ": server did not prove it knows the credentials; session dropped", Err: merr})
+				return "", c.fail(ctx, &Error{Op: OpAuth, Kind: KindAuth, Message: m.Name() + ": server did not prove it knows the credentials; session dropped", Err: merr})
 			}
 			if merr != nil {
-				return c.cancelAuth(ctx, m, "challenge refused", merr)
+				return "", c.cancelAuth(ctx, m, "challenge refused", merr)
 			}
 			resp = base64.StdEncoding.EncodeToString(out)
 			clear(out)
@@ -219,9 +220,9 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) *Error {
 	if rerr != nil {
 		var e *Error
 		if errors.As(rerr, &e) {
-			return e
+			return "", e
 		}
-		return ioError(ctx, OpAuth, rerr)
+		return "", ioError(ctx, OpAuth, rerr)
 	}
 	switch {
 	case rep.Code == 235:
@@ -233,19 +234,19 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) *Error {
 			if errors.Is(err, sasl.ErrServerVerification) {
 				msg = m.Name() + ": server did not prove it knows the credentials; session dropped"
 			}
-			return c.fail(ctx, &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: msg, Err: err})
+			return "", c.fail(ctx, &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: msg, Err: err})
 		}
-		return nil
+		return rep.Enhanced, nil
 	case rep.Code < 400:
 		// Not an AUTH reply (smtp-sink answers 250): the client is not
 		// authenticated, whatever the server thinks.
-		return &Error{Op: OpAuth, Kind: KindProtocol, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + ": server answered with " + strconv.Itoa(rep.Code) + ", not 235: " + rep.Text()}
+		return "", &Error{Op: OpAuth, Kind: KindProtocol, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + ": server answered with " + strconv.Itoa(rep.Code) + ", not 235: " + rep.Text()}
 	}
 	e := &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + " refused: " + rep.Text()}
 	if te := sasl.ServerError(m); te != nil {
 		e.Err = te
 	}
-	return e
+	return "", e
 }
 
 // cancelAuth answers "*" (RFC 4954 §4) to abandon the exchange and reads

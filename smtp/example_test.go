@@ -149,7 +149,7 @@ func ExampleSlogAudit() {
 	// level=DEBUG msg="smtp tls" op=greeting tls="TLS 1.3"
 	// level=DEBUG msg="smtp greeting" op=greeting code=220
 	// level=DEBUG msg="smtp ehlo" op=EHLO code=250 extensions="8BITMIME AUTH CHUNKING ENHANCEDSTATUSCODES LIMITS PIPELINING SIZE SMTPUTF8"
-	// level=DEBUG msg="smtp auth" op=AUTH code=235 mechanism=PLAIN
+	// level=DEBUG msg="smtp auth" op=AUTH code=235 enhanced=2.0.0 mechanism=PLAIN
 	// level=DEBUG msg="smtp mail" op=MAIL code=250 enhanced=2.0.0 from=me@example.com
 	// level=DEBUG msg="smtp rcpt-accepted" op=RCPT code=250 enhanced=2.0.0 rcpt=you@example.net
 	// level=INFO msg="smtp message" op=BDAT code=250 enhanced=2.0.0

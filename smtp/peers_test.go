@@ -447,6 +447,7 @@ func TestPostfixPeer(t *testing.T) {
 			require.Len(t, authEv, 1)
 			assert.Equal(t, smtp.MechSCRAMSHA256, authEv[0].Mechanism)
 			assert.Equal(t, 235, authEv[0].Code)
+			assert.Equal(t, "2.7.0", authEv[0].Enhanced, "from Postfix's 235 2.7.0")
 
 			// An ASCII message relayed to another domain (AUTH allows it),
 			// bigger than ChunkSize so that it takes several chunks.
@@ -463,7 +464,9 @@ func TestPostfixPeer(t *testing.T) {
 			marker2 := "<utf8." + port + "@client.example>"
 			utf := "From: δοκιμή@example.com\r\nTo: 用户@localhost\r\nSubject: Grüße\r\nMessage-ID: " + marker2 +
 				"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nÜber straße ✓ 日本語\r\n"
-			env2 := smtp.Envelope{From: "δοκιμή@example.com", To: []string{"用户@localhost"}, EightBitMIME: true}
+			// ORCPT in RFC 6533's utf-8 form: Postfix accepts it.
+			env2 := smtp.Envelope{From: "δοκιμή@example.com", To: []string{"用户@localhost"}, EightBitMIME: true,
+				DSN: &smtp.DSN{OriginalRecipient: true, Notify: []string{"FAILURE"}}}
 			out2, err := c.Send(ctx, env2, strings.NewReader(utf))
 			require.NoError(t, err)
 			require.NoError(t, c.Quit(ctx))
@@ -484,6 +487,7 @@ func TestPostfixPeer(t *testing.T) {
 			assert.NotContains(t, wire, "DATA\r\n")
 			assert.Contains(t, wire, "BDAT "+strconv.Itoa(len(utf))+" LAST\r\n"+utf)
 			assert.Contains(t, wire, fmt.Sprintf("MAIL FROM:<δοκιμή@example.com> SIZE=%d BODY=8BITMIME SMTPUTF8\r\n", len(utf)))
+			assert.Contains(t, wire, "RCPT TO:<用户@localhost> NOTIFY=FAILURE ORCPT=utf-8;用户@localhost\r\n")
 			require.Greater(t, len(bdats), 3, "a 10 kB body in 4 kB chunks")
 
 			// What Postfix logged: the same queue ids, the SASL mechanism, and
