@@ -487,11 +487,17 @@ func (c *Client) Poll() int {
 	return n
 }
 
-// replyArrived reports whether the read buffer holds a whole reply (or a
-// line that ends one, which reading will reject if it is malformed), so
+// replyArrived reports whether the read buffer holds a whole reply, so
 // that reading it cannot wait for the network.
 func (c *Client) replyArrived() bool {
 	b, _ := c.r.Peek(c.r.Buffered())
+	return replyComplete(b)
+}
+
+// replyComplete reports whether b starts with a whole reply: lines up to
+// one that is not a continuation ("250-"), or one that ends a reply by
+// being malformed, which reading rejects without more input.
+func replyComplete(b []byte) bool {
 	for len(b) > 0 {
 		i := bytes.IndexByte(b, '\n')
 		if i < 0 {
