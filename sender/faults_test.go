@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -515,14 +517,20 @@ func runFault(t *testing.T, m serverMode, p point, f fault) {
 	assert.Zero(t, st.Failed, "stats: %+v", st)
 }
 
-// TestFaultIdleSubSecond: a session the server closed less than the
-// core's idle probe threshold (1 s) ago. The next transaction is written
-// before the close is noticed. A 421 the server sent first is read as
-// the reply to MAIL, so the message is replayed; a bare close is seen as
-// a lost reply, so the message is replayed if its commit point was not
-// written yet (DATA, or CHUNKING without PIPELINING), and ends with
-// ErrOutcomeUnknown if it was (CHUNKING with PIPELINING sends MAIL,
-// RCPT and BDAT LAST in one write).
+// TestFaultIdleSubSecond: a session the server closed 50 ms ago. Where
+// the core can ask the kernel whether the socket has a close or bytes
+// waiting (Linux and the BSDs), it sees the close before writing, and
+// the message goes on a new session. Elsewhere it probes only sessions
+// idle for 1 s, so the next transaction is written before the close is
+// noticed: a 421 the server sent first is read as the reply to MAIL, so
+// the message is replayed; a bare close is seen as a lost reply, so the
+// message is replayed if its commit point was not written yet (DATA, or
+// CHUNKING without PIPELINING), and ends with ErrOutcomeUnknown if it
+// was (CHUNKING with PIPELINING sends MAIL, RCPT and BDAT LAST in one
+// write).
+// kernelPeek: the platforms where the smtp core peeks at an idle socket.
+var kernelPeek = slices.Contains([]string{"linux", "darwin", "freebsd", "netbsd", "openbsd", "dragonfly"}, runtime.GOOS)
+
 func TestFaultIdleSubSecond(t *testing.T) {
 	for _, m := range serverModes {
 		for _, f := range []fault{f421, fClose} {
@@ -542,7 +550,7 @@ func TestFaultIdleSubSecond(t *testing.T) {
 				require.NoError(t, srv.Err())
 				first, second := commits(srv.ReceivedOn(0), "probe"), commits(srv.ReceivedOn(1), "probe")
 				assert.Zero(t, first, "the server had closed")
-				if f == fClose && m.chunking && m.pipelining {
+				if f == fClose && m.chunking && m.pipelining && !kernelPeek {
 					require.Error(t, err)
 					assert.ErrorIs(t, err, sender.ErrOutcomeUnknown)
 					assert.True(t, classified(err))
@@ -553,7 +561,14 @@ func TestFaultIdleSubSecond(t *testing.T) {
 				require.NoError(t, err, "stats %+v", st)
 				assert.Equal(t, "H1", out.QueueID)
 				assert.Equal(t, 1, second)
-				assert.EqualValues(t, 1, st.Replayed)
+				if kernelPeek {
+					// Seen before anything was written: not a replay.
+					assert.Zero(t, st.Replayed)
+				} else {
+					// A 421 read with the last reply is seen before
+					// anything is written too; a later one is not.
+					assert.LessOrEqual(t, st.Replayed, int64(1))
+				}
 			})
 		}
 	}

@@ -123,10 +123,24 @@ type pending struct {
 	idx  int // recipient index for kRcpt
 }
 
-// idleProbeAfter is how long a session may sit unused before its next
-// transaction first checks, without blocking, for a 421 or a close the
-// server sent meanwhile.
-const idleProbeAfter = time.Second
+// Before a transaction is written on a session with nothing in flight,
+// the client looks for a 421 or a close the server sent while the
+// session sat unused (see checkIdle). idlePeekAfter is how long it must
+// have sat; idleProbeAfter is how long before, where the socket cannot be
+// asked without reading (see peekSocket), it tries a read of 2 ms.
+const (
+	idlePeekAfter  = time.Millisecond
+	idleProbeAfter = time.Second
+)
+
+// peekResult is what peekSocket learnt.
+type peekResult int
+
+const (
+	peekUnknown   peekResult = iota // the socket cannot be asked
+	peekNothing                     // nothing to read, and no close
+	peekSomething                   // bytes, a close or an error to read
+)
 
 // Connect starts a session on t, which must already be secure (implicit
 // TLS, port 465): it reads the greeting and sends EHLO with localName. A

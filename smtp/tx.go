@@ -125,8 +125,8 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 	if c.state != StateClosed && !c.caps.Pipelining {
 		c.readUntil(ctx, func() bool { return len(c.pending) == 0 })
 	}
-	if c.state != StateClosed && len(c.pending) == 0 && c.open == nil && time.Since(c.lastActive) > idleProbeAfter {
-		c.probeIdle(ctx)
+	if c.state != StateClosed && len(c.pending) == 0 && c.open == nil {
+		c.checkIdle(ctx)
 	}
 	if c.state == StateClosed {
 		return nil, c.closedError(OpMail)
@@ -936,8 +936,37 @@ func (c *Client) writeData(ctx context.Context, tx *Tx) {
 	}
 }
 
-// probeIdle checks, without blocking, whether the server closed an idle
-// session or sent an unsolicited reply (a 421 before its idle timeout).
+// checkIdle looks for a close or an unsolicited reply (a 421 at the
+// server's idle timeout) on a session with nothing in flight that sat
+// unused for idlePeekAfter, before a transaction is written on it:
+// written to a server that has gone, a pipelined transaction's commit
+// point could leave before the loss is seen, and the outcome would be
+// unknown. Where the kernel can be asked (peekSocket) this costs one
+// non-blocking system call and catches a close of any age; elsewhere a
+// session unused for idleProbeAfter is probed with a 2 ms read.
+func (c *Client) checkIdle(ctx context.Context) {
+	idle := time.Since(c.lastActive)
+	if idle < idlePeekAfter {
+		return
+	}
+	if c.r.Buffered() > 0 {
+		c.probeIdle(ctx)
+		return
+	}
+	switch peekSocket(c.t) {
+	case peekNothing:
+	case peekSomething:
+		c.probeIdle(ctx)
+	default:
+		if idle > idleProbeAfter {
+			c.probeIdle(ctx)
+		}
+	}
+}
+
+// probeIdle reads, for at most 2 ms, what the server sent on an idle
+// session: a close, or an unsolicited reply (a 421 before its idle
+// timeout), either of which ends the session.
 func (c *Client) probeIdle(ctx context.Context) {
 	// A deadline already past would fail the read before it looks at
 	// the socket; a short one in the future reads what is there.

@@ -17,6 +17,11 @@ import (
 //
 // SetDeadline sets the read and write deadline together, as
 // [net.Conn.SetDeadline] does; the zero time means no deadline.
+//
+// A transport that is a [*net.TCPConn], or wraps one and returns it from a
+// NetConn method (as [*tls.Conn] and this package's transports do), lets
+// the smtp package ask the socket, without reading, whether an idle
+// server has closed the session before it writes on it.
 type Transport interface {
 	io.ReadWriteCloser
 	SetDeadline(t time.Time) error
@@ -176,6 +181,11 @@ func (c *plainConn) UpgradeTLS(ctx context.Context, cfg *tls.Config) (Transport,
 	}
 	return tc, nil
 }
+
+// NetConn returns the connection c wraps, as [tls.Conn.NetConn] does, so
+// that the smtp package can ask the socket whether an idle server has
+// closed it. Reading or writing it directly corrupts the session.
+func (c *plainConn) NetConn() net.Conn { return c.Conn }
 
 // peer names the remote end for error messages.
 func (c *plainConn) peer() string {
