@@ -778,6 +778,69 @@ func TestFaultAnswerNotHeldBehindStall(t *testing.T) {
 	shutdown(t, s, srv)
 }
 
+// TestFaultAnswerNotHeldDuringWrite: DATA with PIPELINING, three
+// transactions in one window. Writing the third waits for the second's
+// 354, and on the way reads the first's final reply; then the server
+// stalls. The first caller is answered at once (within holdFor) though
+// the session is still waiting inside that write.
+func TestFaultAnswerNotHeldDuringWrite(t *testing.T) {
+	m := serverMode{"data+pipelining", true, false}
+	script := []fs.Step{stepGreet}
+	script = append(script, ehloSteps(m)...)
+	script = append(script, stepMail, stepRcpt, fs.ExpectLine("DATA"),
+		fs.Reply("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go ahead\r\n"),
+		fs.ReadUntil("\r\n.\r\n"), stepMail, stepRcpt, fs.ExpectLine("DATA"),
+		fs.Reply("250 2.0.0 Ok: queued as A1\r\n"), fs.Stall())
+	srv := fs.Start(t, script...)
+	var s *sender.Sender
+	s = faultSender(t, srv.Addr(), func(c *sender.Config) {
+		c.MaxConns = 1
+		c.MaxInFlight = 4
+		// Dial once all three Sends wait, so that one window takes them.
+		c.Dial = func(ctx context.Context) (transport.Transport, error) {
+			for s.Stats().Waiting < 3 {
+				select {
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				case <-time.After(time.Millisecond):
+				}
+			}
+			return transport.Dial(ctx, srv.Addr())
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	type answer struct {
+		out *smtp.Outcome
+		err error
+	}
+	answers := make(chan answer, 3)
+	for _, id := range []string{"d1", "d2", "d3"} {
+		go func() {
+			out, err := s.Send(ctx, smtp.Envelope{From: faultFrom, To: []string{faultTo}}, strings.NewReader(faultBody(id)))
+			answers <- answer{out, err}
+		}()
+	}
+	select {
+	case a := <-answers:
+		require.NoError(t, a.err)
+		assert.Equal(t, "A1", a.out.QueueID)
+	case <-time.After(30 * time.Second): // a hang guard, not a measurement
+		t.Fatal("the first transaction's answer was held while the session waited inside a write")
+	}
+	select {
+	case a := <-answers:
+		t.Fatalf("a stalled transaction was answered: %v", a.err)
+	default:
+	}
+	cancel()
+	for range 2 {
+		a := <-answers
+		require.Error(t, a.err)
+	}
+	shutdown(t, s, srv)
+}
+
 // TestFaultDeferredCommit: with two recipients (all or nothing), the
 // commit waits for the RCPT replies even with CHUNKING and PIPELINING,
 // so a connection lost at RCPT loses nothing committed: replayed.

@@ -375,28 +375,28 @@ func (s *Sender) unlink(req *request) {
 	s.mu.Unlock()
 }
 
-// take moves up to len(buf) waiting requests, oldest first, into buf for
-// session a, and returns how many. With park set and nothing waiting, it
-// parks a instead: the next enqueue wakes it. A request taken here may
-// have been withdrawn by its caller meanwhile; hold tells.
-func (s *Sender) take(a *conn, buf []*request, park bool) int {
+// next takes the oldest waiting request for session a, or returns nil.
+// With park set and nothing waiting, it parks a instead: the next
+// enqueue wakes it. Requests are taken one at a time, each just before
+// it is written, so none waits bound to a session whose write blocks
+// while another session could take it. A request taken here may have
+// been withdrawn by its caller meanwhile; hold tells.
+func (s *Sender) next(a *conn, park bool) (req *request, parked bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if a.dialing {
 		a.dialing = false
 		s.dialing--
 	}
-	n := 0
-	for n < len(buf) && s.head != nil {
-		buf[n] = s.head
-		s.unlinkLocked(s.head)
-		n++
+	if req = s.head; req != nil {
+		s.unlinkLocked(req)
+		return req, false
 	}
-	if n == 0 && park {
+	if park {
 		a.parked = true
 		s.parked = append(s.parked, a)
 	}
-	return n
+	return nil, park
 }
 
 // unpark takes a off the parked list. It reports false if an enqueue
@@ -571,7 +571,7 @@ func (s *Sender) sleep(d time.Duration, stop <-chan struct{}) bool {
 
 // connect dials, greets, upgrades and authenticates one session, within
 // ctx and DialTimeout.
-func (s *Sender) connect(parent context.Context) (*smtp.Client, error) {
+func (s *Sender) connect(parent context.Context, a *conn) (*smtp.Client, error) {
 	s.stats.dials.Add(1)
 	cfg := &s.cfg
 	ctx, cancel := context.WithTimeout(parent, cfg.DialTimeout)
@@ -589,6 +589,7 @@ func (s *Sender) connect(parent context.Context) (*smtp.Client, error) {
 	if err != nil {
 		return nil, &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: err}
 	}
+	t = a.watch(t)
 	opts := cfg.Options
 	if opts.ServerName == "" && cfg.Addr != "" {
 		opts.ServerName = cfg.Addr

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -159,4 +160,70 @@ func TestWrongPasswordFailsFast(t *testing.T) {
 		assert.NotContains(t, err.Error(), "wrong")
 	}
 	assert.Equal(t, int64(1), s.Stats().Dials)
+}
+
+// gatedBody is a body whose first Read waits until gate is closed: a
+// message streamed from a slow source. It is not a Seeker.
+type gatedBody struct {
+	gate   <-chan struct{}
+	r      io.Reader
+	opened bool
+}
+
+func (b *gatedBody) Read(p []byte) (int, error) {
+	if !b.opened {
+		b.opened = true
+		<-b.gate
+	}
+	return b.r.Read(p)
+}
+
+// TestNoHeadOfLineBehindSlowBody: two sessions, both busy; a Send whose
+// body is slow to read and a fast Send wait. When the sessions come free,
+// one takes the slow Send and blocks reading its body; the fast Send goes
+// to the other session, rather than waiting behind the slow body on the
+// first (a session takes one request at a time, just before writing it).
+func TestNoHeadOfLineBehindSlowBody(t *testing.T) {
+	busyGate := make(chan struct{})
+	var datas atomic.Int64
+	srv, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{Delay: func(stage string) time.Duration {
+		if stage == "DATA" && datas.Add(1) <= 2 {
+			<-busyGate // the first two messages hold their sessions
+		}
+		return 0
+	}}, sender.Config{Security: sender.InsecurePlaintext, MaxConns: 2, MaxInFlight: 4})
+	env := smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a hang guard
+	defer cancel()
+	slowGate := make(chan struct{})
+	var openGate sync.Once
+	t.Cleanup(func() { openGate.Do(func() { close(slowGate) }) }) // before the sender's Close
+	busy := make(chan error, 2)
+	for i := range 2 {
+		go func() { _, err := s.Send(ctx, env, strings.NewReader(msg(i))); busy <- err }()
+		require.Eventually(t, func() bool { return datas.Load() == int64(i+1) }, 10*time.Second, time.Millisecond)
+	}
+	slowDone := make(chan error, 1)
+	go func() {
+		_, err := s.Send(ctx, env, &gatedBody{gate: slowGate, r: strings.NewReader(msg(10))})
+		slowDone <- err
+	}()
+	require.Eventually(t, func() bool { return s.Stats().Waiting == 1 }, 10*time.Second, time.Millisecond)
+	fastDone := make(chan error, 1)
+	go func() { _, err := s.Send(ctx, env, strings.NewReader(msg(11))); fastDone <- err }()
+	require.Eventually(t, func() bool { return s.Stats().Waiting == 2 }, 10*time.Second, time.Millisecond)
+	close(busyGate)
+	select {
+	case err := <-fastDone:
+		require.NoError(t, err)
+	case err := <-slowDone:
+		t.Fatalf("the slow body was read before the fast Send was answered: %v", err)
+	case <-ctx.Done():
+		t.Fatal("the fast Send waited behind another caller's slow body")
+	}
+	openGate.Do(func() { close(slowGate) })
+	require.NoError(t, <-slowDone)
+	require.NoError(t, <-busy)
+	require.NoError(t, <-busy)
+	assert.EqualValues(t, 4, srv.Count())
 }

@@ -32,12 +32,16 @@ type conn struct {
 	// is how the enqueue that takes it off the list wakes it.
 	parked bool
 	wake   chan struct{}
-	// batch receives the requests taken from the waiting list at once.
-	batch []*request
-	// While batching is set (see settleReplies), answers wait in answers
-	// and reach their callers together.
-	batching bool
-	answers  []answer
+	// While holding is set (see settleReplies and waiting), answers wait in
+	// answers and reach their callers together, from deliver: at the end
+	// of settleReplies, before the session parks or its loop ends, or from
+	// holdTimer when an I/O takes longer than holdFor. timing is set while
+	// holdTimer runs for the current I/O.
+	holding   bool
+	timing    bool
+	holdTimer *time.Timer
+	ansMu     sync.Mutex // guards answers
+	answers   []answer
 	// probe is set while this goroutine is the sender's one probe: it
 	// keeps dialing while Sends fail fast, and must not end before a
 	// dial works (or the sender closes).
@@ -101,7 +105,7 @@ func (a *conn) dialLoop() bool {
 			return false
 		}
 		io := a.newEpoch(false)
-		c, err := s.connect(io)
+		c, err := s.connect(io, a)
 		if err == nil {
 			s.dialSucceeded(a.probe)
 			a.probe = false
@@ -154,7 +158,7 @@ func (a *conn) redial() bool {
 		} else {
 			bo = s.cfg.Backoff()
 		}
-		c, err := s.connect(io)
+		c, err := s.connect(io, a)
 		if err == nil {
 			s.dialSucceeded(a.probe)
 			a.probe = false
@@ -206,17 +210,19 @@ func (a *conn) connected(c *smtp.Client) {
 }
 
 // hold counts req as held by this goroutine. It reports false if its
-// caller withdrew it while it waited to be taken.
+// caller withdrew it while it waited to be taken. The state change and
+// the count change together under mu: a caller that withdraws req once
+// it is active calls withdrawn, which takes mu, so it always finds req
+// counted (and a request withdrawn before is never counted).
 func (a *conn) hold(req *request) bool {
-	a.mu.Lock()
-	a.live++
-	a.mu.Unlock()
 	req.conn.Store(a)
-	if req.state.CompareAndSwap(stQueued, stActive) {
-		return true
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !req.state.CompareAndSwap(stQueued, stActive) {
+		return false
 	}
-	a.release()
-	return false
+	a.live++
+	return true
 }
 
 // release is the session's end of its hold on a request.
@@ -269,6 +275,7 @@ func (a *conn) serve() (broken bool) {
 	s := a.s
 	idle := time.NewTimer(s.cfg.IdleTimeout)
 	defer idle.Stop()
+	defer a.deliver()
 	for {
 		if a.c.State() == smtp.StateClosed {
 			a.closed()
@@ -279,8 +286,14 @@ func (a *conn) serve() (broken bool) {
 				a.quit()
 				return false
 			}
-			if a.fill(true) {
+			a.deliver()
+			took, parked := a.fill(true)
+			if took {
 				continue
+			}
+			if !parked { // no room: cannot happen while MaxInFlight >= 1
+				a.quit()
+				return false
 			}
 			// Parked: wait for an enqueue to wake the session.
 			idle.Reset(s.cfg.IdleTimeout)
@@ -325,52 +338,41 @@ type answer struct {
 // reply if need be, and with it every later one whose reply has already
 // arrived. The answers reach their callers together, after the reads: a
 // burst of ready goroutines costs the scheduler one wake-up of an idle
-// thread rather than one per message. Nothing here waits while an answer
-// is held back: only the first read may wait, and none is held then.
+// thread rather than one per message. Answers held back while a read
+// waits (see waiting) go out after holdFor at the latest.
 func (a *conn) settleReplies() {
-	a.batching = true
+	a.holding = true
 	a.readOldest()
 	a.c.Poll()
 	for len(a.inflight) > 0 && a.inflight[0].tx.Done() {
 		a.readOldest()
 	}
-	a.batching = false
-	for i, ans := range a.answers {
-		ans.req.result <- ans.res
-		a.answers[i] = answer{}
-	}
-	a.answers = a.answers[:0]
+	a.holding = false
+	a.deliver()
 }
 
 // fill starts waiting requests until the window is full, without
-// blocking. With park set (nothing in flight, and the caller has checked
-// that the session may take requests) and nothing waiting, it parks the
-// session. It reports whether it took any request.
-func (a *conn) fill(park bool) bool {
+// waiting for one. With park set (nothing in flight, and the caller has
+// checked that the session may take requests) and nothing waiting, it
+// parks the session. It reports whether it took any request, and whether
+// it parked the session.
+func (a *conn) fill(park bool) (took, parked bool) {
 	s := a.s
 	if !park && !a.open() {
-		return false
+		return false, false
 	}
-	if a.batch == nil {
-		a.batch = make([]*request, min(a.window(), 16))
-	}
-	took := false
-	for room := a.room(); room > 0; room = a.room() {
-		buf := a.batch[:min(room, len(a.batch))]
-		n := s.take(a, buf, park && !took)
-		if n == 0 {
-			break
+	for a.room() > 0 {
+		req, p := s.next(a, park && !took)
+		if req == nil {
+			return took, p
 		}
 		took = true
-		for i, req := range buf[:n] {
-			buf[i] = nil
-			a.start(req)
-		}
+		a.start(req)
 		if !a.open() {
 			break
 		}
 	}
-	return took
+	return took, false
 }
 
 // open reports whether the session may take more requests.
@@ -483,8 +485,10 @@ func (a *conn) finish(req *request, out *smtp.Outcome, err error) {
 			if !req.state.CompareAndSwap(st, stAnswered) {
 				continue
 			}
-			if a.batching {
+			if a.holding {
+				a.ansMu.Lock()
 				a.answers = append(a.answers, answer{req, result{out, err}})
+				a.ansMu.Unlock()
 			} else {
 				req.result <- result{out, err}
 			}

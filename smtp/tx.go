@@ -60,6 +60,20 @@ func (tx *Tx) Committed() bool { return tx.committed && tx.c.cw.n >= tx.commitEn
 // the session was lost), so ReadTx will not block.
 func (tx *Tx) Done() bool { return tx.done }
 
+// Result returns what ReadTx returns for a transaction that is Done,
+// without reading or changing the session: a caller that watches its
+// transport can answer a finished transaction while the client is in
+// the middle of another call. Before Done it returns nil, nil.
+func (tx *Tx) Result() (*Outcome, error) {
+	if !tx.done {
+		return nil, nil
+	}
+	if tx.err != nil {
+		return nil, tx.err
+	}
+	return tx.outcome, nil
+}
+
 // Replayable reports whether the transaction failed without any chance
 // of delivery and may be sent again on a new session: the session was
 // lost before its commit point was written, or the server answered it
@@ -471,9 +485,10 @@ func (p pending) op() Op {
 	return p.kind.op()
 }
 
-// Poll reads the replies that have already arrived, without writing,
-// waiting for the network or touching the connection, and reports how
-// many it read. The transactions they finish are then [Tx.Done], and
+// Poll reads the replies that have already arrived, without writing or
+// waiting for the network, and reports how many it read. (A reply that
+// ends the session, a 421 or a malformed one, closes the connection as
+// any read of it would.) The transactions they finish are then [Tx.Done], and
 // ReadTx returns their outcome at once. A caller with many transactions
 // in flight uses it to settle every finished one together, after the
 // ReadTx that waited for the oldest.
