@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -226,4 +227,41 @@ func TestNoHeadOfLineBehindSlowBody(t *testing.T) {
 	require.NoError(t, <-busy)
 	require.NoError(t, <-busy)
 	assert.EqualValues(t, 4, srv.Count())
+}
+
+// TestServerIdleTimeout: the server closes a session left idle for
+// 200 ms (go-smtp's ReadTimeout: 421 4.4.2, then close), over implicit
+// TLS and over STARTTLS. Before it writes on that session again, the
+// smtp core asks the socket under the sender's transport wrapper and the
+// TLS layer, sees the close, and the next message goes on a new session:
+// delivered, not replayed, no unknown outcome. (Where the core cannot
+// ask the socket, a session idle for under a second is not checked.)
+func TestServerIdleTimeout(t *testing.T) {
+	if !kernelPeek {
+		t.Skip("the core cannot peek at a socket on " + runtime.GOOS)
+	}
+	for _, sec := range []sender.Security{sender.ImplicitTLS, sender.StartTLS} {
+		t.Run(sec.String(), func(t *testing.T) {
+			mode := testpeers.ImplicitTLS
+			if sec == sender.StartTLS {
+				mode = testpeers.StartTLS
+			}
+			srv, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{Mode: mode, ReadTimeout: 200 * time.Millisecond},
+				sender.Config{Security: sec, MaxConns: 1, MaxInFlight: 8})
+			env := smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			for i := range 3 {
+				_, err := s.Send(ctx, env, strings.NewReader(msg(i)))
+				require.NoError(t, err, "message %d", i)
+				require.Eventually(t, func() bool { return srv.Sessions() == 0 }, 10*time.Second, 5*time.Millisecond, "the server's idle timeout")
+			}
+			st := s.Stats()
+			assert.EqualValues(t, 3, srv.Count())
+			assert.EqualValues(t, 3, st.Dials)
+			assert.EqualValues(t, 3, st.Sent)
+			assert.Zero(t, st.Replayed, "seen before anything was written")
+			assert.Zero(t, st.Unknown)
+		})
+	}
 }
