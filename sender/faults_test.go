@@ -1076,6 +1076,30 @@ func TestCancelWhileWaitingForSession(t *testing.T) {
 	assert.Zero(t, commits(srv.Received(), "busy"))
 }
 
+// TestWithdrawalOnStalledServerFreesSession: the server stalls at MAIL
+// (DATA with PIPELINING: the body waits for a 354 that never comes, so
+// nothing is committed) and the caller gives up. Its connection is
+// interrupted after withdrawGrace rather than sitting on a dead server
+// for the command timeout, so with one connection allowed the next Send
+// gets a new session and is delivered.
+func TestWithdrawalOnStalledServerFreesSession(t *testing.T) {
+	m := serverMode{"data+pipelining", true, false}
+	srv := fs.StartMulti(t, faultyScript(m, atMail, fStall), healthy(m, 1))
+	s := faultSender(t, srv.Addr(), func(c *sender.Config) { c.MaxConns = 1 })
+	_, err := timedSend(t, s, "stalled", 200*time.Millisecond)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.NotErrorIs(t, err, sender.ErrOutcomeUnknown, "withdrawn before its commit point")
+	out, err := timedSend(t, s, "next", 30*time.Second) // a hang guard, not a measurement
+	require.NoError(t, err)
+	assert.Equal(t, "H1", out.QueueID)
+	st := s.Stats()
+	assert.EqualValues(t, 2, st.Dials)
+	assert.EqualValues(t, 1, st.Withdrawn)
+	shutdown(t, s, srv)
+	require.NoError(t, srv.Err())
+	assert.Zero(t, commits(srv.ReceivedOn(0), "stalled"))
+}
+
 // TestCancelDuringRedial: after a 421 the session redials a server that
 // does not greet. The caller's context ends during the redial: Send
 // returns its error on time, and the redial, which nobody waits for any

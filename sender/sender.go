@@ -249,7 +249,9 @@ func newRequest(ctx context.Context, env smtp.Envelope, r io.Reader) *request {
 // If ctx ends before the message's commit point (the final "." or BDAT
 // ... LAST) was written, Send returns ctx.Err() at once and the message
 // is withdrawn: it is never committed (the session abandons it with
-// RSET, or drops the connection when bytes of it are half-written). If
+// RSET, or drops the connection when bytes of it are half-written; a
+// connection left with nothing else to do is kept if the server answers
+// within a second, and interrupted otherwise). If
 // ctx ends after, Send returns at once an [*smtp.Error] wrapping both
 // ctx.Err() and [ErrOutcomeUnknown]; the session finishes the
 // transaction and its real outcome still reaches the audit hook. Other

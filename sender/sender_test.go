@@ -265,3 +265,52 @@ func TestServerIdleTimeout(t *testing.T) {
 		})
 	}
 }
+
+// heldBody is a body whose first Read tells started, then waits for
+// release before it returns its data.
+type heldBody struct {
+	started chan<- struct{}
+	release <-chan struct{}
+	r       io.Reader
+	once    bool
+}
+
+func (b *heldBody) Read(p []byte) (int, error) {
+	if !b.once {
+		b.once = true
+		close(b.started)
+		<-b.release
+	}
+	return b.r.Read(p)
+}
+
+// TestWithdrawalKeepsConnection: a caller gives up while its body is
+// being read. The message is withdrawn (never committed), the session
+// abandons it with RSET on a server that answers, and the next message
+// goes on the same connection instead of a new one.
+func TestWithdrawalKeepsConnection(t *testing.T) {
+	srv, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{}, sender.Config{Security: sender.InsecurePlaintext, MaxConns: 1})
+	env := smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	started, release := make(chan struct{}), make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Send(ctx, env, &heldBody{started: started, release: release, r: strings.NewReader(msg(1))})
+		done <- err
+	}()
+	<-started
+	cancel()
+	err := <-done
+	close(release) // the body reader now reports the withdrawal, not EOF
+	require.ErrorIs(t, err, context.Canceled)
+	require.NotErrorIs(t, err, sender.ErrOutcomeUnknown)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel2()
+	_, err = s.Send(ctx2, env, strings.NewReader(msg(2)))
+	require.NoError(t, err)
+	st := s.Stats()
+	assert.EqualValues(t, 1, st.Withdrawn)
+	assert.EqualValues(t, 1, st.Dials, "the connection was kept")
+	assert.EqualValues(t, 1, srv.Count(), "the withdrawn message was not committed")
+	assert.EqualValues(t, 1, srv.Connections())
+}

@@ -32,15 +32,15 @@ type conn struct {
 	// is how the enqueue that takes it off the list wakes it.
 	parked bool
 	wake   chan struct{}
-	// While holding is set (see settleReplies and waiting), answers wait in
-	// answers and reach their callers together, from deliver: at the end
-	// of settleReplies, before the session parks or its loop ends, or from
-	// holdTimer when an I/O takes longer than holdFor. timing is set while
-	// holdTimer runs for the current I/O.
+	// While holding is set (see settleReplies and waiting), answers wait
+	// in answers and reach their callers together, from deliver: at the
+	// end of settleReplies, before the session parks or its loop ends, or
+	// from holdTimer, holdFor after the session went on to I/O with
+	// answers held (timing is set while it runs).
 	holding   bool
 	timing    bool
 	holdTimer *time.Timer
-	ansMu     sync.Mutex // guards answers
+	ansMu     sync.Mutex // guards answers and timing
 	answers   []answer
 	// probe is set while this goroutine is the sender's one probe: it
 	// keeps dialing while Sends fail fast, and must not end before a
@@ -57,7 +57,22 @@ type conn struct {
 	live int
 	// stop cancels io.
 	stop context.CancelFunc
+	// epoch counts the contexts io has had; inDial is set from the start
+	// of a dial until it connects.
+	epoch  uint64
+	inDial bool
+	// grace, when set, ends the current connection withdrawGrace after
+	// its last live request was withdrawn, unless the session has come
+	// back to having nothing in flight by then.
+	grace *time.Timer
 }
+
+// withdrawGrace is how long a connection whose last live request was
+// withdrawn may go on with the exchange under way (the RSET that abandons
+// the transaction, or the replies of transactions nobody waits for)
+// before its I/O is interrupted: a server that answers keeps the
+// connection, one that stalls frees the session within this time.
+const withdrawGrace = time.Second
 
 // session is the goroutine of one conn. It dials (waiting the backoff
 // after failures; after MaxDialFailures it may become the one probe that
@@ -189,6 +204,9 @@ func (a *conn) newEpoch(bounded bool) context.Context {
 		a.stop()
 	}
 	a.stop = cancel
+	a.epoch++
+	a.inDial = true
+	a.disarmGraceLocked()
 	if bounded && a.live == 0 {
 		cancel()
 	}
@@ -202,11 +220,30 @@ func (a *conn) endEpoch() {
 	if a.stop != nil {
 		a.stop()
 	}
+	a.disarmGraceLocked()
 	a.mu.Unlock()
 }
 
 func (a *conn) connected(c *smtp.Client) {
 	a.c, a.born, a.written = c, time.Now(), 0
+	a.mu.Lock()
+	a.inDial = false
+	a.mu.Unlock()
+}
+
+// settled is called when the session has nothing in flight: a
+// connection that outlived a withdrawal is kept.
+func (a *conn) settled() {
+	a.mu.Lock()
+	a.disarmGraceLocked()
+	a.mu.Unlock()
+}
+
+func (a *conn) disarmGraceLocked() {
+	if a.grace != nil {
+		a.grace.Stop()
+		a.grace = nil
+	}
 }
 
 // hold counts req as held by this goroutine. It reports false if its
@@ -233,17 +270,39 @@ func (a *conn) release() {
 }
 
 // withdrawn is called by the caller of a held request it withdrew. When
-// no held request is left whose outcome matters, the connection's I/O is
-// interrupted: a session blocked on a server that stopped answering, or
-// a redial nobody waits for, ends at once. (The withdrawn request itself
-// is safe without that: its body never reaches EOF.)
+// no held request is left whose outcome matters, a redial nobody waits
+// for ends at once, and a connection gets withdrawGrace to finish the
+// exchange under way (abandoning the transaction with RSET, reading the
+// replies owed) before its I/O is interrupted: a session blocked on a
+// server that stopped answering does not hold its place for long, and
+// one that answers keeps its connection. (The withdrawn request itself
+// is safe either way: its body never reaches EOF.)
 func (a *conn) withdrawn() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.live--
-	if a.live == 0 && a.stop != nil {
+	if a.live != 0 || a.stop == nil {
+		return
+	}
+	if a.inDial {
+		a.stop()
+		return
+	}
+	if a.grace == nil {
+		epoch := a.epoch
+		a.grace = time.AfterFunc(withdrawGrace, func() { a.graceOver(epoch) })
+	}
+}
+
+// graceOver interrupts the connection of epoch if no live request came
+// since its last one was withdrawn and it still has work in flight.
+func (a *conn) graceOver(epoch uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.epoch == epoch && a.grace != nil && a.live == 0 && a.stop != nil {
 		a.stop()
 	}
+	a.grace = nil
 }
 
 // window is how many transactions may be in flight.
@@ -287,6 +346,7 @@ func (a *conn) serve() (broken bool) {
 				return false
 			}
 			a.deliver()
+			a.settled()
 			took, parked := a.fill(true)
 			if took {
 				continue

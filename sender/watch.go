@@ -10,14 +10,14 @@ import (
 )
 
 // holdFor is how long a session goroutine may keep finished requests'
-// answers back while it waits on the network: answers are sent together
-// when it is about to wait anyway, which costs the scheduler one wake-up
-// for the lot, but never later than this after a wait began.
+// answers back once it has gone on to I/O with them: answers are sent
+// together, which costs the scheduler one wake-up for the lot, but never
+// later than this.
 const holdFor = time.Millisecond
 
 // watched is a connection's transport as the session sees it: every read
 // and write tells the conn that the session goroutine may be about to
-// wait on the network, and that it is back. It passes NetConn through,
+// wait on the network. It passes NetConn through,
 // so the smtp core can still ask the socket whether an idle server has
 // closed it.
 type watched struct {
@@ -27,16 +27,12 @@ type watched struct {
 
 func (w *watched) Read(p []byte) (int, error) {
 	w.a.waiting()
-	n, err := w.Transport.Read(p)
-	w.a.resumed()
-	return n, err
+	return w.Transport.Read(p)
 }
 
 func (w *watched) Write(p []byte) (int, error) {
 	w.a.waiting()
-	n, err := w.Transport.Write(p)
-	w.a.resumed()
-	return n, err
+	return w.Transport.Write(p)
 }
 
 // NetConn returns the connection under the transport, if it has one.
@@ -91,8 +87,9 @@ func (a *conn) watch(t transport.Transport) transport.Transport {
 // of its connection, in the middle of an smtp.Client call. Transactions
 // at the head of the window that have finished (a WriteTx that waits for
 // one transaction's 354 reads the reply of the one before) are answered
-// from their results, and the answers held back are sent if the I/O
-// takes longer than holdFor.
+// from their results; the answers held back are sent holdFor after the
+// session first went on to I/O with them, if it has not sent them by
+// then.
 func (a *conn) waiting() {
 	for len(a.inflight) > 0 && a.inflight[0].tx.Done() {
 		req := a.inflight[0]
@@ -104,32 +101,26 @@ func (a *conn) waiting() {
 		a.holding = false
 	}
 	a.ansMu.Lock()
-	held := len(a.answers) > 0
-	a.ansMu.Unlock()
-	if held {
-		if a.holdTimer == nil {
-			a.holdTimer = time.AfterFunc(holdFor, a.deliver)
-		} else {
-			a.holdTimer.Reset(holdFor)
-		}
-		a.timing = true
+	defer a.ansMu.Unlock()
+	if a.timing || len(a.answers) == 0 {
+		return
 	}
-}
-
-// resumed is called on the session goroutine after each read and write.
-func (a *conn) resumed() {
-	if a.timing {
-		a.holdTimer.Stop()
-		a.timing = false
+	if a.holdTimer == nil {
+		a.holdTimer = time.AfterFunc(holdFor, a.deliver)
+	} else {
+		a.holdTimer.Reset(holdFor)
 	}
+	a.timing = true
 }
 
 // deliver sends the answers held back. The session goroutine calls it
 // when it is done reading replies or about to wait for work; the hold
-// timer calls it when an I/O takes too long.
+// timer calls it holdFor after the session went on to I/O with answers
+// held. (A timer left armed after the session delivered finds nothing.)
 func (a *conn) deliver() {
 	a.ansMu.Lock()
 	defer a.ansMu.Unlock()
+	a.timing = false
 	for i, ans := range a.answers {
 		ans.req.result <- ans.res // buffered (1), answered once: never blocks
 		a.answers[i] = answer{}
