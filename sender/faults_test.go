@@ -1439,3 +1439,40 @@ func newPeer(t *testing.T) *testpeers.GoSMTPServer {
 	t.Helper()
 	return testpeers.GoSMTP(t, testpeers.GoSMTPOptions{DiscardBodies: true})
 }
+
+// TestFaultStartTLSCustomDialUsesPeerAddress: STARTTLS over a custom
+// Dial with no Addr and no ServerName. smtp.ConnectStartTLS then checks
+// the certificate against the peer's IP address, which it finds through
+// the transport's RemoteAddr: the sender's transport wrapper must pass
+// it on.
+func TestFaultStartTLSCustomDialUsesPeerAddress(t *testing.T) {
+	m := serverMode{"chunking+pipelining", true, true}
+	serverTLS, roots := fs.SelfSignedTLS(t)
+	script := []fs.Step{stepGreet, fs.ExpectLine("EHLO localhost"),
+		fs.Reply(fs.Lines("250-fault.example", "250 STARTTLS")),
+		fs.ExpectLine("STARTTLS"), fs.Reply("220 2.0.0 go ahead\r\n"), fs.StartTLS(serverTLS),
+		fs.ExpectLine("EHLO localhost"), fs.Reply(m.ehloReply())}
+	script = append(script, txSteps(m, "RA1")...)
+	script = append(script, fs.ExpectLine("QUIT"), fs.Reply("221 bye\r\n"), fs.Close())
+	srv := fs.Start(t, script...)
+	s, err := sender.New(sender.Config{
+		Security:  sender.StartTLS,
+		TLSConfig: &tls.Config{RootCAs: roots},
+		MaxConns:  1, MaxDialFailures: 1,
+		Backoff: fastBackoff,
+		Options: smtp.Options{ChunkSize: 512},
+		Dial: func(ctx context.Context) (transport.Transport, error) {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", srv.Addr())
+			if err != nil {
+				return nil, err
+			}
+			return transport.Upgradable(c), nil
+		},
+	})
+	require.NoError(t, err)
+	defer s.Close()
+	out, err := timedSend(t, s, "ra", 5*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "RA1", out.QueueID)
+}

@@ -62,9 +62,11 @@ type conn struct {
 	epoch  uint64
 	inDial bool
 	// grace, when set, ends the current connection withdrawGrace after
-	// its last live request was withdrawn, unless the session has come
-	// back to having nothing in flight by then.
-	grace *time.Timer
+	// it was left with no live request and withdrawn ones in flight,
+	// unless the session has come back to having nothing in flight by
+	// then; withdrew is set from a withdrawal until then.
+	grace    *time.Timer
+	withdrew bool
 }
 
 // withdrawGrace is how long a connection whose last live request was
@@ -244,6 +246,25 @@ func (a *conn) disarmGraceLocked() {
 		a.grace.Stop()
 		a.grace = nil
 	}
+	a.withdrew = false
+}
+
+// armGraceLocked starts the grace for the current connection, unless it
+// runs already. While dialing there is no exchange to finish: the dial
+// is interrupted at once.
+func (a *conn) armGraceLocked() {
+	if a.inDial {
+		a.stop()
+		return
+	}
+	if a.grace != nil {
+		return
+	}
+	epoch := a.epoch
+	// t is set, under mu, before graceOver can read it under mu.
+	var t *time.Timer
+	t = time.AfterFunc(withdrawGrace, func() { a.graceOver(epoch, &t) })
+	a.grace = t
 }
 
 // hold counts req as held by this goroutine. It reports false if its
@@ -262,10 +283,14 @@ func (a *conn) hold(req *request) bool {
 	return true
 }
 
-// release is the session's end of its hold on a request.
+// release is the session's end of its hold on a request. If that leaves
+// only withdrawn work, the grace starts (see withdrawn).
 func (a *conn) release() {
 	a.mu.Lock()
 	a.live--
+	if a.live == 0 && a.withdrew && a.stop != nil {
+		a.armGraceLocked()
+	}
 	a.mu.Unlock()
 }
 
@@ -281,28 +306,24 @@ func (a *conn) withdrawn() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.live--
-	if a.live != 0 || a.stop == nil {
-		return
-	}
-	if a.inDial {
-		a.stop()
-		return
-	}
-	if a.grace == nil {
-		epoch := a.epoch
-		a.grace = time.AfterFunc(withdrawGrace, func() { a.graceOver(epoch) })
+	a.withdrew = true
+	if a.live == 0 && a.stop != nil {
+		a.armGraceLocked()
 	}
 }
 
-// graceOver interrupts the connection of epoch if no live request came
-// since its last one was withdrawn and it still has work in flight.
-func (a *conn) graceOver(epoch uint64) {
+// graceOver interrupts the connection of epoch if *t is still its grace
+// and no live request came meanwhile.
+func (a *conn) graceOver(epoch uint64, t **time.Timer) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.epoch == epoch && a.grace != nil && a.live == 0 && a.stop != nil {
-		a.stop()
+	if a.grace != *t {
+		return // disarmed, or replaced
 	}
 	a.grace = nil
+	if a.epoch == epoch && a.live == 0 && a.stop != nil {
+		a.stop()
+	}
 }
 
 // window is how many transactions may be in flight.

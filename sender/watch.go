@@ -35,6 +35,23 @@ func (w *watched) Write(p []byte) (int, error) {
 	return w.Transport.Write(p)
 }
 
+// RemoteAddr and LocalAddr pass the transport's addresses on (the smtp
+// core names the server by RemoteAddr for STARTTLS without a server name,
+// and for OAUTHBEARER); nil if it has none.
+func (w *watched) RemoteAddr() net.Addr {
+	if t, ok := w.Transport.(interface{ RemoteAddr() net.Addr }); ok {
+		return t.RemoteAddr()
+	}
+	return nil
+}
+
+func (w *watched) LocalAddr() net.Addr {
+	if t, ok := w.Transport.(interface{ LocalAddr() net.Addr }); ok {
+		return t.LocalAddr()
+	}
+	return nil
+}
+
 // NetConn returns the connection under the transport, if it has one.
 func (w *watched) NetConn() net.Conn {
 	switch t := w.Transport.(type) {
@@ -96,9 +113,10 @@ func (a *conn) waiting() {
 		a.inflight[0] = nil
 		a.inflight = a.inflight[1:]
 		out, err := req.tx.Result()
+		was := a.holding
 		a.holding = true
 		a.settle(req, out, err)
-		a.holding = false
+		a.holding = was
 	}
 	a.ansMu.Lock()
 	defer a.ansMu.Unlock()
