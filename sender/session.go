@@ -33,22 +33,24 @@ type conn struct {
 	parked bool
 	wake   chan struct{}
 	// While holding is set (see settleReplies and waiting), answers wait
-	// in answers and reach their callers together, from deliver: at the
-	// end of settleReplies, before the session parks or its loop ends, or
-	// from holdTimer, holdFor after the session went on to I/O with
-	// answers held (timing is set while it runs).
+	// in answers (since heldSince) and reach their callers together, from
+	// deliver: at the end of settleReplies, before the session parks or
+	// its loop ends, before an I/O once held for holdMax, or from
+	// holdTimer when one I/O lasts holdFor (timing is set while it runs).
 	holding   bool
 	timing    bool
 	holdTimer *time.Timer
-	ansMu     sync.Mutex // guards answers and timing
+	ansMu     sync.Mutex // guards answers and heldSince
 	answers   []answer
+	heldSince time.Time
 	// probe is set while this goroutine is the sender's one probe: it
 	// keeps dialing while Sends fail fast, and must not end before a
 	// dial works (or the sender closes).
 	probe bool
 	// io bounds the current connection (and its dial): it is cancelled
-	// by Close, and by the caller that withdraws the last request this
-	// goroutine holds (see withdrawn).
+	// by Close, and when the requests this goroutine holds have all been
+	// withdrawn: at once while dialing, after withdrawGrace when connected
+	// (see withdrawn).
 	io context.Context
 
 	mu sync.Mutex // guards the fields below
@@ -419,8 +421,8 @@ type answer struct {
 // reply if need be, and with it every later one whose reply has already
 // arrived. The answers reach their callers together, after the reads: a
 // burst of ready goroutines costs the scheduler one wake-up of an idle
-// thread rather than one per message. Answers held back while a read
-// waits (see waiting) go out after holdFor at the latest.
+// thread rather than one per message. Answers held back while the
+// session does I/O go out within holdFor of a wait (see waiting).
 func (a *conn) settleReplies() {
 	a.holding = true
 	a.readOldest()
@@ -517,11 +519,21 @@ func (a *conn) write(req *request) {
 	a.inflight = append(a.inflight, req)
 }
 
+// popOldest takes the oldest transaction off the window. It shifts the
+// rest down rather than reslicing, so appends reuse the same array (the
+// window is short: reslicing wore its capacity away, an allocation every
+// few messages).
+func (a *conn) popOldest() *request {
+	req := a.inflight[0]
+	n := copy(a.inflight, a.inflight[1:])
+	a.inflight[n] = nil
+	a.inflight = a.inflight[:n]
+	return req
+}
+
 // readOldest reads the reply of the oldest transaction in flight.
 func (a *conn) readOldest() {
-	req := a.inflight[0]
-	a.inflight[0] = nil
-	a.inflight = a.inflight[1:]
+	req := a.popOldest()
 	out, err := a.c.ReadTx(a.io, req.tx)
 	a.settle(req, out, err)
 }
@@ -568,6 +580,9 @@ func (a *conn) finish(req *request, out *smtp.Outcome, err error) {
 			}
 			if a.holding {
 				a.ansMu.Lock()
+				if len(a.answers) == 0 {
+					a.heldSince = time.Now()
+				}
 				a.answers = append(a.answers, answer{req, result{out, err}})
 				a.ansMu.Unlock()
 			} else {

@@ -9,11 +9,15 @@ import (
 	"github.com/smtpkit/smtpkit/transport"
 )
 
-// holdFor is how long a session goroutine may keep finished requests'
-// answers back once it has gone on to I/O with them: answers are sent
-// together, which costs the scheduler one wake-up for the lot, but never
-// later than this.
-const holdFor = time.Millisecond
+// Answers held back are sent together, which costs the scheduler one
+// wake-up for the lot, but a caller never waits long for an answer
+// already known: if one read or write of the session's connection lasts
+// holdFor, a timer sends the answers held; and before any I/O, answers
+// held for holdMax are sent.
+const (
+	holdFor = time.Millisecond
+	holdMax = 5 * time.Millisecond
+)
 
 // watched is a connection's transport as the session sees it: every read
 // and write tells the conn that the session goroutine may be about to
@@ -27,12 +31,16 @@ type watched struct {
 
 func (w *watched) Read(p []byte) (int, error) {
 	w.a.waiting()
-	return w.Transport.Read(p)
+	n, err := w.Transport.Read(p)
+	w.a.resumed()
+	return n, err
 }
 
 func (w *watched) Write(p []byte) (int, error) {
 	w.a.waiting()
-	return w.Transport.Write(p)
+	n, err := w.Transport.Write(p)
+	w.a.resumed()
+	return n, err
 }
 
 // RemoteAddr and LocalAddr pass the transport's addresses on (the smtp
@@ -104,14 +112,11 @@ func (a *conn) watch(t transport.Transport) transport.Transport {
 // of its connection, in the middle of an smtp.Client call. Transactions
 // at the head of the window that have finished (a WriteTx that waits for
 // one transaction's 354 reads the reply of the one before) are answered
-// from their results; the answers held back are sent holdFor after the
-// session first went on to I/O with them, if it has not sent them by
-// then.
+// from their results. Answers held for holdMax are sent now; the others
+// are sent by holdTimer if the I/O lasts holdFor.
 func (a *conn) waiting() {
 	for len(a.inflight) > 0 && a.inflight[0].tx.Done() {
-		req := a.inflight[0]
-		a.inflight[0] = nil
-		a.inflight = a.inflight[1:]
+		req := a.popOldest()
 		out, err := req.tx.Result()
 		was := a.holding
 		a.holding = true
@@ -119,26 +124,37 @@ func (a *conn) waiting() {
 		a.holding = was
 	}
 	a.ansMu.Lock()
-	defer a.ansMu.Unlock()
-	if a.timing || len(a.answers) == 0 {
-		return
+	n := len(a.answers)
+	old := n > 0 && time.Since(a.heldSince) >= holdMax
+	a.ansMu.Unlock()
+	switch {
+	case n == 0:
+	case old:
+		a.deliver()
+	default:
+		if a.holdTimer == nil {
+			a.holdTimer = time.AfterFunc(holdFor, a.deliver)
+		} else {
+			a.holdTimer.Reset(holdFor)
+		}
+		a.timing = true
 	}
-	if a.holdTimer == nil {
-		a.holdTimer = time.AfterFunc(holdFor, a.deliver)
-	} else {
-		a.holdTimer.Reset(holdFor)
+}
+
+// resumed is called on the session goroutine after each read and write.
+func (a *conn) resumed() {
+	if a.timing {
+		a.holdTimer.Stop()
+		a.timing = false
 	}
-	a.timing = true
 }
 
 // deliver sends the answers held back. The session goroutine calls it
-// when it is done reading replies or about to wait for work; the hold
-// timer calls it holdFor after the session went on to I/O with answers
-// held. (A timer left armed after the session delivered finds nothing.)
+// when it is done reading replies, about to wait for work, or has held
+// them for holdMax; the hold timer calls it when an I/O lasts holdFor.
 func (a *conn) deliver() {
 	a.ansMu.Lock()
 	defer a.ansMu.Unlock()
-	a.timing = false
 	for i, ans := range a.answers {
 		ans.req.result <- ans.res // buffered (1), answered once: never blocks
 		a.answers[i] = answer{}
