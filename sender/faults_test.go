@@ -719,6 +719,21 @@ func TestFaultPipelinedWindow(t *testing.T) {
 	}
 }
 
+// dialWhenWaiting is a Config.Dial that dials addr once n Sends wait on
+// *s, so that the first window takes them all.
+func dialWhenWaiting(s **sender.Sender, n int, addr string) func(context.Context) (transport.Transport, error) {
+	return func(ctx context.Context) (transport.Transport, error) {
+		for (*s).Stats().Waiting < n {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Millisecond):
+			}
+		}
+		return transport.Dial(ctx, addr)
+	}
+}
+
 // TestFaultAnswerNotHeldBehindStall: of two transactions in one window,
 // the first is answered as soon as its reply is in, though the server
 // stalls on the second: the session does not hold an answer back while
@@ -735,17 +750,7 @@ func TestFaultAnswerNotHeldBehindStall(t *testing.T) {
 	s = faultSender(t, srv.Addr(), func(c *sender.Config) {
 		c.MaxConns = 1
 		c.Options.ChunkSize = 0 // one BDAT LAST per message
-		// Dial once both Sends wait, so that one window takes both.
-		c.Dial = func(ctx context.Context) (transport.Transport, error) {
-			for s.Stats().Waiting < 2 {
-				select {
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				case <-time.After(time.Millisecond):
-				}
-			}
-			return transport.Dial(ctx, srv.Addr())
-		}
+		c.Dial = dialWhenWaiting(&s, 2, srv.Addr())
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -796,17 +801,7 @@ func TestFaultAnswerNotHeldDuringWrite(t *testing.T) {
 	s = faultSender(t, srv.Addr(), func(c *sender.Config) {
 		c.MaxConns = 1
 		c.MaxInFlight = 4
-		// Dial once all three Sends wait, so that one window takes them.
-		c.Dial = func(ctx context.Context) (transport.Transport, error) {
-			for s.Stats().Waiting < 3 {
-				select {
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				case <-time.After(time.Millisecond):
-				}
-			}
-			return transport.Dial(ctx, srv.Addr())
-		}
+		c.Dial = dialWhenWaiting(&s, 3, srv.Addr())
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
