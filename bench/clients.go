@@ -345,31 +345,44 @@ func newNetSMTPRunner(ctx context.Context, addr string) (*netSMTPRunner, error) 
 }
 
 func (r *netSMTPRunner) run(ctx context.Context, q *quota) error {
+	return oneAtATime(q, func() error { return netSMTPSend(r.c, writeMessage) })
+}
+
+// netSMTPSend sends one message on c, its body written by body.
+func netSMTPSend(c *netsmtp.Client, body func(io.Writer) error) error {
+	if err := c.Mail(mailFrom); err != nil {
+		return err
+	}
+	if err := c.Rcpt(rcptTo); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if err := body(w); err != nil {
+		return err
+	}
+	return w.Close()
+}
+
+// writeMessage writes the benchmark's message.
+func writeMessage(w io.Writer) error {
+	_, err := w.Write(message)
+	return err
+}
+
+// oneAtATime runs send for each message the quota grants, until one
+// fails.
+func oneAtATime(q *quota, send func() error) error {
 	for q.claim() {
-		if err := r.one(); err != nil {
+		if err := send(); err != nil {
 			q.stop.Store(true)
 			return err
 		}
 		q.done.Add(1)
 	}
 	return nil
-}
-
-func (r *netSMTPRunner) one() error {
-	if err := r.c.Mail(mailFrom); err != nil {
-		return err
-	}
-	if err := r.c.Rcpt(rcptTo); err != nil {
-		return err
-	}
-	w, err := r.c.Data()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(message); err != nil {
-		return err
-	}
-	return w.Close()
 }
 
 func (r *netSMTPRunner) close() {
@@ -400,14 +413,7 @@ func newGoSMTPRunner(ctx context.Context, addr string) (*goSMTPRunner, error) {
 }
 
 func (r *goSMTPRunner) run(ctx context.Context, q *quota) error {
-	for q.claim() {
-		if err := r.one(); err != nil {
-			q.stop.Store(true)
-			return err
-		}
-		q.done.Add(1)
-	}
-	return nil
+	return oneAtATime(q, r.one)
 }
 
 func (r *goSMTPRunner) one() error {
@@ -421,7 +427,7 @@ func (r *goSMTPRunner) one() error {
 	if err != nil {
 		return err
 	}
-	if _, err := w.Write(message); err != nil {
+	if err := writeMessage(w); err != nil {
 		return err
 	}
 	return w.Close()

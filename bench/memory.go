@@ -4,14 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	netsmtp "net/smtp"
 	"runtime"
 	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	gosmtp "github.com/emersion/go-smtp"
 
 	"github.com/smtpkit/smtpkit/sender"
 	"github.com/smtpkit/smtpkit/smtp"
@@ -111,35 +108,22 @@ func idleSessions(ctx context.Context, client, addr string, n int) memResult {
 		}
 	case clientNetSMTP:
 		for range n {
-			conn, err := dial(ctx, addr)
+			r, err := newNetSMTPRunner(ctx, addr)
 			if err != nil {
 				res.err = err
 				return res
 			}
-			c, err := netsmtp.NewClient(conn, "127.0.0.1")
-			if err == nil {
-				err = c.Hello("localhost")
-			}
-			if err != nil {
-				conn.Close()
-				res.err = err
-				return res
-			}
+			c := r.c // not r: the runner itself is not part of a session
 			closers = append(closers, func() { c.Close() })
 		}
 	case clientGoSMTP:
 		for range n {
-			conn, err := dial(ctx, addr)
+			r, err := newGoSMTPRunner(ctx, addr)
 			if err != nil {
 				res.err = err
 				return res
 			}
-			c := gosmtp.NewClient(conn)
-			if err := c.Hello("localhost"); err != nil {
-				c.Close()
-				res.err = err
-				return res
-			}
+			c := r.c // not r: the runner itself is not part of a session
 			closers = append(closers, func() { c.Close() })
 		}
 	default:
@@ -277,37 +261,15 @@ func streamBody(ctx context.Context, client, sink, addr string, size int64) memR
 		send = func() error { _, err := s.Send(ctx, env, newGenBody(size)); return err }
 		closeFn = func() { s.Shutdown(ctx) }
 	case clientNetSMTP:
-		conn, err := dial(ctx, addr)
+		r, err := newNetSMTPRunner(ctx, addr)
 		if err != nil {
-			res.err = err
-			return res
-		}
-		c, err := netsmtp.NewClient(conn, "127.0.0.1")
-		if err == nil {
-			err = c.Hello("localhost")
-		}
-		if err != nil {
-			conn.Close()
 			res.err = err
 			return res
 		}
 		send = func() error {
-			if err := c.Mail(mailFrom); err != nil {
-				return err
-			}
-			if err := c.Rcpt(rcptTo); err != nil {
-				return err
-			}
-			w, err := c.Data()
-			if err != nil {
-				return err
-			}
-			if _, err := io.Copy(w, newGenBody(size)); err != nil {
-				return err
-			}
-			return w.Close()
+			return netSMTPSend(r.c, func(w io.Writer) error { _, err := io.Copy(w, newGenBody(size)); return err })
 		}
-		closeFn = func() { c.Quit() }
+		closeFn = func() { r.c.Quit() }
 	default:
 		res.err = fmt.Errorf("no streaming measurement for %s", client)
 		return res
