@@ -734,6 +734,45 @@ func dialWhenWaiting(s **sender.Sender, n int, addr string) func(context.Context
 	}
 }
 
+// firstAnsweredAlone sends one message per id on s at once, on a server
+// that answers the first and stalls on the rest. It checks that the first
+// is answered (delivered as queueID) while the others still wait, then
+// cancels those and returns their errors.
+func firstAnsweredAlone(t *testing.T, s *sender.Sender, ids []string, queueID, held string) []error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	type answer struct {
+		out *smtp.Outcome
+		err error
+	}
+	answers := make(chan answer, len(ids))
+	for _, id := range ids {
+		go func() {
+			out, err := s.Send(ctx, smtp.Envelope{From: faultFrom, To: []string{faultTo}}, strings.NewReader(faultBody(id)))
+			answers <- answer{out, err}
+		}()
+	}
+	select {
+	case a := <-answers:
+		require.NoError(t, a.err)
+		assert.Equal(t, queueID, a.out.QueueID)
+	case <-time.After(30 * time.Second): // a hang guard, not a measurement
+		t.Fatal(held)
+	}
+	select {
+	case a := <-answers:
+		t.Fatalf("a stalled transaction was answered: %v", a.err)
+	default:
+	}
+	cancel()
+	var errs []error
+	for range len(ids) - 1 {
+		errs = append(errs, (<-answers).err)
+	}
+	return errs
+}
+
 // TestFaultAnswerNotHeldBehindStall: of two transactions in one window,
 // the first is answered as soon as its reply is in, though the server
 // stalls on the second: the session does not hold an answer back while
@@ -752,34 +791,8 @@ func TestFaultAnswerNotHeldBehindStall(t *testing.T) {
 		c.Options.ChunkSize = 0 // one BDAT LAST per message
 		c.Dial = dialWhenWaiting(&s, 2, srv.Addr())
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	type answer struct {
-		out *smtp.Outcome
-		err error
-	}
-	answers := make(chan answer, 2)
-	for _, id := range []string{"n1", "n2"} {
-		go func() {
-			out, err := s.Send(ctx, smtp.Envelope{From: faultFrom, To: []string{faultTo}}, strings.NewReader(faultBody(id)))
-			answers <- answer{out, err}
-		}()
-	}
-	select {
-	case a := <-answers:
-		require.NoError(t, a.err)
-		assert.Equal(t, "A1", a.out.QueueID)
-	case <-time.After(30 * time.Second): // a hang guard, not a measurement
-		t.Fatal("the first transaction's answer was held back")
-	}
-	select {
-	case a := <-answers:
-		t.Fatalf("the stalled transaction was answered: %v", a.err)
-	default:
-	}
-	cancel()
-	a := <-answers
-	assert.ErrorIs(t, a.err, sender.ErrOutcomeUnknown)
+	errs := firstAnsweredAlone(t, s, []string{"n1", "n2"}, "A1", "the first transaction's answer was held back")
+	assert.ErrorIs(t, errs[0], sender.ErrOutcomeUnknown)
 	shutdown(t, s, srv)
 }
 
@@ -803,35 +816,9 @@ func TestFaultAnswerNotHeldDuringWrite(t *testing.T) {
 		c.MaxInFlight = 4
 		c.Dial = dialWhenWaiting(&s, 3, srv.Addr())
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	type answer struct {
-		out *smtp.Outcome
-		err error
-	}
-	answers := make(chan answer, 3)
-	for _, id := range []string{"d1", "d2", "d3"} {
-		go func() {
-			out, err := s.Send(ctx, smtp.Envelope{From: faultFrom, To: []string{faultTo}}, strings.NewReader(faultBody(id)))
-			answers <- answer{out, err}
-		}()
-	}
-	select {
-	case a := <-answers:
-		require.NoError(t, a.err)
-		assert.Equal(t, "A1", a.out.QueueID)
-	case <-time.After(30 * time.Second): // a hang guard, not a measurement
-		t.Fatal("the first transaction's answer was held while the session waited inside a write")
-	}
-	select {
-	case a := <-answers:
-		t.Fatalf("a stalled transaction was answered: %v", a.err)
-	default:
-	}
-	cancel()
-	for range 2 {
-		a := <-answers
-		require.Error(t, a.err)
+	errs := firstAnsweredAlone(t, s, []string{"d1", "d2", "d3"}, "A1", "the first transaction's answer was held while the session waited inside a write")
+	for _, err := range errs {
+		require.Error(t, err)
 	}
 	shutdown(t, s, srv)
 }
