@@ -7,6 +7,7 @@ import (
 	netsmtp "net/smtp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/smtpkit/smtpkit/internal/testpeers"
 	"github.com/smtpkit/smtpkit/smtp"
@@ -138,4 +139,37 @@ func BenchmarkClientSend(b *testing.B) {
 		}
 		perSecond(b)
 	})
+}
+
+// BenchmarkSendAfterIdle measures one Send on a session left idle for
+// 1.1 s, against the in-process go-smtp server: the client first checks
+// that the server has not closed the session meanwhile (a non-blocking
+// socket peek where the platform allows, a 2 ms read otherwise). Each
+// iteration sleeps 1.1 s with the timer stopped, so run it with a fixed
+// count:
+//
+//	go test -run='^$' -bench=SendAfterIdle -benchtime=6x ./smtp
+func BenchmarkSendAfterIdle(b *testing.B) {
+	srv := testpeers.GoSMTP(b, testpeers.GoSMTPOptions{DiscardBodies: true})
+	ctx := context.Background()
+	tr, err := transport.Dial(ctx, srv.Addr())
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := smtp.Connect(ctx, tr, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = c.Quit(context.Background()) })
+	env := smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+	body := bytes.NewReader(benchMessage)
+	for range b.N {
+		b.StopTimer()
+		time.Sleep(1100 * time.Millisecond)
+		body.Reset(benchMessage)
+		b.StartTimer()
+		if _, err := c.Send(ctx, env, body); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
