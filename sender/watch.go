@@ -96,7 +96,11 @@ func (w *watchedUpgradable) UpgradeTLS(ctx context.Context, cfg *tls.Config) (tr
 }
 
 // watch wraps t for conn a, keeping what the smtp core looks for in a
-// transport: ConnectionState (TLS), UpgradeTLS (STARTTLS) and NetConn.
+// transport: ConnectionState (TLS), UpgradeTLS (STARTTLS), NetConn and
+// RemoteAddr (above). The core finds these by interface, so one it comes
+// to look for must be passed on here too; each has a sender test that
+// fails if it is hidden (TestFaultTLS, TestPostfixSharedSessions,
+// TestServerIdleTimeout, TestFaultStartTLSCustomDialUsesPeerAddress).
 func (a *conn) watch(t transport.Transport) transport.Transport {
 	w := watched{Transport: t, a: a}
 	if cs, ok := t.(interface{ ConnectionState() tls.ConnectionState }); ok {
