@@ -63,6 +63,10 @@ type Client struct {
 	authed     bool // AUTH succeeded
 	state      SessionState
 	closeErr   *Error // the first cause of the close
+	// closing is the 421 with which the server announced it is closing
+	// the session, while the replies still owed to committed
+	// transactions are read (see beginClosing); nil otherwise.
+	closing *Error
 
 	// pending lists the replies the server owes, in order.
 	pending []pending
@@ -436,8 +440,12 @@ func (c *Client) fail(ctx context.Context, err *Error) *Error {
 // closedError is returned by calls on a closed session.
 func (c *Client) closedError(op Op) *Error {
 	e := &Error{Op: op, Kind: KindIO, Err: ErrClosed}
-	if c.closeErr != nil {
-		e.Message = "session closed after: " + c.closeErr.Error()
+	cause := c.closeErr
+	if cause == nil {
+		cause = c.closing
+	}
+	if cause != nil {
+		e.Message = "session closed after: " + cause.Error()
 		e.Message = strings.TrimPrefix(e.Message, "smtp: ")
 	}
 	return e

@@ -511,8 +511,10 @@ func TestTranscriptPoll(t *testing.T) {
 	assert.Equal(t, trEHLO+all+"QUIT\r\n", trEnd(t, srv, c))
 }
 
-// 421 in reply to the second transaction's MAIL: the first was delivered,
-// the second and every later one may be replayed.
+// 421 in reply to the second transaction's MAIL, then the server closes:
+// the first was delivered; the second is refused by its own 421 and may
+// be replayed; the third, whose BDAT LAST was written, lost its own reply:
+// its outcome is unknown, and the second's 421 is not copied onto it.
 func TestTranscriptWindow421(t *testing.T) {
 	all := trTx("one\r\n") + trTx("two\r\n") + trTx("three\r\n")
 	srv, c, _ := trConnect(t, nil, trSteps(trHello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"),
@@ -530,20 +532,86 @@ func TestTranscriptWindow421(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "Q1", out.QueueID)
 	assert.False(t, txs[0].Replayable())
-	for i, tx := range txs[1:] {
-		_, err := c.ReadTx(ctx, tx)
-		se := trErr(t, err, smtp.OpMail, smtp.KindRejected)
-		assert.Equal(t, 421, se.Code, "tx%d", i+2)
-		assert.True(t, tx.Done())
-		assert.True(t, tx.Committed(), "its BDAT LAST was written...")
-		assert.True(t, tx.Replayable(), "... but the server processed nothing after its 421")
-		assert.NotErrorIs(t, err, smtp.ErrOutcomeUnknown)
-		assert.True(t, smtp.IsTemporary(err))
-	}
+
+	_, err = c.ReadTx(ctx, txs[1])
+	se := trErr(t, err, smtp.OpMail, smtp.KindRejected)
+	assert.Equal(t, 421, se.Code)
+	assert.True(t, txs[1].Answered421())
+	assert.True(t, txs[1].Replayable(), "refused by its own 421")
+	assert.NotErrorIs(t, err, smtp.ErrOutcomeUnknown)
+
+	_, err = c.ReadTx(ctx, txs[2])
+	se = trErr(t, err, smtp.OpBDAT, smtp.KindIO)
+	assert.Zero(t, se.Code, "another transaction's 421 is not this one's reply")
+	assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
+	assert.True(t, txs[2].Committed())
+	assert.False(t, txs[2].Answered421())
+	assert.False(t, txs[2].Replayable(), "its commit point left: never written again")
+
 	assert.Equal(t, smtp.StateClosed, c.State())
 	_, err = c.WriteTx(ctx, trEnv, strings.NewReader("x\r\n"))
 	assert.ErrorIs(t, err, smtp.ErrClosed)
 	assert.Equal(t, trEHLO+all, trEnd(t, srv, c))
+}
+
+// A server that answers one transaction's MAIL with 421 and goes on
+// answering (as go-smtp does when a backend returns a 421, and busy
+// servers do): the transactions committed behind it get their real
+// outcomes, the one refused gets its 421, one whose commit point had not
+// left is never committed (and is replayable), nothing more is written,
+// and the session then closes.
+func TestTranscript421WithoutClose(t *testing.T) {
+	t.Run("CHUNKING", func(t *testing.T) {
+		all := trTx("one\r\n") + trTx("two\r\n") + trTx("three\r\n")
+		srv, c, _ := trConnect(t, nil, trSteps(trHello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"),
+			fs.Expect(all),
+			fs.Reply("421 4.3.2 busy\r\n502 5.5.1 no MAIL\r\n502 5.5.1 no RCPT\r\n"+
+				"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 queued as Q2\r\n"+
+				"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 queued as Q3\r\n"),
+			fs.Stall())...)
+		ctx := trCtx(t)
+		var txs []*smtp.Tx
+		for _, body := range []string{"one\r\n", "two\r\n", "three\r\n"} {
+			tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(body))
+			require.NoError(t, err)
+			txs = append(txs, tx)
+		}
+		_, err := c.ReadTx(ctx, txs[0])
+		se := trErr(t, err, smtp.OpMail, smtp.KindRejected)
+		assert.Equal(t, 421, se.Code)
+		assert.True(t, txs[0].Replayable())
+		_, err = c.WriteTx(ctx, trEnv, strings.NewReader("four\r\n"))
+		assert.ErrorIs(t, err, smtp.ErrClosed, "nothing is written after a 421")
+		for i, want := range []string{"Q2", "Q3"} {
+			out, err := c.ReadTx(ctx, txs[i+1])
+			require.NoError(t, err, "tx%d: its real outcome", i+2)
+			assert.Equal(t, want, out.QueueID)
+			assert.False(t, txs[i+1].Replayable())
+		}
+		assert.Equal(t, smtp.StateClosed, c.State(), "closed once the committed replies are read")
+		assert.Equal(t, trEHLO+all, trEnd(t, srv, c))
+	})
+	t.Run("DATA", func(t *testing.T) {
+		// tx1's MAIL gets 421; the server goes on with DATA's refusal
+		// and tx2's MAIL, RCPT and DATA... but tx2's body is never
+		// written: its 354 is not even read.
+		one := trMail + trRcpt + "DATA\r\n"
+		srv, c, _ := trConnect(t, nil, trSteps(trHello("PIPELINING", "ENHANCEDSTATUSCODES"),
+			fs.Expect(one),
+			fs.Reply("421 4.3.2 busy\r\n502 5.5.1 no MAIL\r\n503 5.5.1 no RCPT\r\n"),
+			fs.Stall())...)
+		ctx := trCtx(t)
+		tx1, err := c.WriteTx(ctx, trEnv, strings.NewReader("one\r\n"))
+		require.NoError(t, err)
+		_, err = c.WriteTx(ctx, trEnv, strings.NewReader("two\r\n"))
+		assert.ErrorIs(t, err, smtp.ErrClosed, "tx2 is refused before a byte of it is written")
+		_, err = c.ReadTx(ctx, tx1)
+		se := trErr(t, err, smtp.OpMail, smtp.KindRejected)
+		assert.Equal(t, 421, se.Code)
+		assert.True(t, tx1.Replayable())
+		assert.Equal(t, smtp.StateClosed, c.State())
+		assert.Equal(t, trEHLO+one, trEnd(t, srv, c))
+	})
 }
 
 // The connection drops after the commit point was written and before its

@@ -40,8 +40,12 @@ type Tx struct {
 	mailErr  *Error
 	bodyErr  *Error
 	dataErr  *Error
-	lostErr  *Error
-	final    *Reply
+	// refused is the 421 the server answered one of this transaction's
+	// commands with: its own refusal, never another's.
+	refused *Error
+	// lostErr is why the session ended before every reply was read.
+	lostErr *Error
+	final   *Reply
 	// dataRep and finalRep hold the replies dataReply and final point
 	// to, so that reading a reply allocates nothing.
 	dataRep, finalRep Reply
@@ -75,18 +79,27 @@ func (tx *Tx) Result() (*Outcome, error) {
 }
 
 // Replayable reports whether the transaction failed without any chance
-// of delivery and may be sent again on a new session: the session was
-// lost before its commit point was written, or the server answered it
-// with 421 (closing the channel, processing nothing more).
+// of delivery and may be sent again on a new session: the server answered
+// this transaction itself with 421 (see [Tx.Answered421]), or the session
+// was lost before its commit point was written. A transaction whose
+// commit point was written and whose own reply was lost is not
+// replayable, whatever the server said to other transactions: its error
+// wraps [ErrOutcomeUnknown].
 func (tx *Tx) Replayable() bool {
 	if !tx.done || tx.err == nil {
 		return false
 	}
-	if tx.err.Code == 421 {
+	if tx.refused != nil {
 		return true
 	}
 	return tx.lostErr != nil && tx.err == tx.lostErr && !tx.Committed()
 }
+
+// Answered421 reports whether the server answered one of this
+// transaction's own commands with 421 (service not available, closing
+// the channel). It is the transaction's own refusal; a transaction lost
+// because the server sent 421 to another one reports false.
+func (tx *Tx) Answered421() bool { return tx.refused != nil }
 
 // Send delivers one message: MAIL, RCPT for each recipient, then the
 // body with BDAT when the server offers CHUNKING, DATA otherwise; with
@@ -122,7 +135,7 @@ func (c *Client) Send(ctx context.Context, env Envelope, body io.Reader) (*Outco
 // read the outcome with [Client.ReadTx]; transactions must be read in
 // the order written, or ReadTx reads the earlier ones on the way.
 func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx, error) {
-	if c.state == StateClosed {
+	if !c.writable() {
 		return nil, c.closedError(OpMail)
 	}
 	tx, mail, err := c.prepare(ctx, &env, body)
@@ -136,13 +149,13 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 	if c.open != nil {
 		c.advance(ctx, c.open)
 	}
-	if c.state != StateClosed && !c.caps.Pipelining {
+	if c.writable() && !c.caps.Pipelining {
 		c.readUntil(ctx, func() bool { return len(c.pending) == 0 })
 	}
-	if c.state != StateClosed && len(c.pending) == 0 && c.open == nil {
+	if c.writable() && len(c.pending) == 0 && c.open == nil {
 		c.checkIdle(ctx)
 	}
-	if c.state == StateClosed {
+	if !c.writable() {
 		return nil, c.closedError(OpMail)
 	}
 	c.state = StateTransaction
@@ -153,7 +166,7 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 		c.push(nil, kReset, 0)
 		// Without PIPELINING, RSET is answered before MAIL is sent.
 		c.sync(ctx)
-		if c.state == StateClosed {
+		if !c.writable() {
 			return nil, c.closedError(OpMail)
 		}
 	}
@@ -161,14 +174,15 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 	c.push(tx, kMail, 0)
 	c.sync(ctx)
 	for i, rcpt := range tx.to {
-		if tx.mailErr != nil || c.state == StateClosed {
+		if tx.mailErr != nil || !c.writable() {
 			break
 		}
 		c.w.Write(c.rcptCommand(rcpt, &env))
 		c.push(tx, kRcpt, i)
 		c.sync(ctx)
 	}
-	if c.state == StateClosed {
+	if !c.writable() {
+		// Closed or closing: tx is settled with the rest (sessionLost).
 		return tx, nil
 	}
 	if tx.mailErr != nil {
@@ -423,7 +437,7 @@ func (c *Client) sync(ctx context.Context) {
 func (c *Client) queued() int64 { return c.cw.n + int64(c.w.Buffered()) }
 
 func (c *Client) flush(ctx context.Context, op Op) {
-	if c.state == StateClosed || c.w.Buffered() == 0 {
+	if !c.writable() || c.w.Buffered() == 0 {
 		return
 	}
 	c.setDeadline(ctx, c.opts.Timeouts.DataBlock)
@@ -538,23 +552,68 @@ func (c *Client) consume(ctx context.Context, p pending, op Op) {
 	c.lastActive = time.Now()
 	c.pending[0] = pending{} // no reference to a finished Tx
 	c.pending = c.pending[1:]
-	if rep.Code == 421 {
+	switch {
+	case rep.Code == 421:
 		e := replyError(op, &rep)
-		if p.tx != nil {
+		if p.tx != nil && !p.tx.done {
 			p.tx.owed--
-			p.tx.lostErr = e
 			if p.kind == kRcpt {
 				e.Recipient = p.tx.to[p.idx]
 			}
+			if p.tx.refused == nil {
+				p.tx.refused = e
+			}
 		}
-		c.fail(ctx, e)
+		c.beginClosing(ctx, e)
 		return
-	}
-	if p.tx == nil {
+	case p.tx == nil:
 		c.audit(Event{Type: EventReset, Op: OpReset, Code: rep.Code})
-		return
+	case !p.tx.done:
+		p.tx.onReply(p, &rep)
 	}
-	p.tx.onReply(p, &rep)
+	if c.closing != nil && len(c.pending) == 0 {
+		c.fail(ctx, c.closing)
+	}
+}
+
+// writable reports whether the client may write: the session is open and
+// the server has not announced that it is closing it.
+func (c *Client) writable() bool { return c.state != StateClosed && c.closing == nil }
+
+// beginClosing handles a 421: the server is closing the session. Nothing
+// more is written (what is still buffered is dropped, so no commit point
+// queued after the 421 leaves). Only the replies owed to transactions
+// whose commit point has left are still read: a server that goes on
+// answering after its 421 gives them their real outcomes, and one that
+// closes leaves them unknown. Every other transaction still open is
+// settled now as lost before its commit point (replayable; the 421 is
+// not copied onto it). Once the replies kept are read, or at once when
+// there are none, the session closes with cause.
+func (c *Client) beginClosing(ctx context.Context, cause *Error) {
+	if c.closing == nil {
+		c.closing = cause
+	}
+	c.w.Reset(&c.cw)
+	keep := 0
+	for i, p := range c.pending {
+		if p.tx != nil && p.tx.refused == nil && p.tx.Committed() {
+			keep = i + 1
+		}
+	}
+	for _, p := range c.pending[keep:] {
+		if p.tx != nil {
+			p.tx.sessionLost(cause)
+		}
+	}
+	clear(c.pending[keep:])
+	c.pending = c.pending[:keep]
+	if c.open != nil {
+		c.open.sessionLost(cause)
+		c.open = nil
+	}
+	if len(c.pending) == 0 {
+		c.fail(ctx, cause)
+	}
 }
 
 // onReply records one reply of the transaction.
@@ -655,6 +714,8 @@ func (tx *Tx) finish() {
 	c := tx.c
 	finalOK := tx.final != nil && tx.final.Code/100 == 2
 	switch {
+	case tx.refused != nil:
+		tx.err = tx.refused
 	case tx.mailErr != nil:
 		tx.err = tx.mailErr
 	case !finalOK && tx.rcptError() != nil:
@@ -704,20 +765,19 @@ func (tx *Tx) finish() {
 	c.audit(Event{Type: EventMessage, Op: op, Code: o.Reply.Code, Enhanced: o.Reply.Enhanced, QueueID: o.QueueID})
 }
 
-// sessionLost settles a transaction whose session broke because of
-// cause. A transaction whose commit point was written gets an error
-// wrapping ErrOutcomeUnknown, unless the cause is a 421 (the server
-// processes nothing after it).
+// sessionLost settles a transaction whose session broke (or is closing)
+// because of cause. A transaction the server answered with 421 keeps that
+// refusal as its error. Otherwise, one whose commit point was written gets
+// an error wrapping ErrOutcomeUnknown, and one whose commit point was not
+// written an I/O error that may be replayed; cause is wrapped, never
+// copied: another transaction's 421 is not this one's reply.
 func (tx *Tx) sessionLost(cause *Error) {
 	if tx.done {
 		return
 	}
 	switch {
-	case tx.lostErr != nil:
-		// Already set by its own 421.
-	case cause.Code == 421:
-		e := *cause
-		tx.lostErr = &e
+	case tx.refused != nil:
+		// Its own 421 is its answer (finish prefers it).
 	case tx.Committed():
 		op := OpData
 		if tx.chunking {
@@ -725,13 +785,9 @@ func (tx *Tx) sessionLost(cause *Error) {
 		}
 		tx.lostErr = &Error{Op: op, Kind: KindIO, Message: "reply to the committed message lost", Err: fmt.Errorf("%w: %w", ErrOutcomeUnknown, cause)}
 	default:
-		e := &Error{Op: cause.Op, Kind: cause.Kind, Code: cause.Code, Enhanced: cause.Enhanced, Message: "session lost before the message was committed", Err: cause}
-		if cause.Kind == KindInvalidInput || cause.Kind == KindPolicy {
-			// Another transaction's bad body broke the session: for
-			// this one it is a transport loss.
-			e.Kind = KindIO
-		}
-		tx.lostErr = e
+		// Whatever ended the session (an I/O error, another
+		// transaction's 421 or bad body), for this one it is a loss.
+		tx.lostErr = &Error{Op: cause.Op, Kind: KindIO, Message: "session lost before the message was committed", Err: cause}
 	}
 	tx.owed = 0
 	tx.finish()
@@ -748,9 +804,12 @@ func (c *Client) advance(ctx context.Context, tx *Tx) {
 			c.open = nil
 		}
 	}()
+	if !c.writable() {
+		return
+	}
 	if tx.deferCommit && !tx.dataSent {
 		c.readUntil(ctx, func() bool { return tx.rcptRead == len(tx.to) || tx.done })
-		if c.state == StateClosed || tx.done {
+		if !c.writable() || tx.done {
 			return
 		}
 		if tx.mailErr != nil || tx.dataErr != nil || tx.bodyErr != nil || !tx.recipientsOK() {
@@ -770,7 +829,7 @@ func (c *Client) advance(ctx context.Context, tx *Tx) {
 		return
 	}
 	c.readUntil(ctx, func() bool { return tx.dataReply != nil || tx.done })
-	if c.state == StateClosed || tx.done || tx.dataReply == nil || tx.dataReply.Code != 354 {
+	if !c.writable() || tx.done || tx.dataReply == nil || tx.dataReply.Code != 354 {
 		return
 	}
 	if tx.mailErr != nil || !tx.recipientsOK() {
@@ -877,7 +936,7 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 	rb, eb, pooled := c.bodyBuffers()
 	defer putBodyBuffers(pooled)
 	cs := c.opts.chunkSize()
-	for c.state != StateClosed {
+	for c.writable() {
 		out, eof := tx.fill(rb, eb[:0], cs)
 		if tx.bodyErr != nil {
 			c.abort(tx)
@@ -909,8 +968,11 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 			// Bound the replies owed (the RFC 2920 deadlock): a server
 			// that stops reading while its replies pile up unread would
 			// block these writes for ever.
-			for tx.owed > maxUnreadReplies && c.state != StateClosed && !tx.done {
+			for tx.owed > maxUnreadReplies && c.writable() && !tx.done {
 				c.readOne(ctx)
+			}
+			if !c.writable() {
+				return
 			}
 			if !isLast && tx.dataErr != nil {
 				// A refused chunk fails the transaction: send no more.
@@ -931,7 +993,7 @@ func (c *Client) writeData(ctx context.Context, tx *Tx) {
 	rb, eb, pooled := c.bodyBuffers()
 	defer putBodyBuffers(pooled)
 	cs := c.opts.chunkSize()
-	for c.state != StateClosed {
+	for c.writable() {
 		out, eof := tx.fill(rb, eb[:0], cs)
 		if tx.bodyErr != nil {
 			tx.aborted = true
