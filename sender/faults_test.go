@@ -683,7 +683,16 @@ func TestFaultPipelinedWindow(t *testing.T) {
 			first = append(first, ehloSteps(m)...)
 			first = append(first, txSteps(m, "P1")...)
 			first = append(first, stepMail, fs.Reply("421 4.3.2 going down\r\n"), fs.Close())
-			srv := fs.StartMulti(t, first, healthy(m, 2))
+			// With CHUNKING and PIPELINING the whole window left in one
+			// write: the transaction behind the 421'd one was committed
+			// and lost its own reply, so its outcome is unknown; the
+			// 421 is not copied onto it, and it is never written again.
+			windowed := m.chunking && m.pipelining
+			replayed := 2
+			if windowed {
+				replayed = 1
+			}
+			srv := fs.StartMulti(t, first, healthy(m, replayed))
 			s := faultSender(t, srv.Addr(), func(c *sender.Config) { c.MaxConns = 1 })
 			var wg sync.WaitGroup
 			errs := make([]error, 3)
@@ -693,14 +702,19 @@ func TestFaultPipelinedWindow(t *testing.T) {
 				})
 			}
 			wg.Wait()
+			unknown := 0
 			for i, err := range errs {
+				if windowed && errors.Is(err, sender.ErrOutcomeUnknown) {
+					unknown++
+					continue
+				}
 				assert.NoError(t, err, "message %d", i)
 			}
 			st := s.Stats()
 			shutdown(t, s, srv)
 			require.NoError(t, srv.Err())
 			// The first connection processed its first transaction only:
-			// what came after the 421 (pipelined) was not processed.
+			// the 421'd one was refused whatever of it was written.
 			conn0 := srv.ReceivedOn(0)
 			mail := []byte("MAIL FROM:")
 			if i := bytes.Index(conn0, mail); i >= 0 {
@@ -710,10 +724,22 @@ func TestFaultPipelinedWindow(t *testing.T) {
 			}
 			for i := range 3 {
 				id := fmt.Sprintf("w%d", i)
-				assert.Equal(t, 1, commits(conn0, id)+commits(srv.ReceivedOn(1), id), id)
+				n := commits(conn0, id) + commits(srv.ReceivedOn(1), id)
+				if windowed && n == 0 {
+					// The unknown one: committed after the 421, once.
+					assert.Equal(t, 1, commits(srv.ReceivedOn(0), id), id)
+					continue
+				}
+				assert.Equal(t, 1, n, "%s delivered exactly once", id)
 			}
 			assert.EqualValues(t, 1, st.Seen421)
-			assert.EqualValues(t, 3, st.Sent)
+			if windowed {
+				assert.Equal(t, 1, unknown)
+				assert.EqualValues(t, 2, st.Sent)
+				assert.EqualValues(t, 1, st.Unknown)
+			} else {
+				assert.EqualValues(t, 3, st.Sent)
+			}
 			assert.EqualValues(t, 2, st.Dials)
 		})
 	}
@@ -1175,9 +1201,10 @@ func TestRedialFailFast(t *testing.T) {
 	assert.True(t, smtp.IsTemporary(err), "%v", err)
 	_, err = timedSend(t, s, "ff2", 5*time.Second)
 	assert.ErrorIs(t, err, errDown, "failing fast")
-	// The goroutine that met the failures probes until the server is
-	// back; then Sends work again.
-	assert.Equal(t, 1, s.Stats().Open, "one probe")
+	// Nobody waits: no session is left dialing in the background.
+	waitFor(t, "the sessions to end", func() bool { return s.Stats().Open == 0 })
+	// Once the server is back, the first Send after the backoff starts
+	// one new session, and Sends work again.
 	d.up.Store(true)
 	waitFor(t, "Sends to work again", func() bool {
 		_, err := timedSend(t, s, "back", time.Second)
@@ -1187,8 +1214,9 @@ func TestRedialFailFast(t *testing.T) {
 }
 
 // TestFailFast: N consecutive failed dials make Sends fail at once with
-// the last dial error; one probe keeps dialing in the background, with
-// backoff, and when the server is back Sends work again. The dial count
+// the last dial error; while Sends keep coming, one of them starts a new
+// dial each time the backoff has passed (the probe), none while nobody
+// sends, and when the server is back Sends work again. The dial count
 // shows there is no reconnect storm.
 func TestFailFast(t *testing.T) {
 	peer := newPeer(t)
@@ -1224,14 +1252,20 @@ func TestFailFast(t *testing.T) {
 	assert.LessOrEqual(t, probes, int64(elapsed/step)+2, "only the probe dials, with backoff: %d dials in %v", probes, elapsed)
 	assert.LessOrEqual(t, s.Stats().Open, 1, "one probe")
 
-	// Still down for a while: the probe keeps going, at its pace.
+	// Still down, and nobody sends: nobody dials.
+	waitFor(t, "the probe to end", func() bool { return s.Stats().Open == 0 })
+	quiet := d.calls.Load()
 	time.Sleep(10 * step)
-	st := s.Stats()
-	assert.LessOrEqual(t, st.Dials, int64(time.Since(start)/step)+3+3)
+	assert.Equal(t, quiet, d.calls.Load(), "no dial while nobody waits")
 
-	// Back up: the probe's next dial works and Sends succeed again.
+	// Back up: the next Send after the backoff dials, and Sends succeed
+	// again.
 	d.up.Store(true)
-	waitFor(t, "the probe to reconnect", func() bool { return s.Stats().DialFailures < d.calls.Load() })
+	waitFor(t, "a Send to get through", func() bool {
+		_, err := timedSendBody(t, s, env, strings.NewReader(msg(0)), time.Second)
+		return err == nil
+	})
+	peer.Reset()
 	ok := 0
 	deadline := time.Now().Add(5 * time.Second)
 	for ok < 20 && time.Now().Before(deadline) {
@@ -1241,7 +1275,7 @@ func TestFailFast(t *testing.T) {
 	}
 	assert.Equal(t, 20, ok)
 	assert.EqualValues(t, 20, peer.Count())
-	st = s.Stats()
+	st := s.Stats()
 	assert.LessOrEqual(t, st.Dials-st.DialFailures, int64(4), "a few sessions, no storm: %+v", st)
 	t.Logf("stats: %+v", st)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

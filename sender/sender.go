@@ -30,6 +30,17 @@ var ErrClosed = errors.New("sender: closed")
 
 // Sender sends messages over a bounded set of SMTP sessions, each owned
 // by one goroutine. It is safe for concurrent use; share one per server.
+//
+// The life of one Send, in brief (docs/architecture.md has the diagram):
+// the caller's goroutine makes an attempt, puts it on the waiting list
+// and waits for its answer. A session goroutine takes the attempt, writes
+// it on its one connection and answers it. If the answer says the
+// message was never committed and may be written again (its own 421, or a
+// connection lost before its commit point), the caller's goroutine
+// decides whether to try again, with a new attempt: the replay decision
+// lives with the caller, as in net/http's Transport, so a session
+// goroutine owns exactly one connection and an attempt's state only moves
+// forward.
 type Sender struct {
 	cfg Config
 	sem *semaphore.Weighted // one unit per session goroutine
@@ -45,29 +56,37 @@ type Sender struct {
 	mu sync.Mutex // guards the fields below
 	// closed refuses new Sends and new session goroutines.
 	closed bool
-	// head and tail are the Sends waiting for a session, oldest first:
-	// each is a caller blocked in Send, so this is not a queue, only the
-	// order in which blocked callers are served. Sessions take requests
-	// from the head without waking their callers; a caller is woken once,
-	// by its answer.
-	head, tail *request
-	queued     int
-	// parked are the sessions with nothing in flight, waiting for a
-	// request, the most recently used last: a new request wakes that one,
-	// so sessions beyond the load go idle and retire.
+	// head and tail are the attempts waiting for a session, oldest
+	// first: each belongs to a caller blocked in Send, so this is not a
+	// queue, only the order in which blocked callers are served (a
+	// replay goes first). nwaiting counts them.
+	head, tail *attempt
+	nwaiting   int
+	// parked are the sessions with nothing in flight, waiting for an
+	// attempt, the most recently used last: a new attempt wakes that
+	// one, so sessions beyond the load go idle and retire.
 	parked []*conn
-	// dialFailures counts consecutive failed dials; lastDialErr is the
-	// latest. At cfg.MaxDialFailures Send fails fast while one session
-	// goroutine (the probe) keeps trying.
-	dialFailures int
-	lastDialErr  error
-	probing      bool
-	// dialing counts the session goroutines started for waiting Sends
-	// that have not yet reached their first request (most are dialing):
-	// a session is started only while there are fewer of them than
-	// waiting Sends.
-	dialing int
-	bo      backoff.BackOff
+	// dialers are the sessions that have not yet looked for their first
+	// attempt (most are dialing): a session is started only while there
+	// are fewer of them than waiting attempts, and when the last waiting
+	// caller withdraws, their dials are abandoned.
+	dialers []*conn
+	// failures counts consecutive failed sessions: dials that failed,
+	// and sessions that ended (421, loss, refused login) before the
+	// server gave any transaction a verdict. lastErr is the latest
+	// cause, retryAt when the next dial may start (the backoff bo).
+	// At cfg.MaxDialFailures Send fails fast; once retryAt has passed,
+	// one Send is let through to start one new session (the probe), and
+	// probing is set until that session ends.
+	failures int
+	lastErr  error
+	retryAt  time.Time
+	probing  bool
+	bo       backoff.BackOff
+
+	// failing is set while failures > 0 (written under mu), so that the
+	// sessions' hot path need not take mu to report progress.
+	failing atomic.Bool
 
 	stats counters
 }
@@ -94,8 +113,9 @@ type Stats struct {
 	// Unknown those whose error wraps ErrOutcomeUnknown. Every Send
 	// counts once in Sent, Failed, Unknown or Withdrawn.
 	Sent, Failed, Unknown int64
-	// Replayed counts requests written again on a new session after a
-	// 421 or a lost session before their commit point.
+	// Replayed counts the times a message was written again after an
+	// attempt that could not have delivered it (its own 421, or a
+	// session lost before its commit point).
 	Replayed int64
 	// Seen421 counts the 421 replies the sessions met (each ends its
 	// session), at connection time or later.
@@ -123,27 +143,57 @@ func New(cfg Config) (*Sender, error) {
 	return s, nil
 }
 
-// Request states. The caller (Send) and the session goroutine holding
-// the request race on the transitions; each is a compare-and-swap, so
-// exactly one side answers the caller.
+// A request is one Send: its message, and what the caller's goroutine
+// (which alone owns it) has learnt from its attempts.
+type request struct {
+	ctx  context.Context
+	env  smtp.Envelope
+	body body
+	// refusals counts the attempts that failed by their own fault: the
+	// server answered them with 421, or their connection was lost while
+	// they were the oldest in flight, before their commit point.
+	refusals int
+}
+
+// An attempt is one try at writing a request on a session: the caller
+// makes it and waits for its answer, a session takes it, writes it and
+// answers it. Its state only moves forward; each move is a
+// compare-and-swap, so exactly one side answers the caller.
 //
-//	stQueued    -> stActive     the session takes it
-//	stQueued    -> stWithdrawn  the caller gives up before that
-//	stQueued    -> stAnswered   refused while waiting: the sender shut
+//	stWaiting   -> stActive     a session takes it
+//	stWaiting   -> stWithdrawn  its caller gives up before that
+//	stWaiting   -> stAnswered   refused while waiting: the sender shut
 //	                            down, or started failing fast
 //	stActive    -> stEOF        the body reached EOF: from now on its
 //	                            commit point may be on the wire
-//	stActive    -> stWithdrawn  the caller gives up: the body reader
+//	stActive    -> stWithdrawn  its caller gives up: the body reader
 //	                            refuses to reach EOF, so the commit
 //	                            point is never written
-//	stEOF       -> stActive     the session will replay it (the commit
-//	                            point was not written, or drew a 421)
-//	stEOF       -> stAbandoned  the caller gives up after EOF: it
-//	                            returns ErrOutcomeUnknown and the session
-//	                            still reads the real outcome (for audit)
+//	stEOF       -> stAbandoned  its caller gives up after EOF: it
+//	                            returns ErrOutcomeUnknown, and the
+//	                            session still reads the real outcome
+//	                            (for the audit hook)
 //	stActive/stEOF -> stAnswered the session answers on result
+type attempt struct {
+	req    *request
+	result chan result // buffered (1): the answer never blocks
+	state  atomic.Int32
+	// conn is the session that took the attempt, set before it leaves
+	// stWaiting; a caller that withdraws it tells that session.
+	conn atomic.Pointer[conn]
+
+	// prev and next link the waiting list; listed is set while the
+	// attempt is on it. Guarded by Sender.mu.
+	prev, next *attempt
+	listed     bool
+
+	// tx is the transaction written for it; owned by the session
+	// goroutine that took it.
+	tx *smtp.Tx
+}
+
 const (
-	stQueued int32 = iota
+	stWaiting int32 = iota
 	stActive
 	stEOF
 	stWithdrawn
@@ -151,42 +201,31 @@ const (
 	stAnswered
 )
 
-// errWithdrawn is what a withdrawn request's body returns to the smtp
+// errWithdrawn is what a withdrawn attempt's body returns to the smtp
 // core instead of EOF, so its commit point is never written.
 var errWithdrawn = errors.New("sender: request withdrawn by its caller")
 
-type request struct {
-	ctx    context.Context
-	env    smtp.Envelope
-	body   body
-	result chan result // buffered (1): the answer never blocks
-	state  atomic.Int32
-	// conn is the session goroutine holding the request, set before it
-	// leaves stQueued; a caller that withdraws it tells that session.
-	conn atomic.Pointer[conn]
-
-	// prev and next link the waiting list; queued is set while the
-	// request is on it. Guarded by Sender.mu.
-	prev, next *request
-	queued     bool
-
-	// Owned by the session goroutine that holds the request.
-	tx       *smtp.Tx
-	attempts int
-	lastErr  error
-}
-
+// result is a session's answer to an attempt.
 type result struct {
 	out *smtp.Outcome
 	err error
+	// replay: the message was not committed and may be written again.
+	replay bool
+	// own: the attempt failed by its own fault (see request.refusals).
+	own bool
+	// wrote: the attempt's transaction was written (in part or whole).
+	wrote bool
 }
 
 // body is a request's message body as the smtp core reads it: it counts
-// what was read, so the request can be written again if nothing was read
+// what was read, so the message can be written again if nothing was read
 // yet or if the body is an io.Seeker; and it is the gate of the commit
-// point: it reports EOF only to a request its caller has not withdrawn.
+// point: it reports EOF only to an attempt its caller has not withdrawn.
+// at is the current attempt, set by the caller's goroutine before the
+// attempt is put on the waiting list; the rest is used by the session
+// holding that attempt.
 type body struct {
-	req   *request
+	at    *attempt
 	r     io.Reader
 	n     int64
 	start int64
@@ -194,12 +233,13 @@ type body struct {
 }
 
 func (b *body) Read(p []byte) (int, error) {
-	if b.req.state.Load() == stWithdrawn {
+	at := b.at
+	if at.state.Load() == stWithdrawn {
 		return 0, errWithdrawn
 	}
 	n, err := b.r.Read(p)
 	b.n += int64(n)
-	if err == io.EOF && !b.req.state.CompareAndSwap(stActive, stEOF) && b.req.state.Load() != stEOF {
+	if err == io.EOF && !at.state.CompareAndSwap(stActive, stEOF) && at.state.Load() != stEOF {
 		return n, errWithdrawn
 	}
 	return n, err
@@ -221,8 +261,8 @@ func (b *body) rewind() bool {
 }
 
 func newRequest(ctx context.Context, env smtp.Envelope, r io.Reader) *request {
-	req := &request{ctx: ctx, result: make(chan result, 1)}
-	req.body = body{req: req, r: r}
+	req := &request{ctx: ctx}
+	req.body = body{r: r}
 	if s, ok := r.(io.Seeker); ok {
 		if off, err := s.Seek(0, io.SeekCurrent); err == nil {
 			req.body.seek, req.body.start = s, off
@@ -251,15 +291,19 @@ func newRequest(ctx context.Context, env smtp.Envelope, r io.Reader) *request {
 // is withdrawn: it is never committed (the session abandons it with
 // RSET, or drops the connection when bytes of it are half-written; a
 // connection left with nothing else to do is kept if the server answers
-// within a second, and interrupted otherwise). If
-// ctx ends after, Send returns at once an [*smtp.Error] wrapping both
-// ctx.Err() and [ErrOutcomeUnknown]; the session finishes the
-// transaction and its real outcome still reaches the audit hook. Other
-// errors are [*smtp.Error] values, classified by smtp.IsTemporary and
-// smtp.IsPermanent, or [ErrClosed]. A message is never written again
-// after its commit point: after a 421 or a lost session, only requests
-// whose commit point was not written (or that got the 421) are replayed
-// on a new session, and only if their body is unread or an io.Seeker.
+// within a second, and interrupted otherwise). If ctx ends after, Send
+// returns at once an [*smtp.Error] wrapping both ctx.Err() and
+// [ErrOutcomeUnknown]; the session finishes the transaction and its real
+// outcome still reaches the audit hook. A Send cut short by Shutdown or
+// Close returns an error wrapping [ErrClosed] (and ErrOutcomeUnknown if
+// its commit point had been written). Other errors are [*smtp.Error]
+// values, classified by smtp.IsTemporary and smtp.IsPermanent.
+//
+// A message is never written again after its commit point. It is written
+// again, on another session, only when the server answered its own
+// transaction with 421 or the connection was lost before its commit
+// point, and only if its body is unread or an io.Seeker; the attempts
+// that failed by its own fault are bounded by MaxAttempts.
 func (s *Sender) Send(ctx context.Context, env smtp.Envelope, body io.Reader) (*smtp.Outcome, error) {
 	out, err := s.send(ctx, env, body)
 	st := &s.stats
@@ -276,6 +320,9 @@ func (s *Sender) Send(ctx context.Context, env smtp.Envelope, body io.Reader) (*
 	return out, err
 }
 
+// send is the life of one request, on its caller's goroutine: attempts,
+// one after another, until one is answered with something other than
+// "write it again", or the request may not be written again.
 func (s *Sender) send(ctx context.Context, env smtp.Envelope, body io.Reader) (*smtp.Outcome, error) {
 	if body == nil {
 		return nil, &smtp.Error{Op: smtp.OpBody, Kind: smtp.KindInvalidInput, Message: "nil body"}
@@ -284,60 +331,92 @@ func (s *Sender) send(ctx context.Context, env smtp.Envelope, body io.Reader) (*
 		return nil, err
 	}
 	req := newRequest(ctx, env, body)
-	if err := s.enqueue(req); err != nil {
-		return nil, err
-	}
-	select {
-	case r := <-req.result:
-		return r.out, r.err
-	case <-ctx.Done():
-	}
-	for {
-		switch st := req.state.Load(); st {
-		case stQueued:
-			if req.state.CompareAndSwap(stQueued, stWithdrawn) {
-				s.unlink(req)
-				return nil, ctx.Err()
-			}
-		case stActive:
-			if req.state.CompareAndSwap(stActive, stWithdrawn) {
-				req.conn.Load().withdrawn()
-				return nil, ctx.Err()
-			}
-		case stEOF:
-			if req.state.CompareAndSwap(stEOF, stAbandoned) {
-				return nil, &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindIO,
-					Message: "the caller's context ended after the message's commit point may have been written",
-					Err:     fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())}
-			}
-		default: // stAnswered: the result is on its way
-			r := <-req.result
+	for replay := false; ; replay = true {
+		at := &attempt{req: req, result: make(chan result, 1)}
+		req.body.at = at
+		if err := s.enqueue(at, replay); err != nil {
+			return nil, err
+		}
+		r := s.await(ctx, at)
+		if !r.replay {
 			return r.out, r.err
+		}
+		if r.own {
+			req.refusals++
+		}
+		switch {
+		case req.refusals >= s.cfg.MaxAttempts, !req.body.rewind():
+			return nil, r.err
+		case ctx.Err() != nil:
+			return nil, ctx.Err() // nothing was committed
+		}
+		if r.wrote {
+			s.stats.replayed.Add(1)
 		}
 	}
 }
 
-// enqueue puts req on the waiting list and gets a session to take it: it
-// wakes the most recently parked session, or starts one if there is
-// room. It refuses req after Shutdown, and while the sender fails fast.
-func (s *Sender) enqueue(req *request) error {
+// await waits for at's answer, or for ctx to end: then it withdraws the
+// attempt (before its commit point) or abandons it (after).
+func (s *Sender) await(ctx context.Context, at *attempt) result {
+	select {
+	case r := <-at.result:
+		return r
+	case <-ctx.Done():
+	}
+	for {
+		switch st := at.state.Load(); st {
+		case stWaiting:
+			if at.state.CompareAndSwap(stWaiting, stWithdrawn) {
+				s.unlink(at)
+				return result{err: ctx.Err()}
+			}
+		case stActive:
+			if at.state.CompareAndSwap(stActive, stWithdrawn) {
+				at.conn.Load().withdrawn()
+				return result{err: ctx.Err()}
+			}
+		case stEOF:
+			if at.state.CompareAndSwap(stEOF, stAbandoned) {
+				return result{err: &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindIO,
+					Message: "the caller's context ended after the message's commit point may have been written",
+					Err:     fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())}}
+			}
+		default: // stAnswered: the result is on its way
+			return <-at.result
+		}
+	}
+}
+
+// enqueue puts at on the waiting list (first, for a replay) and gets a
+// session to take it: it wakes the most recently parked session, or
+// starts one if there is room. It refuses at after Shutdown, and while
+// the sender fails fast, except for one attempt once the backoff has
+// passed: that one starts the probe.
+func (s *Sender) enqueue(at *attempt, first bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return ErrClosed
 	}
+	probe := false
 	if err := s.failFastLocked(); err != nil {
-		return err
+		if s.probing || time.Now().Before(s.retryAt) {
+			return err
+		}
+		probe = true
 	}
-	req.prev, req.queued = s.tail, true
-	if s.tail == nil {
-		s.head = req
-	} else {
-		s.tail.next = req
+	switch {
+	case s.head == nil:
+		s.head, s.tail = at, at
+	case first:
+		at.next, s.head.prev, s.head = s.head, at, at
+	default:
+		at.prev, s.tail.next, s.tail = s.tail, at, at
 	}
-	s.tail = req
-	s.queued++
-	s.stats.waiting.Store(int64(s.queued))
+	at.listed = true
+	s.nwaiting++
+	s.stats.waiting.Store(int64(s.nwaiting))
 	if n := len(s.parked); n > 0 {
 		a := s.parked[n-1]
 		s.parked[n-1] = nil
@@ -346,59 +425,71 @@ func (s *Sender) enqueue(req *request) error {
 		a.wake <- struct{}{} // one slot, empty while parked: never blocks
 		return nil
 	}
-	s.spawnLocked()
+	s.spawnLocked(probe)
 	return nil
 }
 
-// unlinkLocked takes req off the waiting list, if it is on it.
-func (s *Sender) unlinkLocked(req *request) {
-	if !req.queued {
+// unlinkLocked takes at off the waiting list, if it is on it.
+func (s *Sender) unlinkLocked(at *attempt) {
+	if !at.listed {
 		return
 	}
-	if req.prev == nil {
-		s.head = req.next
+	if at.prev == nil {
+		s.head = at.next
 	} else {
-		req.prev.next = req.next
+		at.prev.next = at.next
 	}
-	if req.next == nil {
-		s.tail = req.prev
+	if at.next == nil {
+		s.tail = at.prev
 	} else {
-		req.next.prev = req.prev
+		at.next.prev = at.prev
 	}
-	req.prev, req.next, req.queued = nil, nil, false
-	s.queued--
-	s.stats.waiting.Store(int64(s.queued))
+	at.prev, at.next, at.listed = nil, nil, false
+	s.nwaiting--
+	s.stats.waiting.Store(int64(s.nwaiting))
 }
 
-// unlink takes a withdrawn request off the waiting list.
-func (s *Sender) unlink(req *request) {
-	s.mu.Lock()
-	s.unlinkLocked(req)
-	s.mu.Unlock()
-}
-
-// next takes the oldest waiting request for session a, or returns nil.
-// With park set and nothing waiting, it parks a instead: the next
-// enqueue wakes it. Requests are taken one at a time, each just before
-// it is written, so none waits bound to a session whose write blocks
-// while another session could take it. A request taken here may have
-// been withdrawn by its caller meanwhile; hold tells.
-func (s *Sender) next(a *conn, park bool) (req *request, parked bool) {
+// unlink takes a withdrawn attempt off the waiting list. If nobody waits
+// any more, the sessions still dialing for them give up: a dial (and its
+// backoff) lasts only while someone waits.
+func (s *Sender) unlink(at *attempt) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if a.dialing {
-		a.dialing = false
-		s.dialing--
+	s.unlinkLocked(at)
+	if s.nwaiting == 0 {
+		for _, a := range s.dialers {
+			a.abandonDial()
+		}
 	}
-	if req = s.head; req != nil {
-		s.unlinkLocked(req)
-		return req, false
+}
+
+// dialedLocked takes a off the dialers: it has looked for an attempt, or
+// ended.
+func (s *Sender) dialedLocked(a *conn) {
+	if i := slices.Index(s.dialers, a); i >= 0 {
+		s.dialers = slices.Delete(s.dialers, i, i+1)
+	}
+}
+
+// next takes the oldest waiting attempt for session a, or returns nil.
+// With park set and nothing waiting, it parks a instead: the next
+// enqueue wakes it. Attempts are taken one at a time, each just before
+// it is written, so none waits bound to a session whose write blocks
+// while another session could take it. An attempt taken here may have
+// been withdrawn by its caller meanwhile; take tells.
+func (s *Sender) next(a *conn, park bool) *attempt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dialedLocked(a)
+	if at := s.head; at != nil {
+		s.unlinkLocked(at)
+		return at
 	}
 	if park {
 		a.parked = true
 		s.parked = append(s.parked, a)
 	}
-	return nil, park
+	return nil
 }
 
 // unpark takes a off the parked list. It reports false if an enqueue
@@ -419,114 +510,128 @@ func (s *Sender) unpark(a *conn) bool {
 	return true
 }
 
+// waitingNow reports whether any attempt waits for a session.
+func (s *Sender) waitingNow() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.nwaiting > 0
+}
+
 // spawnLocked starts a session goroutine if the sender is open, fewer
-// session goroutines are dialing than requests wait, and fewer than
+// session goroutines are dialing than attempts wait, and fewer than
 // MaxConns run. Holding mu, it adds no goroutine to wg after Close has
-// begun waiting for them.
-func (s *Sender) spawnLocked() bool {
-	if s.closed || s.dialing >= s.queued || !s.sem.TryAcquire(1) {
+// begun waiting for them. A probe is the one session started while the
+// sender fails fast.
+func (s *Sender) spawnLocked(probe bool) bool {
+	if s.closed || len(s.dialers) >= s.nwaiting || !s.sem.TryAcquire(1) {
 		return false
 	}
-	s.dialing++
+	a := newConn(s, probe)
+	s.dialers = append(s.dialers, a)
+	if probe {
+		s.probing = true
+	}
 	s.wg.Add(1)
 	s.stats.open.Add(1)
-	go s.session()
+	go a.run()
 	return true
 }
 
-// kick starts sessions for the waiting requests, as many as there is
+// kick starts sessions for the waiting attempts, as many as there is
 // room for: a session goroutine ended, so one may start in its place.
 func (s *Sender) kick() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.spawnLocked() {
+	for s.spawnLocked(false) {
 	}
 }
 
-// failQueuedLocked answers every waiting request with err.
-func (s *Sender) failQueuedLocked(err error) {
+// failWaitingLocked answers every waiting attempt with err.
+func (s *Sender) failWaitingLocked(err error) {
 	for s.head != nil {
-		req := s.head
-		s.unlinkLocked(req)
-		if req.state.CompareAndSwap(stQueued, stAnswered) {
-			req.result <- result{err: err}
+		at := s.head
+		s.unlinkLocked(at)
+		if at.state.CompareAndSwap(stWaiting, stAnswered) {
+			at.result <- result{err: err}
 		}
 	}
 }
 
-// failFastLocked returns the error for Sends while dials keep failing,
-// or nil. The error wraps the last dial error and carries its code and
-// kind, so it classifies as that error does.
+// failFastLocked returns the error for Sends while sessions keep
+// failing, or nil. The error wraps the last cause and carries its code
+// and kind, so it classifies as that error does.
 func (s *Sender) failFastLocked() error {
-	if s.dialFailures < s.cfg.MaxDialFailures {
+	if s.failures < s.cfg.MaxDialFailures {
 		return nil
 	}
 	e := &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO,
-		Message: "the server cannot be reached or refused the login; failing fast while a probe retries",
-		Err:     s.lastDialErr}
-	if de, ok := errors.AsType[*smtp.Error](s.lastDialErr); ok {
+		Message: "the server cannot be reached, refused the login, or turned every message away; failing fast until the backoff lets one Send try again",
+		Err:     s.lastErr}
+	if de, ok := errors.AsType[*smtp.Error](s.lastErr); ok {
 		e.Op, e.Kind, e.Code, e.Enhanced = de.Op, de.Kind, de.Code, de.Enhanced
 	}
 	return e
 }
 
-// failingFast returns the fail-fast error, or nil while dials work.
-func (s *Sender) failingFast() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.failFastLocked()
-}
-
-// dialed records that a session goroutine ended before it reached its
-// first request.
-func (s *Sender) dialed() {
-	s.mu.Lock()
-	s.dialing--
-	s.mu.Unlock()
-}
-
 // dialDelay is how long a new session waits before dialing: nothing
-// after a success, the backoff after failures.
+// after a success, what is left of the backoff after failures.
 func (s *Sender) dialDelay() time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.dialFailures == 0 {
-		return 0
+	return max(time.Until(s.retryAt), 0)
+}
+
+// sessionFailed records a session that delivered nothing: its dial
+// failed, or it ended (421, loss, refused login) before the server gave
+// any transaction a verdict. The next dial waits the backoff; when Sends
+// start failing fast, the waiting ones are answered with the fail-fast
+// error.
+func (s *Sender) sessionFailed(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failures++
+	if credentialsRefused(err) {
+		// Retrying a refused password soon only risks locking the
+		// account: fail fast now, and let the backoff pace the next
+		// attempt, which only a Send starts.
+		s.failures = max(s.failures, s.cfg.MaxDialFailures)
 	}
+	s.lastErr = err
 	d := s.bo.NextBackOff()
 	if d == backoff.Stop {
 		d = time.Second
 	}
-	return d
+	s.retryAt = time.Now().Add(d)
+	s.failing.Store(true)
+	if err := s.failFastLocked(); err != nil {
+		s.failWaitingLocked(err)
+	}
 }
 
-// dialFailed records a failed dial; when Sends start failing fast, it
-// answers the waiting ones with the fail-fast error. It reports
-// whether the caller has become the probe: the one session goroutine
-// that keeps dialing, with backoff, while Sends fail fast.
-func (s *Sender) dialFailed(err error) (probe bool) {
-	s.stats.dialFailures.Add(1)
-	if e, ok := errors.AsType[*smtp.Error](err); ok && e.Code == 421 {
-		s.stats.seen421.Add(1)
+// progress records that a server gave a transaction a verdict: the
+// failures are forgotten, and the backoff starts again from its first
+// step.
+func (s *Sender) progress() {
+	if !s.failing.Load() {
+		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.dialFailures++
-	if credentialsRefused(err) {
-		// Retrying a refused password at once only risks locking the
-		// account: fail fast now, and let the probe's backoff pace
-		// further attempts.
-		s.dialFailures = max(s.dialFailures, s.cfg.MaxDialFailures)
+	s.failures = 0
+	s.lastErr = nil
+	s.retryAt = time.Time{}
+	s.bo.Reset()
+	s.failing.Store(false)
+}
+
+// sessionEnded is a session goroutine's last word under mu.
+func (s *Sender) sessionEnded(a *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dialedLocked(a)
+	if a.probe {
+		s.probing = false
 	}
-	s.lastDialErr = err
-	if err := s.failFastLocked(); err != nil {
-		s.failQueuedLocked(err)
-	}
-	if s.dialFailures >= s.cfg.MaxDialFailures && !s.probing {
-		s.probing = true
-		return true
-	}
-	return false
 }
 
 // credentialsRefused reports whether a dial failed because the server
@@ -536,37 +641,19 @@ func credentialsRefused(err error) bool {
 	return ok && e.Op == smtp.OpAuth && (e.Kind == smtp.KindInvalidInput || e.Kind == smtp.KindAuth && e.Code >= 500)
 }
 
-// dialSucceeded records a dial that worked; the probe gives up its role.
-func (s *Sender) dialSucceeded(probe bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.dialFailures = 0
-	s.lastDialErr = nil
-	s.bo.Reset()
-	if probe {
-		s.probing = false
-	}
-}
-
-func (s *Sender) stopProbing() {
-	s.mu.Lock()
-	s.probing = false
-	s.mu.Unlock()
-}
-
-// sleep waits d, or until the sender is closed or stop is closed; it
+// sleep waits d, or until ctx ends or the sender is shut down; it
 // reports whether the full time passed.
-func (s *Sender) sleep(d time.Duration, stop <-chan struct{}) bool {
+func (s *Sender) sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
-		return s.ctx.Err() == nil
+		return ctx.Err() == nil
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
 		return true
-	case <-s.ctx.Done():
-	case <-stop:
+	case <-ctx.Done():
+	case <-s.shutdown:
 	}
 	return false
 }
@@ -591,7 +678,7 @@ func (s *Sender) connect(parent context.Context, a *conn) (*smtp.Client, error) 
 	if err != nil {
 		return nil, &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: err}
 	}
-	t = a.watch(t)
+	t = a.wrap(t)
 	opts := cfg.Options
 	if opts.ServerName == "" && cfg.Addr != "" {
 		opts.ServerName = cfg.Addr
@@ -670,7 +757,7 @@ func (s *Sender) beginShutdown() {
 	s.shutdownOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
-		s.failQueuedLocked(ErrClosed)
+		s.failWaitingLocked(ErrClosed)
 		s.mu.Unlock()
 		close(s.shutdown)
 	})

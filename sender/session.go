@@ -6,238 +6,438 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
-
 	"github.com/smtpkit/smtpkit/smtp"
 )
 
-// conn is one session goroutine and the connections it makes, one after
-// another: it dials, serves requests, and after a 421 or a lost
-// connection redials to replay what it may. Unless noted, every field is
-// owned by that goroutine (the session loop); nothing else touches the
+// conn is one session goroutine and its one connection: it dials, serves
+// attempts until idle, retired, shut down or broken, and ends. It never
+// redials: an attempt that may be written again goes back to its caller,
+// which puts it on the waiting list for another session. Unless noted,
+// every field is owned by the session goroutine; nothing else touches the
 // smtp.Client.
 type conn struct {
-	s        *Sender
-	c        *smtp.Client // nil while dialing
-	born     time.Time
-	written  int        // transactions written on this connection
-	inflight []*request // written, replies not yet read, in order
-	replay   []*request // to write again on a new connection, in order
-	// dialing is set until the goroutine first looks for a request (or
-	// ends): a Send that waits for a session counts on it. Guarded by
-	// Sender.mu after the goroutine starts.
-	dialing bool
-	// parked is set while the session waits for a request on the
-	// sender's parked list (guarded by Sender.mu); wake, with one slot,
-	// is how the enqueue that takes it off the list wakes it.
+	s *Sender
+	// probe is set (for good) on the one session started while the
+	// sender fails fast.
+	probe bool
+	c     *smtp.Client // nil until connected
+	born  time.Time
+	// written counts the attempts written on the connection; inflight
+	// are those whose replies are not yet read, in order.
+	written  int
+	inflight []*attempt
+	// verdicts is set once the server gave any transaction a verdict
+	// (an outcome, or a refusal other than 421): a session that ends
+	// without one counts as failed. blamed is set once a loss has been
+	// counted against the attempt that was oldest in flight.
+	verdicts bool
+	blamed   bool
+	// seen421 is set once the connection's 421 has been counted.
+	seen421 bool
+	// ctx bounds the connection: cancelled by Close (through the
+	// sender's), and by the grace after a withdrawal (see withdrawn).
+	ctx context.Context
+
+	// parked is set while the session waits on the sender's parked
+	// list (guarded by Sender.mu); wake, with one slot, is how the
+	// enqueue that takes it off the list wakes it.
 	parked bool
 	wake   chan struct{}
-	// While holding is set (see settleReplies and waiting), answers wait
-	// in answers (since heldSince) and reach their callers together, from
-	// deliver: at the end of settleReplies, before the session parks or
-	// its loop ends, before an I/O once held for holdMax, or from
-	// holdTimer when one I/O lasts holdFor (timing is set while it runs).
-	holding   bool
-	timing    bool
-	holdTimer *time.Timer
-	ansMu     sync.Mutex // guards answers and heldSince
-	answers   []answer
-	heldSince time.Time
-	// probe is set while this goroutine is the sender's one probe: it
-	// keeps dialing while Sends fail fast, and must not end before a
-	// dial works (or the sender closes).
-	probe bool
-	// io bounds the current connection (and its dial): it is cancelled
-	// by Close, and when the requests this goroutine holds have all been
-	// withdrawn: at once while dialing, after withdrawGrace when connected
-	// (see withdrawn).
-	io context.Context
+
+	// Answers reach their callers in batches (see watch.go): while
+	// batching is set they wait in batch (since batchSince), and go out
+	// from deliver. batchTimer sends them if one I/O lasts batchFor;
+	// timing is set while it runs.
+	batching   bool
+	timing     bool
+	batchTimer *time.Timer
+	batchMu    sync.Mutex // guards batch and batchSince
+	batch      []answer
+	batchSince time.Time
 
 	mu sync.Mutex // guards the fields below
-	// live counts the requests held (taken and not yet finished), other
-	// than those their callers withdrew.
-	live int
-	// stop cancels io.
-	stop context.CancelFunc
-	// epoch counts the contexts io has had; inDial is set from the start
-	// of a dial until it connects.
-	epoch  uint64
+	// inDial is set until the connection is made: abandonDial cancels
+	// ctx only then.
 	inDial bool
-	// grace, when set, ends the current connection withdrawGrace after
-	// it was left with no live request and withdrawn ones in flight,
-	// unless the session has come back to having nothing in flight by
-	// then; withdrew is set from a withdrawal until then.
+	// live counts the attempts taken and not yet answered, other than
+	// those their callers withdrew.
+	live int
+	// stop cancels ctx.
+	stop context.CancelFunc
+	// grace, when set, ends the connection withdrawGrace after it was
+	// left with no live attempt and withdrawn ones in flight, unless the
+	// session has come back to having nothing in flight by then;
+	// withdrew is set from a withdrawal until then.
 	grace    *time.Timer
 	withdrew bool
 }
 
-// withdrawGrace is how long a connection whose last live request was
+// withdrawGrace is how long a connection whose last live attempt was
 // withdrawn may go on with the exchange under way (the RSET that abandons
 // the transaction, or the replies of transactions nobody waits for)
 // before its I/O is interrupted: a server that answers keeps the
 // connection, one that stalls frees the session within this time.
 const withdrawGrace = time.Second
 
-// session is the goroutine of one conn. It dials (waiting the backoff
-// after failures; after MaxDialFailures it may become the one probe that
-// keeps trying while Sends fail fast), then serves requests until idle,
-// retired or shut down; a connection that breaks is redialed as long as
-// requests wait to be replayed.
-func (s *Sender) session() {
-	a := &conn{s: s, dialing: true, wake: make(chan struct{}, 1)}
+// run is the goroutine of one conn. It waits what is left of the
+// backoff, dials if anyone still waits, and serves attempts until the
+// connection is done. A dial that fails, or a connection that ends
+// broken before the server gave any transaction a verdict, counts as a
+// failed session (backoff, fail-fast).
+func newConn(s *Sender, probe bool) *conn {
+	a := &conn{s: s, probe: probe, wake: make(chan struct{}, 1), inDial: true}
+	a.ctx, a.stop = context.WithCancel(s.ctx)
+	return a
+}
+
+// abandonDial ends the wait and the dial of a session nobody waits for
+// any more (called with Sender.mu held).
+func (a *conn) abandonDial() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.inDial {
+		a.stop()
+	}
+}
+
+func (a *conn) run() {
+	s := a.s
 	defer func() {
-		if a.dialing { // only this goroutine clears it
-			s.dialed()
-		}
-		if a.probe {
-			s.stopProbing()
-		}
-		a.endEpoch()
+		s.sessionEnded(a)
+		a.mu.Lock()
+		a.stop()
+		a.disarmGraceLocked()
+		a.mu.Unlock()
 		s.stats.open.Add(-1)
 		s.sem.Release(1)
 		s.kick() // a waiting Send may start a session in this one's place
 		s.wg.Done()
 	}()
-	for {
-		if a.c == nil && !a.dialLoop() {
-			return
-		}
-		if !a.serve() {
-			return
-		}
-		// The connection broke: settle what was in flight, then redial
-		// for the requests to replay.
-		a.settleInflight()
-		a.c = nil
-		if !a.redial() && !a.probe {
-			return
-		}
+	// The probe runs only while someone waits: so does every dial.
+	if !s.sleep(a.ctx, s.dialDelay()) || isShutdown(s) || !s.waitingNow() {
+		return
 	}
-}
-
-// dialLoop makes the goroutine's first connection, or, as the probe,
-// dials until a connection works. It reports whether it has one.
-func (a *conn) dialLoop() bool {
-	s := a.s
-	for {
-		if !s.sleep(s.dialDelay(), s.shutdown) || isShutdown(s) {
-			return false
-		}
-		io := a.newEpoch(false)
-		c, err := s.connect(io, a)
-		if err == nil {
-			s.dialSucceeded(a.probe)
-			a.probe = false
-			a.connected(c)
-			return true
-		}
-		if s.ctx.Err() != nil {
-			return false
-		}
-		if s.dialFailed(err) {
-			a.probe = true
-		}
-		if !a.probe {
-			return false
-		}
-	}
-}
-
-// redial connects again for the requests to replay, with backoff, until
-// one connection works, every waiting caller is gone (their contexts
-// bound the redial), the sender is closed, or dials fail so often that
-// the sender fails fast (then the requests get the fail-fast error). It
-// reports whether it has a connection.
-func (a *conn) redial() bool {
-	s := a.s
-	var bo backoff.BackOff
-	for {
-		a.pruneReplay()
-		if len(a.replay) == 0 {
-			return false
-		}
-		if s.ctx.Err() != nil {
-			a.failReplay(nil)
-			return false
-		}
-		if err := s.failingFast(); err != nil {
-			a.failReplay(err)
-			return false
-		}
-		io := a.newEpoch(true)
-		if bo != nil {
-			d := bo.NextBackOff()
-			if d == backoff.Stop {
-				a.failReplay(nil)
-				return false
-			}
-			if !s.sleep(d, io.Done()) {
-				continue // closed, or every caller withdrew
-			}
-		} else {
-			bo = s.cfg.Backoff()
-		}
-		c, err := s.connect(io, a)
-		if err == nil {
-			s.dialSucceeded(a.probe)
-			a.probe = false
-			a.connected(c)
-			replay := a.replay
-			a.replay = nil
-			for _, req := range replay {
-				a.write(req)
-			}
-			return true
-		}
-		if io.Err() != nil {
-			continue // closed, or every caller withdrew: not the server's fault
-		}
-		if s.dialFailed(err) {
-			a.probe = true
-		}
-	}
-}
-
-// newEpoch starts the context that bounds one connection and its dial.
-// For a redial (bounded), it is born cancelled if every request the
-// goroutine held has been withdrawn meanwhile.
-func (a *conn) newEpoch(bounded bool) context.Context {
-	ctx, cancel := context.WithCancel(a.s.ctx)
-	a.mu.Lock()
-	if a.stop != nil {
-		a.stop()
-	}
-	a.stop = cancel
-	a.epoch++
-	a.inDial = true
-	a.disarmGraceLocked()
-	if bounded && a.live == 0 {
-		cancel()
-	}
-	a.mu.Unlock()
-	a.io = ctx
-	return ctx
-}
-
-func (a *conn) endEpoch() {
-	a.mu.Lock()
-	if a.stop != nil {
-		a.stop()
-	}
-	a.disarmGraceLocked()
-	a.mu.Unlock()
-}
-
-func (a *conn) connected(c *smtp.Client) {
-	a.c, a.born, a.written = c, time.Now(), 0
+	c, err := s.connect(a.ctx, a)
 	a.mu.Lock()
 	a.inDial = false
 	a.mu.Unlock()
+	if err == nil && a.ctx.Err() != nil {
+		c.Close() // abandoned as it connected
+		return
+	}
+	if err != nil {
+		if a.ctx.Err() == nil {
+			s.stats.dialFailures.Add(1)
+			if e, ok := errors.AsType[*smtp.Error](err); ok && e.Code == 421 {
+				s.stats.seen421.Add(1)
+			}
+			s.sessionFailed(err)
+		}
+		return
+	}
+	a.c, a.born = c, time.Now()
+	if a.serve() && a.written > 0 && !a.verdicts && s.ctx.Err() == nil {
+		s.sessionFailed(c.Err())
+	}
 }
 
-// settled is called when the session has nothing in flight: a
-// connection that outlived a withdrawal is kept.
-func (a *conn) settled() {
+// retiring reports whether the session should take no new attempt.
+func (a *conn) retiring() bool {
+	cfg := &a.s.cfg
+	if cfg.MaxMessagesPerConn > 0 && a.written >= cfg.MaxMessagesPerConn {
+		return true
+	}
+	return cfg.MaxLifetime > 0 && time.Since(a.born) >= cfg.MaxLifetime
+}
+
+// open reports whether the session may take more attempts.
+func (a *conn) open() bool {
+	return !a.retiring() && !isShutdown(a.s) && a.c.State() != smtp.StateClosed
+}
+
+// serve runs the connection until it is done. It reports true if the
+// connection broke, false if it ended in order: idle, retired, shut
+// down, closed. Every attempt taken has been answered when it returns.
+func (a *conn) serve() (broke bool) {
+	s := a.s
+	idle := time.NewTimer(s.cfg.IdleTimeout)
+	defer idle.Stop()
+	defer a.deliver()
+	for {
+		if a.c.State() == smtp.StateClosed {
+			a.note421(nil)
+			a.readAll()
+			return true
+		}
+		if len(a.inflight) > 0 {
+			a.fill()
+			if len(a.inflight) > 0 && a.c.State() != smtp.StateClosed {
+				a.readReplies()
+			}
+			continue
+		}
+		// Nothing in flight: the connection is quiet.
+		a.quiet()
+		if a.retiring() || isShutdown(s) {
+			a.deliver()
+			a.quit()
+			return false
+		}
+		// Look for work (or park) before answering: a caller that
+		// sends again at once then finds this session parked, rather
+		// than dialing another.
+		at := s.next(a, true)
+		a.deliver()
+		if at != nil {
+			a.start(at)
+			continue
+		}
+		idle.Reset(s.cfg.IdleTimeout)
+		s.stats.idle.Add(1)
+		select {
+		case <-a.wake:
+			s.stats.idle.Add(-1)
+			continue
+		case <-idle.C:
+		case <-s.shutdown:
+		case <-s.ctx.Done():
+		}
+		s.stats.idle.Add(-1)
+		if !s.unpark(a) {
+			// Woken at the same moment: serve the attempt (or see the
+			// shutdown on the next turn).
+			<-a.wake
+			continue
+		}
+		if s.ctx.Err() != nil {
+			a.c.Close()
+		} else {
+			a.quit()
+		}
+		return false
+	}
+}
+
+// fill takes waiting attempts until the window is full, without waiting
+// for any.
+func (a *conn) fill() {
+	for a.room() > 0 && a.open() {
+		at := a.s.next(a, false)
+		if at == nil {
+			return
+		}
+		a.start(at)
+	}
+}
+
+// room is how many more attempts the session may write now: what the
+// window (MaxInFlight) leaves, within what MaxMessagesPerConn leaves.
+func (a *conn) room() int {
+	r := a.s.cfg.MaxInFlight - len(a.inflight)
+	if m := a.s.cfg.MaxMessagesPerConn; m > 0 {
+		r = min(r, m-a.written)
+	}
+	return r
+}
+
+// answer is an attempt's answer waiting in the batch.
+type answer struct {
+	at  *attempt
+	res result
+}
+
+// readReplies answers the oldest transaction in flight, waiting for its
+// reply if need be, and with it every later one whose reply has already
+// arrived. The answers reach their callers together, after the reads: a
+// burst of ready goroutines costs the scheduler one wake-up of an idle
+// thread rather than one per message. When nothing is left in flight,
+// serve sends them after it has looked for more work.
+func (a *conn) readReplies() {
+	a.batching = true
+	a.readOldest()
+	a.c.Poll()
+	for len(a.inflight) > 0 && a.inflight[0].tx.Done() {
+		a.readOldest()
+	}
+	a.batching = false
+	if len(a.inflight) > 0 {
+		a.deliver()
+	}
+}
+
+// start takes an attempt from the waiting list and writes it.
+func (a *conn) start(at *attempt) {
+	if a.take(at) {
+		a.write(at)
+	}
+}
+
+// take counts at as this session's. It reports false if its caller
+// withdrew it while it waited. The state change and the count change
+// together under mu: a caller that withdraws at once it is active calls
+// withdrawn, which takes mu, so it always finds at counted (and an
+// attempt withdrawn before is never counted).
+func (a *conn) take(at *attempt) bool {
+	at.conn.Store(a)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !at.state.CompareAndSwap(stWaiting, stActive) {
+		return false
+	}
+	a.live++
+	return true
+}
+
+// write writes a taken attempt's transaction on the connection, unless
+// its caller withdrew it meanwhile.
+func (a *conn) write(at *attempt) {
+	if at.state.Load() == stWithdrawn {
+		return // the caller released it
+	}
+	req := at.req
+	tx, err := a.c.WriteTx(a.ctx, req.env, &req.body)
+	if err != nil && a.ctx.Err() != nil && a.c.State() != smtp.StateClosed {
+		// The connection's context was cancelled (its last caller
+		// withdrew) just before this attempt was taken: WriteTx wrote
+		// nothing and left the session as it was. The connection is
+		// being abandoned; the attempt goes to another.
+		a.c.Close()
+		err = &smtp.Error{Op: smtp.OpMail, Kind: smtp.KindIO, Err: smtp.ErrClosed, Message: "connection abandoned"}
+	}
+	if err != nil {
+		// Nothing of it was written: on a closed (or closing)
+		// connection it may go to another session, and this was not
+		// its fault.
+		a.note421(nil)
+		a.answer(at, result{err: err, replay: errors.Is(err, smtp.ErrClosed)})
+		return
+	}
+	a.written++
+	at.tx = tx
+	a.inflight = append(a.inflight, at)
+}
+
+// popOldest takes the oldest transaction off the window. It shifts the
+// rest down rather than reslicing, so appends reuse the same array (the
+// window is short: reslicing wore its capacity away, an allocation every
+// few messages).
+func (a *conn) popOldest() *attempt {
+	at := a.inflight[0]
+	n := copy(a.inflight, a.inflight[1:])
+	a.inflight[n] = nil
+	a.inflight = a.inflight[:n]
+	return at
+}
+
+// readOldest reads the reply of the oldest transaction in flight.
+func (a *conn) readOldest() {
+	at := a.popOldest()
+	out, err := a.c.ReadTx(a.ctx, at.tx)
+	a.settle(at, out, err)
+}
+
+// readAll settles every transaction of a connection that broke: smtp
+// has settled them all, so ReadTx returns at once.
+func (a *conn) readAll() {
+	for len(a.inflight) > 0 {
+		a.readOldest()
+	}
+}
+
+// settle answers an attempt whose transaction is done, saying whether the
+// message may be written again, and whose fault it was if so: the
+// server's 421 to this very transaction, or a loss while it was the
+// oldest in flight.
+func (a *conn) settle(at *attempt, out *smtp.Outcome, err error) {
+	tx := at.tx
+	at.tx = nil
+	a.note421(tx)
+	r := result{out: out, err: err, wrote: true}
+	e, _ := errors.AsType[*smtp.Error](err)
+	switch {
+	case err == nil, e != nil && e.Kind == smtp.KindRejected && !tx.Answered421():
+		// A verdict: the server works.
+		a.verdicts = true
+		a.s.progress()
+	case tx.Answered421():
+		r.replay, r.own = true, true
+		a.blamed = true
+	case e != nil && e.Kind == smtp.KindIO:
+		// A loss: the first one counts against the oldest attempt in
+		// flight, the others are the connection's fault.
+		r.replay = tx.Replayable()
+		r.own = r.replay && !a.blamed
+		a.blamed = true
+	}
+	a.answer(at, r)
+}
+
+// note421 counts the connection's 421 once, before any answer that
+// follows from it: tx's own, or the one that closed the session.
+func (a *conn) note421(tx *smtp.Tx) {
+	if a.seen421 {
+		return
+	}
+	e, _ := errors.AsType[*smtp.Error](a.c.Err())
+	if tx != nil && tx.Answered421() || e != nil && e.Code == 421 {
+		a.seen421 = true
+		a.s.stats.seen421.Add(1)
+	}
+}
+
+// answer ends the session's hold on at, answering its caller unless the
+// caller has answered itself (withdrawn, or gone with ErrOutcomeUnknown).
+// After Close, a loss is reported as ErrClosed: the caller's own context
+// is not what ended it.
+func (a *conn) answer(at *attempt, r result) {
+	if a.s.ctx.Err() != nil && r.err != nil {
+		if e, ok := errors.AsType[*smtp.Error](r.err); !ok || e.Kind == smtp.KindIO {
+			r = result{err: closedError(r.err)}
+		}
+	}
+	for {
+		switch st := at.state.Load(); st {
+		case stActive, stEOF:
+			if !at.state.CompareAndSwap(st, stAnswered) {
+				continue
+			}
+			if a.batching {
+				a.batchMu.Lock()
+				if len(a.batch) == 0 {
+					a.batchSince = time.Now()
+				}
+				a.batch = append(a.batch, answer{at, r})
+				a.batchMu.Unlock()
+			} else {
+				at.result <- r
+			}
+			a.release()
+			return
+		case stAbandoned:
+			a.release()
+			return
+		default: // stWithdrawn: the caller released it
+			return
+		}
+	}
+}
+
+// closedError is the answer for an attempt whose session Close ended.
+func closedError(cause error) error {
+	op := smtp.OpSend
+	if e, ok := errors.AsType[*smtp.Error](cause); ok {
+		op = e.Op
+	}
+	if errors.Is(cause, ErrOutcomeUnknown) {
+		return &smtp.Error{Op: op, Kind: smtp.KindIO, Message: "the sender was closed after the message's commit point was written",
+			Err: errors.Join(ErrOutcomeUnknown, ErrClosed)}
+	}
+	return &smtp.Error{Op: op, Kind: smtp.KindIO, Message: "the sender was closed before the message was committed", Err: ErrClosed}
+}
+
+// quiet is called when the session has nothing in flight: a connection
+// that outlived a withdrawal is kept.
+func (a *conn) quiet() {
 	a.mu.Lock()
 	a.disarmGraceLocked()
 	a.mu.Unlock()
@@ -251,386 +451,59 @@ func (a *conn) disarmGraceLocked() {
 	a.withdrew = false
 }
 
-// armGraceLocked starts the grace for the current connection, unless it
-// runs already. While dialing there is no exchange to finish: the dial
-// is interrupted at once.
+// armGraceLocked starts the grace for the connection, unless it runs
+// already.
 func (a *conn) armGraceLocked() {
-	if a.inDial {
-		a.stop()
-		return
-	}
 	if a.grace != nil {
 		return
 	}
-	epoch := a.epoch
 	// t is set, under mu, before graceOver can read it under mu.
 	var t *time.Timer
-	t = time.AfterFunc(withdrawGrace, func() { a.graceOver(epoch, &t) })
+	t = time.AfterFunc(withdrawGrace, func() { a.graceOver(&t) })
 	a.grace = t
 }
 
-// hold counts req as held by this goroutine. It reports false if its
-// caller withdrew it while it waited to be taken. The state change and
-// the count change together under mu: a caller that withdraws req once
-// it is active calls withdrawn, which takes mu, so it always finds req
-// counted (and a request withdrawn before is never counted).
-func (a *conn) hold(req *request) bool {
-	req.conn.Store(a)
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !req.state.CompareAndSwap(stQueued, stActive) {
-		return false
-	}
-	a.live++
-	return true
-}
-
-// release is the session's end of its hold on a request. If that leaves
+// release is the session's end of its hold on an attempt. If that leaves
 // only withdrawn work, the grace starts (see withdrawn).
 func (a *conn) release() {
 	a.mu.Lock()
 	a.live--
-	if a.live == 0 && a.withdrew && a.stop != nil {
+	if a.live == 0 && a.withdrew {
 		a.armGraceLocked()
 	}
 	a.mu.Unlock()
 }
 
-// withdrawn is called by the caller of a held request it withdrew. When
-// no held request is left whose outcome matters, a redial nobody waits
-// for ends at once, and a connection gets withdrawGrace to finish the
-// exchange under way (abandoning the transaction with RSET, reading the
-// replies owed) before its I/O is interrupted: a session blocked on a
-// server that stopped answering does not hold its place for long, and
-// one that answers keeps its connection. (The withdrawn request itself
-// is safe either way: its body never reaches EOF.)
+// withdrawn is called by the caller of a taken attempt it withdrew. When
+// no attempt is left whose outcome matters, the connection gets
+// withdrawGrace to finish the exchange under way (abandoning the
+// transaction with RSET, reading the replies owed) before its I/O is
+// interrupted: a session blocked on a server that stopped answering does
+// not hold its place for long, and one that answers keeps its connection.
+// (The withdrawn attempt itself is safe either way: its body never
+// reaches EOF.)
 func (a *conn) withdrawn() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.live--
 	a.withdrew = true
-	if a.live == 0 && a.stop != nil {
+	if a.live == 0 {
 		a.armGraceLocked()
 	}
 }
 
-// graceOver interrupts the connection of epoch if *t is still its grace
-// and no live request came meanwhile.
-func (a *conn) graceOver(epoch uint64, t **time.Timer) {
+// graceOver interrupts the connection if *t is still its grace and no
+// live attempt came meanwhile.
+func (a *conn) graceOver(t **time.Timer) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.grace != *t {
 		return // disarmed, or replaced
 	}
 	a.grace = nil
-	if a.epoch == epoch && a.live == 0 && a.stop != nil {
+	if a.live == 0 {
 		a.stop()
 	}
-}
-
-// window is how many transactions may be in flight.
-func (a *conn) window() int { return a.s.cfg.MaxInFlight }
-
-// room is how many more requests the session may take now: what the
-// window leaves, within what MaxMessagesPerConn leaves.
-func (a *conn) room() int {
-	r := a.window() - len(a.inflight)
-	if m := a.s.cfg.MaxMessagesPerConn; m > 0 {
-		r = min(r, m-a.written)
-	}
-	return r
-}
-
-// retiring reports whether the session should take no new request.
-func (a *conn) retiring() bool {
-	cfg := &a.s.cfg
-	if cfg.MaxMessagesPerConn > 0 && a.written >= cfg.MaxMessagesPerConn {
-		return true
-	}
-	return cfg.MaxLifetime > 0 && time.Since(a.born) >= cfg.MaxLifetime
-}
-
-// serve runs the connection until it is done. It reports true if the
-// connection broke (and the goroutine should redial for what it has to
-// replay), false if it ended in order: idle, retired, shut down, closed.
-func (a *conn) serve() (broken bool) {
-	s := a.s
-	idle := time.NewTimer(s.cfg.IdleTimeout)
-	defer idle.Stop()
-	defer a.deliver()
-	for {
-		if a.c.State() == smtp.StateClosed {
-			a.closed()
-			return true
-		}
-		if len(a.inflight) == 0 {
-			if a.retiring() || isShutdown(s) {
-				a.quit()
-				return false
-			}
-			a.deliver()
-			a.settled()
-			took, parked := a.fill(true)
-			if took {
-				continue
-			}
-			if !parked { // no room: cannot happen while MaxInFlight >= 1
-				a.quit()
-				return false
-			}
-			// Parked: wait for an enqueue to wake the session.
-			idle.Reset(s.cfg.IdleTimeout)
-			s.stats.idle.Add(1)
-			select {
-			case <-a.wake:
-				s.stats.idle.Add(-1)
-				continue
-			case <-idle.C:
-			case <-s.shutdown:
-			case <-s.ctx.Done():
-			}
-			s.stats.idle.Add(-1)
-			if !s.unpark(a) {
-				// Woken at the same moment: serve the request (or see
-				// the shutdown on the next turn).
-				<-a.wake
-				continue
-			}
-			if s.ctx.Err() != nil {
-				a.c.Close()
-				a.c = nil
-			} else {
-				a.quit()
-			}
-			return false
-		}
-		a.fill(false)
-		if len(a.inflight) > 0 && a.c.State() != smtp.StateClosed {
-			a.settleReplies()
-		}
-	}
-}
-
-// answer is a request's answer held back by settleReplies.
-type answer struct {
-	req *request
-	res result
-}
-
-// settleReplies answers the oldest transaction in flight, waiting for its
-// reply if need be, and with it every later one whose reply has already
-// arrived. The answers reach their callers together, after the reads: a
-// burst of ready goroutines costs the scheduler one wake-up of an idle
-// thread rather than one per message. Answers held back while the
-// session does I/O go out within holdFor of a wait (see waiting).
-func (a *conn) settleReplies() {
-	a.holding = true
-	a.readOldest()
-	a.c.Poll()
-	for len(a.inflight) > 0 && a.inflight[0].tx.Done() {
-		a.readOldest()
-	}
-	a.holding = false
-	a.deliver()
-}
-
-// fill starts waiting requests until the window is full, without
-// waiting for one. With park set (nothing in flight, and the caller has
-// checked that the session may take requests) and nothing waiting, it
-// parks the session. It reports whether it took any request, and whether
-// it parked the session.
-func (a *conn) fill(park bool) (took, parked bool) {
-	s := a.s
-	if !park && !a.open() {
-		return false, false
-	}
-	for a.room() > 0 {
-		req, p := s.next(a, park && !took)
-		if req == nil {
-			return took, p
-		}
-		took = true
-		a.start(req)
-		if !a.open() {
-			break
-		}
-	}
-	return took, false
-}
-
-// open reports whether the session may take more requests.
-func (a *conn) open() bool {
-	return !a.retiring() && !isShutdown(a.s) && a.c.State() != smtp.StateClosed
-}
-
-// closed notes a connection that ended by a failure.
-func (a *conn) closed() {
-	if e, ok := errors.AsType[*smtp.Error](a.c.Err()); ok && e.Code == 421 {
-		a.s.stats.seen421.Add(1)
-	}
-}
-
-// start holds and writes a request taken from the waiting list.
-func (a *conn) start(req *request) {
-	if a.hold(req) {
-		a.write(req)
-	}
-}
-
-// write starts one held request on the connection, unless its caller
-// withdrew it.
-func (a *conn) write(req *request) {
-	if req.state.Load() == stWithdrawn {
-		return // the caller released it
-	}
-	if req.attempts >= a.s.cfg.MaxAttempts || (req.attempts > 0 && !req.body.rewind()) {
-		a.finish(req, nil, req.lastErr)
-		return
-	}
-	tx, err := a.c.WriteTx(a.io, req.env, &req.body)
-	if err != nil && a.io.Err() != nil && a.c.State() != smtp.StateClosed {
-		// The connection's context was cancelled (its last caller
-		// withdrew) just before this request was taken: WriteTx wrote
-		// nothing and left the session as it was. The connection is
-		// being abandoned; the request goes on the next one.
-		a.c.Close()
-		err = &smtp.Error{Op: smtp.OpMail, Kind: smtp.KindIO, Err: smtp.ErrClosed, Message: "connection abandoned"}
-	}
-	if err != nil {
-		if errors.Is(err, smtp.ErrClosed) && a.s.ctx.Err() == nil {
-			// Nothing of it was written (the connection was found
-			// closed): it goes on the next connection, and this was
-			// not an attempt.
-			if req.lastErr == nil {
-				req.lastErr = err
-			}
-			a.replay = append(a.replay, req)
-			return
-		}
-		a.finish(req, nil, err)
-		return
-	}
-	if req.attempts > 0 {
-		a.s.stats.replayed.Add(1)
-	}
-	req.attempts++
-	a.written++
-	req.tx = tx
-	a.inflight = append(a.inflight, req)
-}
-
-// popOldest takes the oldest transaction off the window. It shifts the
-// rest down rather than reslicing, so appends reuse the same array (the
-// window is short: reslicing wore its capacity away, an allocation every
-// few messages).
-func (a *conn) popOldest() *request {
-	req := a.inflight[0]
-	n := copy(a.inflight, a.inflight[1:])
-	a.inflight[n] = nil
-	a.inflight = a.inflight[:n]
-	return req
-}
-
-// readOldest reads the reply of the oldest transaction in flight.
-func (a *conn) readOldest() {
-	req := a.popOldest()
-	out, err := a.c.ReadTx(a.io, req.tx)
-	a.settle(req, out, err)
-}
-
-// settleInflight settles the transactions of a connection that broke:
-// each has failed (smtp settles them all when a session breaks).
-func (a *conn) settleInflight() {
-	for _, req := range a.inflight {
-		out, err := a.c.ReadTx(a.io, req.tx)
-		a.settle(req, out, err)
-	}
-	clear(a.inflight)
-	a.inflight = a.inflight[:0]
-}
-
-// settle answers a finished request, or keeps it for replay: its commit
-// point was not written, or the server answered it with 421.
-func (a *conn) settle(req *request, out *smtp.Outcome, err error) {
-	tx := req.tx
-	req.tx = nil
-	if err != nil && tx.Replayable() && a.s.ctx.Err() == nil {
-		req.lastErr = err
-		// A request whose body reached EOF may be its caller's again.
-		req.state.CompareAndSwap(stEOF, stActive)
-		switch req.state.Load() {
-		case stActive:
-			a.replay = append(a.replay, req)
-			return
-		case stWithdrawn:
-			return
-		}
-	}
-	a.finish(req, out, err)
-}
-
-// finish ends the session's hold on req, answering its caller unless the
-// caller has answered itself (withdrawn, or gone with ErrOutcomeUnknown).
-func (a *conn) finish(req *request, out *smtp.Outcome, err error) {
-	for {
-		switch st := req.state.Load(); st {
-		case stActive, stEOF:
-			if !req.state.CompareAndSwap(st, stAnswered) {
-				continue
-			}
-			if a.holding {
-				a.ansMu.Lock()
-				if len(a.answers) == 0 {
-					a.heldSince = time.Now()
-				}
-				a.answers = append(a.answers, answer{req, result{out, err}})
-				a.ansMu.Unlock()
-			} else {
-				req.result <- result{out, err}
-			}
-			a.release()
-			return
-		case stAbandoned:
-			a.release()
-			return
-		default: // stWithdrawn: the caller released it
-			return
-		}
-	}
-}
-
-// pruneReplay answers the requests that cannot be written again: their
-// caller is gone, their attempts are used up, or their body cannot be
-// rewound.
-func (a *conn) pruneReplay() {
-	kept := a.replay[:0]
-	for _, req := range a.replay {
-		switch {
-		case req.state.Load() == stWithdrawn:
-		case req.ctx.Err() != nil:
-			a.finish(req, nil, req.ctx.Err())
-		case req.attempts >= a.s.cfg.MaxAttempts, !req.body.rewind():
-			a.finish(req, nil, req.lastErr)
-		default:
-			kept = append(kept, req)
-		}
-	}
-	clear(a.replay[len(kept):])
-	a.replay = kept
-}
-
-// failReplay answers every request waiting for a replay with err, or
-// with its last error when err is nil.
-func (a *conn) failReplay(err error) {
-	for _, req := range a.replay {
-		e := err
-		if e == nil {
-			e = req.lastErr
-		}
-		a.finish(req, nil, e)
-	}
-	clear(a.replay)
-	a.replay = nil
 }
 
 func isShutdown(s *Sender) bool {
@@ -644,8 +517,7 @@ func isShutdown(s *Sender) bool {
 
 // quit ends the session politely.
 func (a *conn) quit() {
-	ctx, cancel := context.WithTimeout(a.io, 5*time.Second)
+	ctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
 	defer cancel()
 	a.c.Quit(ctx)
-	a.c = nil
 }

@@ -9,14 +9,14 @@ import (
 	"github.com/smtpkit/smtpkit/transport"
 )
 
-// Answers held back are sent together, which costs the scheduler one
-// wake-up for the lot, but a caller never waits long for an answer
-// already known: if one read or write of the session's connection lasts
-// holdFor, a timer sends the answers held; and before any I/O, answers
-// held for holdMax are sent.
+// Answers are sent in batches, which costs the scheduler one wake-up for
+// the lot, but a caller never waits long for an answer already known: if
+// one read or write of the session's connection lasts batchFor, a timer
+// sends the batch; and before any I/O, a batch older than batchMax is
+// sent.
 const (
-	holdFor = time.Millisecond
-	holdMax = 5 * time.Millisecond
+	batchFor = time.Millisecond
+	batchMax = 5 * time.Millisecond
 )
 
 // watched is a connection's transport as the session sees it: every read
@@ -92,16 +92,16 @@ func (w *watchedUpgradable) UpgradeTLS(ctx context.Context, cfg *tls.Config) (tr
 	if err != nil {
 		return nil, err
 	}
-	return w.a.watch(t), nil
+	return w.a.wrap(t), nil
 }
 
-// watch wraps t for conn a, keeping what the smtp core looks for in a
+// wrap wraps t for conn a, keeping what the smtp core looks for in a
 // transport: ConnectionState (TLS), UpgradeTLS (STARTTLS), NetConn and
 // RemoteAddr (above). The core finds these by interface, so one it comes
 // to look for must be passed on here too; each has a sender test that
 // fails if it is hidden (TestFaultTLS, TestPostfixSharedSessions,
 // TestServerIdleTimeout, TestFaultStartTLSCustomDialUsesPeerAddress).
-func (a *conn) watch(t transport.Transport) transport.Transport {
+func (a *conn) wrap(t transport.Transport) transport.Transport {
 	w := watched{Transport: t, a: a}
 	if cs, ok := t.(interface{ ConnectionState() tls.ConnectionState }); ok {
 		return &watchedTLS{watched: w, cs: cs}
@@ -116,30 +116,30 @@ func (a *conn) watch(t transport.Transport) transport.Transport {
 // of its connection, in the middle of an smtp.Client call. Transactions
 // at the head of the window that have finished (a WriteTx that waits for
 // one transaction's 354 reads the reply of the one before) are answered
-// from their results. Answers held for holdMax are sent now; the others
-// are sent by holdTimer if the I/O lasts holdFor.
+// from their results. A batch older than batchMax is sent now; a younger
+// one by batchTimer if the I/O lasts batchFor.
 func (a *conn) waiting() {
 	for len(a.inflight) > 0 && a.inflight[0].tx.Done() {
-		req := a.popOldest()
-		out, err := req.tx.Result()
-		was := a.holding
-		a.holding = true
-		a.settle(req, out, err)
-		a.holding = was
+		at := a.popOldest()
+		out, err := at.tx.Result()
+		was := a.batching
+		a.batching = true
+		a.settle(at, out, err)
+		a.batching = was
 	}
-	a.ansMu.Lock()
-	n := len(a.answers)
-	old := n > 0 && time.Since(a.heldSince) >= holdMax
-	a.ansMu.Unlock()
+	a.batchMu.Lock()
+	n := len(a.batch)
+	old := n > 0 && time.Since(a.batchSince) >= batchMax
+	a.batchMu.Unlock()
 	switch {
 	case n == 0:
 	case old:
 		a.deliver()
 	default:
-		if a.holdTimer == nil {
-			a.holdTimer = time.AfterFunc(holdFor, a.deliver)
+		if a.batchTimer == nil {
+			a.batchTimer = time.AfterFunc(batchFor, a.deliver)
 		} else {
-			a.holdTimer.Reset(holdFor)
+			a.batchTimer.Reset(batchFor)
 		}
 		a.timing = true
 	}
@@ -148,20 +148,20 @@ func (a *conn) waiting() {
 // resumed is called on the session goroutine after each read and write.
 func (a *conn) resumed() {
 	if a.timing {
-		a.holdTimer.Stop()
+		a.batchTimer.Stop()
 		a.timing = false
 	}
 }
 
-// deliver sends the answers held back. The session goroutine calls it
-// when it is done reading replies, about to wait for work, or has held
-// them for holdMax; the hold timer calls it when an I/O lasts holdFor.
+// deliver sends the batch of answers. The session goroutine calls it
+// when it is done reading replies, has looked for more work, or has kept
+// the batch for batchMax; batchTimer calls it when an I/O lasts batchFor.
 func (a *conn) deliver() {
-	a.ansMu.Lock()
-	defer a.ansMu.Unlock()
-	for i, ans := range a.answers {
-		ans.req.result <- ans.res // buffered (1), answered once: never blocks
-		a.answers[i] = answer{}
+	a.batchMu.Lock()
+	defer a.batchMu.Unlock()
+	for i, ans := range a.batch {
+		ans.at.result <- ans.res // buffered (1), answered once: never blocks
+		a.batch[i] = answer{}
 	}
-	a.answers = a.answers[:0]
+	a.batch = a.batch[:0]
 }
