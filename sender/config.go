@@ -96,19 +96,27 @@ type Config struct {
 	// DialTimeout bounds dialing, TLS, greeting, EHLO and AUTH of a new
 	// session; 0 means 30 s.
 	DialTimeout time.Duration
-	// Backoff returns the policy for redials after failures; nil means
-	// exponential from 100 ms to 10 s with jitter.
+	// Backoff returns the policy for dials after failed sessions; nil
+	// means exponential from 100 ms to 10 s with jitter. A failed session
+	// is a dial that failed, or a connection that ended (a 421, a loss,
+	// a refused login) before the server gave any transaction a verdict;
+	// every dial after one waits the backoff, and a verdict resets it.
 	Backoff func() backoff.BackOff
-	// MaxDialFailures is how many consecutive failed dials make Send
-	// fail fast (with the last dial error) while one background probe
-	// keeps trying; 0 means 3. A login the server refuses with 5xx (or
-	// credentials that are invalid) counts as all of them at once: a
-	// wrong password is not tried again at once, which could lock the
-	// account; the probe retries it at the backoff's pace.
+	// MaxDialFailures is how many failed sessions in a row (see Backoff)
+	// make Send fail fast with the last cause; 0 means 3. While it fails
+	// fast, the first Send after the backoff has passed starts one new
+	// session; nothing dials while nobody sends. A login the server
+	// refuses with 5xx (or credentials that are invalid) counts as all of
+	// them at once: a wrong password is not tried again before the
+	// backoff has passed and a Send asks, which could lock the account.
 	MaxDialFailures int
-	// MaxAttempts bounds how often one request is written (the first
-	// time plus replays after 421 or a lost session before its commit
-	// point); 0 means 3.
+	// MaxAttempts bounds how often one request may fail by its own
+	// fault: the server answered its own transaction with 421, or the
+	// connection was lost while it was the oldest in flight, before its
+	// commit point. Such a request is written again on another session
+	// (if its body is unread or an io.Seeker); replays that other
+	// requests' failures cause do not count, and are bounded by the
+	// caller's context and the backoff. 0 means 3.
 	MaxAttempts int
 
 	// Options configures each session: policy, audit hook, limits,

@@ -38,8 +38,11 @@ import (
 // written (or drew a 421), that no message is committed twice, and that
 // Send returns within its context's deadline plus 100 ms.
 
-// slack is how late Send may return after its context's deadline.
-const slack = 100 * time.Millisecond
+// slack is how late Send may return after its context's deadline, on
+// the wall clock: a hang guard, generous because CI runs these tests
+// with -race on two shared cores. That Send returns exactly at its
+// deadline is checked in virtual time (TestSendReturnsAtDeadline).
+const slack = time.Second
 
 const (
 	faultFrom = "a@example.com"
@@ -334,11 +337,13 @@ func fastBackoff() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.
 func faultSender(t *testing.T, addr string, mutate func(*sender.Config)) *sender.Sender {
 	t.Helper()
 	cfg := sender.Config{
-		Addr:        addr,
-		Security:    sender.InsecurePlaintext,
-		MaxConns:    2,
-		Backoff:     fastBackoff,
-		DialTimeout: time.Second, // a dial stuck on a stalled greeting ends soon
+		Addr:     addr,
+		Security: sender.InsecurePlaintext,
+		MaxConns: 2,
+		Backoff:  fastBackoff,
+		// A hang guard only: a dial stuck on a stalled greeting ends when
+		// its last waiting caller withdraws.
+		DialTimeout: 10 * time.Second,
 		Options:     smtp.Options{ChunkSize: 512},
 	}
 	if mutate != nil {
@@ -381,7 +386,9 @@ func classified(err error) bool {
 // while), then waits until srv has seen every connection close.
 func shutdown(t *testing.T, s *sender.Sender, srv *fs.Server) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// Long enough for the QUIT exchanges the scripts expect, however
+	// loaded the machine; a session that cannot QUIT is cut by Close.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = s.Shutdown(ctx)
 	require.NoError(t, s.Close())

@@ -119,7 +119,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.from, "from", "", "the envelope sender (MAIL FROM) `address`; <> is the null sender (default "+demoFrom+" in the demo)")
 	fs.Var(&to, "to", "a recipient `address` (RCPT TO); repeat for several (default "+demoTo+" in the demo)")
 	fs.StringVar(&o.ehlo, "ehlo", "", "the `name` to send with EHLO (default localhost)")
-	fs.DurationVar(&o.timeout, "timeout", time.Minute, "give up on a message (connecting included) after this `duration`")
+	fs.DurationVar(&o.timeout, "timeout", time.Minute, "give up on a message this `duration` after its turn comes (connecting included; waiting behind other messages does not count)")
 	fs.IntVar(&o.conns, "conns", 2, "the most connections to use at once when sending several messages")
 	fs.BoolVar(&o.insecure, "insecure", false, "allow -tls plaintext to a host that is not loopback: the message and credentials cross the network in clear")
 	fs.BoolVar(&o.strictCRLF, "strict-line-endings", false, "refuse messages with bare LF or CR line endings instead of converting them to CRLF")

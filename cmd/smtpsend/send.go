@@ -156,23 +156,111 @@ func (j *job) run(ctx context.Context) []result {
 	return results
 }
 
-// sendOne sends one message within -timeout.
+// sendOne sends one message within -timeout of its turn.
+//
+// -timeout is the message's own time: it starts when a session first
+// reads the message's body, so a file waiting behind others on a busy
+// connection is not timed out by the wait. The wait itself is bounded
+// too: by -timeout for each message that can be ahead of it on its
+// connection. Connecting is bounded by -timeout (the sender's
+// DialTimeout).
 func (j *job) sendOne(ctx context.Context, snd *sender.Sender, src source) result {
 	if err := ctx.Err(); err != nil {
 		return result{src: src, err: fmt.Errorf("not sent: %w", err), status: statusDeferred}
 	}
-	body, err := src.open()
+	f, err := src.open()
 	if err != nil {
 		// It could be opened when smtpsend started: it changed since.
 		// Nothing was sent.
 		return result{src: src, err: err, status: statusDeferred}
 	}
-	defer body.Close()
-	ctx, cancel := context.WithTimeout(ctx, j.o.timeout)
+	defer f.Close()
+	conns := max(j.cfg.MaxConns, 1)
+	ahead := (len(j.srcs) + conns - 1) / conns
+	ctx, cancel := context.WithTimeout(ctx, j.o.timeout*time.Duration(ahead))
 	defer cancel()
+	turn := newTurnContext(ctx, j.o.timeout)
+	defer turn.stop()
+	var body io.Reader = &turnReader{r: f, turn: turn}
+	if sk, ok := f.(io.Seeker); ok {
+		// The sender rewinds a seekable body to write it again.
+		body = struct {
+			io.Reader
+			io.Seeker
+		}{body, sk}
+	}
 	env := smtp.Envelope{From: j.o.from, To: j.o.to}
-	out, err := snd.Send(ctx, env, body)
+	out, err := snd.Send(turn, env, body)
 	return result{src: src, out: out, err: err, status: classify(err)}
+}
+
+// turnReader starts its message's clock at the first read.
+type turnReader struct {
+	r    io.Reader
+	turn *turnContext
+}
+
+func (t *turnReader) Read(p []byte) (int, error) {
+	t.turn.start()
+	return t.r.Read(p)
+}
+
+// turnContext is a message's context: it ends with its parent, or with
+// context.DeadlineExceeded d after start was first called.
+type turnContext struct {
+	context.Context
+	d    time.Duration
+	done chan struct{}
+	// stopParent stops watching the parent.
+	stopParent func() bool
+
+	mu    sync.Mutex // guards the fields below
+	err   error
+	timer *time.Timer
+}
+
+func newTurnContext(parent context.Context, d time.Duration) *turnContext {
+	t := &turnContext{Context: parent, d: d, done: make(chan struct{})}
+	t.stopParent = context.AfterFunc(parent, func() { t.end(parent.Err()) })
+	return t
+}
+
+func (t *turnContext) Done() <-chan struct{} { return t.done }
+
+func (t *turnContext) Err() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.err
+}
+
+// Deadline is the parent's: the turn's own deadline is not known before
+// the turn comes.
+func (t *turnContext) Deadline() (time.Time, bool) { return t.Context.Deadline() }
+
+func (t *turnContext) start() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.timer == nil && t.err == nil {
+		t.timer = time.AfterFunc(t.d, func() { t.end(context.DeadlineExceeded) })
+	}
+}
+
+func (t *turnContext) end(err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err == nil {
+		t.err = err
+		close(t.done)
+	}
+}
+
+func (t *turnContext) stop() {
+	t.stopParent()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.timer != nil {
+		t.timer.Stop()
+	}
 }
 
 func (j *job) count(s status) {

@@ -51,6 +51,10 @@ type GoSMTPOptions struct {
 	Cert *Cert
 	// IPv6 listens on [::1] instead of 127.0.0.1.
 	IPv6 bool
+	// Pipe serves in-memory pipes made by DialPipe instead of listening
+	// on loopback: for tests inside a testing/synctest bubble. Addr is
+	// then "pipe".
+	Pipe bool
 	// Domain is the name in the greeting; "localhost" when empty.
 	Domain string
 
@@ -86,6 +90,9 @@ type GoSMTPOptions struct {
 	// RejectMail, if it returns an error, refuses MAIL FROM (451 4.0.0, or
 	// the code of an *smtp.SMTPError).
 	RejectMail func(from string, opts *smtp.MailOptions) error
+	// RejectMailIn is RejectMail told how many MAIL commands the session
+	// received before this one (0 for its first).
+	RejectMailIn func(mailsBefore int, from string) error
 	// RejectRcpt, if it returns an error, refuses RCPT TO (451 4.0.0, or the
 	// code of an *smtp.SMTPError such as 550 5.1.1).
 	RejectRcpt func(to string) error
@@ -142,6 +149,7 @@ type GoSMTPServer struct {
 	ln     *trackingListener
 	addr   string
 	cert   *Cert
+	pipe   *pipeListener // with GoSMTPOptions.Pipe
 	served chan struct{}
 	// closing is closed when Close starts, to cut Delay sleeps short.
 	closing chan struct{}
@@ -206,12 +214,19 @@ func GoSMTP(t testing.TB, opts GoSMTPOptions) *GoSMTPServer {
 	if opts.IPv6 {
 		host = "[::1]:0"
 	}
-	raw, err := net.Listen("tcp", host)
-	if err != nil {
-		if opts.IPv6 {
-			Unavailable(t, "cannot listen on [::1]: %v", err)
+	var raw net.Listener
+	if opts.Pipe {
+		s.pipe = newPipeListener()
+		raw = s.pipe
+	} else {
+		var err error
+		raw, err = net.Listen("tcp", host)
+		if err != nil {
+			if opts.IPv6 {
+				Unavailable(t, "cannot listen on [::1]: %v", err)
+			}
+			t.Fatalf("testpeers: go-smtp listen: %v", err)
 		}
-		t.Fatalf("testpeers: go-smtp listen: %v", err)
 	}
 	s.ln = newTrackingListener(raw)
 	s.addr = raw.Addr().String()
@@ -367,6 +382,7 @@ func (s *GoSMTPServer) record(m *Message) {
 // session is one SMTP session; go-smtp makes a new one after STARTTLS.
 type session struct {
 	s        *GoSMTPServer
+	mails    int // MAIL commands received
 	id       int64
 	hostname string
 	tls      bool
@@ -439,8 +455,14 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.s.opts.AuthRequired && ss.user == "" {
 		return smtp.ErrAuthRequired
 	}
+	ss.mails++
 	if f := ss.s.opts.RejectMail; f != nil {
 		if err := f(from, opts); err != nil {
+			return err
+		}
+	}
+	if f := ss.s.opts.RejectMailIn; f != nil {
+		if err := f(ss.mails-1, from); err != nil {
 			return err
 		}
 	}
