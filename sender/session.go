@@ -34,6 +34,10 @@ type conn struct {
 	blamed   bool
 	// seen421 is set once the connection's 421 has been counted.
 	seen421 bool
+	// full is set once WriteTx refused an attempt because the session is
+	// closed or closing (a 421 whose committed transactions are still
+	// being read): the session takes no more.
+	full bool
 	// ctx bounds the connection: cancelled by Close (through the
 	// sender's), and by the grace after a withdrawal (see withdrawn).
 	ctx context.Context
@@ -152,7 +156,7 @@ func (a *conn) retiring() bool {
 
 // open reports whether the session may take more attempts.
 func (a *conn) open() bool {
-	return !a.retiring() && !isShutdown(a.s) && a.c.State() != smtp.StateClosed
+	return !a.full && !a.retiring() && !isShutdown(a.s) && a.c.State() != smtp.StateClosed
 }
 
 // serve runs the connection until it is done. It reports true if the
@@ -164,7 +168,8 @@ func (a *conn) serve() (broke bool) {
 	defer idle.Stop()
 	defer a.deliver()
 	for {
-		if a.c.State() == smtp.StateClosed {
+		if a.c.State() == smtp.StateClosed || a.full && len(a.inflight) == 0 {
+			a.c.Close()
 			a.note421(nil)
 			a.readAll()
 			return true
@@ -307,9 +312,12 @@ func (a *conn) write(at *attempt) {
 	if err != nil {
 		// Nothing of it was written: on a closed (or closing)
 		// connection it may go to another session, and this was not
-		// its fault.
+		// its fault. This session takes no more (its caller would
+		// otherwise hand it straight back).
+		replay := errors.Is(err, smtp.ErrClosed)
+		a.full = a.full || replay
 		a.note421(nil)
-		a.answer(at, result{err: err, replay: errors.Is(err, smtp.ErrClosed)})
+		a.answer(at, result{err: err, replay: replay})
 		return
 	}
 	a.written++
