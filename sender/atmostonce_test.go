@@ -56,6 +56,15 @@ func deliveries(srv *testpeers.GoSMTPServer) map[string]int {
 	return n
 }
 
+// total adds up deliveries.
+func total(n map[string]int) int {
+	sum := 0
+	for _, v := range n {
+		sum += v
+	}
+	return sum
+}
+
 // noChunking is a connection on which the server's CHUNKING keyword
 // reads as an unknown one of the same length, so the client uses DATA:
 // go-smtp always offers CHUNKING. A keyword split across reads is caught
@@ -186,7 +195,8 @@ func TestAtMostOnce421WithoutClose(t *testing.T) {
 			st := s.Stats()
 			assert.EqualValues(t, 60, st.Sent, "%+v", st)
 			assert.Positive(t, st.Seen421, "%+v", st)
-			t.Logf("%s: %d connections for %d messages (%d MAIL commands); stats %+v", mode.name, srv.Connections(), len(names), mails.Load(), st)
+			t.Logf("%s: %d messages, %d deliveries, %d failed; %d connections, %d MAIL commands; stats %+v",
+				mode.name, len(names), total(got), st.Failed+st.Unknown, srv.Connections(), mails.Load(), st)
 		})
 	}
 }
@@ -238,8 +248,8 @@ func TestAtMostOnceRandom421(t *testing.T) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			t.Logf("%s: %d delivered, %d failed, %d unknown, %d 421s, %d connections; stats %+v",
-				mode.name, len(got), failed, unknown, n421, srv.Connections(), s.Stats())
+			t.Logf("%s: %d messages, %d deliveries, %d failed (%d unknown); %d 421s, %d connections; stats %+v",
+				mode.name, len(names), total(got), failed, unknown, n421, srv.Connections(), s.Stats())
 			assert.Positive(t, n421)
 		})
 	}

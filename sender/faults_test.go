@@ -700,7 +700,20 @@ func TestFaultPipelinedWindow(t *testing.T) {
 				replayed = 1
 			}
 			srv := fs.StartMulti(t, first, healthy(m, replayed))
-			s := faultSender(t, srv.Addr(), func(c *sender.Config) { c.MaxConns = 1 })
+			var s *sender.Sender
+			var dials atomic.Int64
+			s = faultSender(t, srv.Addr(), func(c *sender.Config) {
+				c.MaxConns = 1
+				// The first connection is made once all three wait,
+				// so its first window can take them all.
+				firstDial := dialWhenWaiting(&s, 3, srv.Addr())
+				c.Dial = func(ctx context.Context) (transport.Transport, error) {
+					if dials.Add(1) == 1 {
+						return firstDial(ctx)
+					}
+					return transport.Dial(ctx, srv.Addr())
+				}
+			})
 			var wg sync.WaitGroup
 			errs := make([]error, 3)
 			for i := range 3 {
