@@ -991,7 +991,7 @@ func (c *Client) probeIdle(ctx context.Context) {
 	switch {
 	case err == nil:
 		c.setDeadline(ctx, time.Second)
-		rep, rerr := readReply(c.r, OpMail, c.caps.EnhancedStatusCodes)
+		rep, rerr := readReplyIn(c.r, OpMail, c.caps.EnhancedStatusCodes, &c.texts)
 		if rerr != nil {
 			c.fail(ctx, ioError(ctx, OpMail, rerr))
 		} else if rep.Code == 421 {
