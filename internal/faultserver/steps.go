@@ -123,22 +123,32 @@ func ReadLine() Step {
 // caller includes the CRLFs; the decoded text is written as it is, NUL and
 // control characters included.
 func Echo(reply string) Step {
+	s := EchoFunc(func(line string) string {
+		word := line[strings.LastIndexByte(line, ' ')+1:]
+		decoded := word
+		if b, err := base64.StdEncoding.DecodeString(word); err == nil {
+			decoded = string(b)
+		}
+		return strings.NewReplacer("{line}", line, "{decoded}", decoded).Replace(reply)
+	})
+	s.desc = "Echo(" + strconv.Quote(reply) + ")"
+	return s
+}
+
+// EchoFunc reads one line, as [ReadLine] does, and answers with what f
+// returns for it (given without its CRLF), for answers that depend on
+// what the client sent, such as a SASL challenge built on the client's
+// nonce.
+func EchoFunc(f func(line string) string) Step {
 	return Step{
-		desc: "Echo(" + strconv.Quote(reply) + ")",
+		desc: "EchoFunc()",
 		run: func(c *session) error {
 			raw, err := c.readLine()
 			if err != nil {
 				return fmt.Errorf("after %q: %w", raw, err)
 			}
 			c.srv.recordLine(c.idx, string(raw))
-			line := strings.TrimSuffix(string(raw), "\r\n")
-			word := line[strings.LastIndexByte(line, ' ')+1:]
-			decoded := word
-			if b, err := base64.StdEncoding.DecodeString(word); err == nil {
-				decoded = string(b)
-			}
-			out := strings.NewReplacer("{line}", line, "{decoded}", decoded).Replace(reply)
-			_, err = io.WriteString(c.conn, out)
+			_, err = io.WriteString(c.conn, f(strings.TrimSuffix(string(raw), "\r\n")))
 			return err
 		},
 	}
