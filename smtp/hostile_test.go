@@ -139,3 +139,51 @@ func TestEHLOKeepsKnownMechanisms(t *testing.T) {
 		t.Error("the first unknown keywords are kept, the rest dropped")
 	}
 }
+
+// TestEnvIDLimitOnTheWire: RFC 3461's 100-character limit on ENVID
+// applies to its xtext form, which is what goes on the wire.
+func TestEnvIDLimitOnTheWire(t *testing.T) {
+	for _, envid := range []string{
+		strings.Repeat("e", 100),         // 100 on the wire
+		strings.Repeat("e", 101),         // 101
+		strings.Repeat("+", 33),          // 99
+		strings.Repeat("+", 34),          // 102
+		strings.Repeat("=", 40),          // 120: accepted before
+		"x" + strings.Repeat("\x01", 33), // 100
+		"x" + strings.Repeat(" ", 34),    // 103
+	} {
+		wire := len(xtext(envid))
+		if got := xtextLen(envid); got != wire {
+			t.Errorf("xtextLen(%q) = %d, xtext has %d", envid, got, wire)
+		}
+		d := DSN{EnvID: envid}
+		if p := d.validate(); (p == "") != (wire <= 100) {
+			t.Errorf("EnvID of %d octets, %d on the wire: validate() = %q", len(envid), wire, p)
+		}
+	}
+}
+
+// BenchmarkReplyWorstRedacted measures reading the largest reply the
+// limits allow (128 lines of 998 octets, control characters included) on
+// a session that has logged in with a 2 KB OAuth token, so that every
+// line is searched for fragments of it and escaped.
+func BenchmarkReplyWorstRedacted(b *testing.B) {
+	var raw bytes.Buffer
+	for i := range MaxReplyLines {
+		sep := "-"
+		if i == MaxReplyLines-1 {
+			sep = " "
+		}
+		line := "550" + sep + strings.Repeat("no\x1b[2K\r x", 120)
+		raw.WriteString(line[:MaxReplyLineLength] + "\r\n")
+	}
+	var texts interner
+	texts.addSecret([]byte(strings.Repeat("eyJ0eXAiOiJKV1Qi.Xy0-_", 100)))
+	b.SetBytes(int64(raw.Len()))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := readReplyIn(bufio.NewReaderSize(bytes.NewReader(raw.Bytes()), 4096), OpMail, false, &texts); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -363,8 +363,8 @@ func (d *DSN) validate() string {
 	if never && len(d.Notify) > 1 {
 		return "Notify NEVER cannot be combined"
 	}
-	if len(d.EnvID) > 100 {
-		return "EnvID longer than 100 characters"
+	if xtextLen(d.EnvID) > 100 {
+		return "EnvID longer than 100 characters once xtext-encoded (RFC 3461)"
 	}
 	return ""
 }

@@ -14,13 +14,15 @@
 //     that the text cannot move a terminal's cursor or erase what was
 //     printed before it.
 //
-// The work is linear in the length of the text. A Redactor keeps keyed
-// hashes of the fragments, not the secrets themselves.
+// The work is linear in the length of the text: each position is looked
+// up in a hash set, once per window length in use (usually one). A
+// Redactor keeps the fragments mixed with a random key, not as text, so a
+// secret does not sit in memory in the clear for the session's life.
 package servertext
 
 import (
 	"encoding/base64"
-	"hash/maphash"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"unicode"
@@ -44,14 +46,16 @@ const Marker = "[redacted]"
 // removes nothing and is ready to use; a nil *Redactor escapes only. A
 // Redactor is not safe for concurrent use: it belongs to one session.
 type Redactor struct {
-	seed  maphash.Seed
-	lens  []int    // window lengths in use, ascending; MinFragment and shorter whole secrets
-	sums  []uint64 // keyed hashes of every registered window, sorted
-	dirty bool     // sums has grown since it was sorted
+	seed uint64 // random, drawn at the first registration
+	lens []int  // window lengths in use, ascending; MinFragment and shorter whole secrets
+	// table is an open-addressing hash set of the keyed hashes of every
+	// registered window (0 marks a free slot); n is how many it holds.
+	table []uint64
+	n     int
 }
 
 // Empty reports whether nothing is registered.
-func (r *Redactor) Empty() bool { return r == nil || len(r.sums) == 0 }
+func (r *Redactor) Empty() bool { return r == nil || r.n == 0 }
 
 // AddSecret registers a secret the client sends (a password, a token, a
 // proof): its raw form and its base64 encodings in each of the three
@@ -90,42 +94,90 @@ func (r *Redactor) AddSent(line []byte, from, to int) {
 	// Character k of base64 carries bits 6k to 6k+5, of octets 6k/8 to
 	// (6k+5)/8.
 	first, last := from*8/6, min((to*8+5)/6, len(line))
-	var buf [MinFragment]byte
 	for i := 0; i+MinFragment <= len(line); i++ {
 		overlap := min(i+MinFragment, last) - max(i, first)
 		if overlap*2 >= MinFragment {
-			r.addWindow(buf[:0], line[i:i+MinFragment])
+			r.addWindow(line[i : i+MinFragment])
 		}
 	}
 }
 
 func (r *Redactor) add(s []byte) {
 	w := min(len(s), MinFragment)
-	var buf [MinFragment]byte
 	for i := 0; i+w <= len(s); i++ {
-		r.addWindow(buf[:0], s[i:i+w])
+		r.addWindow(s[i : i+w])
 	}
 }
 
-func (r *Redactor) addWindow(buf, window []byte) {
-	if len(r.sums) == 0 && len(r.lens) == 0 {
-		r.seed = maphash.MakeSeed()
+func (r *Redactor) addWindow(window []byte) {
+	if r.seed == 0 {
+		r.seed = rand.Uint64() | 1
 	}
 	if w := len(window); !slices.Contains(r.lens, w) {
 		r.lens = append(r.lens, w)
 		slices.Sort(r.lens)
 	}
-	r.sums = append(r.sums, r.sum(buf, window))
-	r.dirty = true
+	if 2*(r.n+1) > len(r.table) {
+		old := r.table
+		size := 64
+		for size < 4*(r.n+1) {
+			size *= 2
+		}
+		r.table = make([]uint64, size) // a power of two, at most half full
+		r.n = 0
+		for _, h := range old {
+			if h != 0 {
+				r.insert(h)
+			}
+		}
+	}
+	r.insert(r.sum(window))
 }
 
-// sum is the keyed hash of a window, with the URL-safe base64 alphabet
-// folded onto the standard one.
-func (r *Redactor) sum(buf, window []byte) uint64 {
-	for _, c := range window {
-		buf = append(buf, fold(c))
+func (r *Redactor) insert(h uint64) {
+	mask := uint64(len(r.table) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		switch r.table[i] {
+		case h:
+			return
+		case 0:
+			r.table[i] = h
+			r.n++
+			return
+		}
 	}
-	return maphash.Bytes(r.seed, buf)
+}
+
+func (r *Redactor) has(h uint64) bool {
+	mask := uint64(len(r.table) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		switch r.table[i] {
+		case h:
+			return true
+		case 0:
+			return false
+		}
+	}
+}
+
+// sum is the keyed hash of a window of at most 8 octets, with the
+// URL-safe base64 alphabet folded onto the standard one: the octets and
+// the length packed into 64 bits, mixed with the seed (the splitmix64
+// finaliser). It is never 0.
+func (r *Redactor) sum(window []byte) uint64 {
+	var v uint64
+	for _, c := range window {
+		v = v<<8 | uint64(fold(c))
+	}
+	v ^= uint64(len(window)) << 59
+	v ^= r.seed
+	v = (v ^ v>>30) * 0xbf58476d1ce4e5b9
+	v = (v ^ v>>27) * 0x94d049bb133111eb
+	v ^= v >> 31
+	if v == 0 {
+		v = 1
+	}
+	return v
 }
 
 func fold(c byte) byte {
@@ -138,27 +190,16 @@ func fold(c byte) byte {
 	return c
 }
 
-func (r *Redactor) has(h uint64) bool {
-	_, ok := slices.BinarySearch(r.sums, h)
-	return ok
-}
-
 // spans returns the ranges of text to remove, in order and disjoint.
 func (r *Redactor) spans(text []byte) [][2]int {
 	if r.Empty() || len(text) < r.lens[0] {
 		return nil
 	}
-	if r.dirty {
-		slices.Sort(r.sums)
-		r.sums = slices.Compact(r.sums)
-		r.dirty = false
-	}
 	var out [][2]int
-	var buf [MinFragment]byte
 	for i := range text {
 		end := 0
 		for _, w := range r.lens {
-			if i+w <= len(text) && r.has(r.sum(buf[:0], text[i:i+w])) {
+			if i+w <= len(text) && r.has(r.sum(text[i:i+w])) {
 				end = i + w
 			}
 		}
