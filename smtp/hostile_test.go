@@ -3,10 +3,15 @@ package smtp
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"net"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/smtpkit/smtpkit/internal/faultserver"
 )
 
 // worstEHLO returns the costliest EHLO reply the limits allow:
@@ -185,5 +190,34 @@ func BenchmarkReplyWorstRedacted(b *testing.B) {
 		if _, err := readReplyIn(bufio.NewReaderSize(bytes.NewReader(raw.Bytes()), 4096), OpMail, false, &texts); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestConnectWorstEHLO: a session whose server sends the worst EHLO
+// reply the limits allow connects with bounded capabilities, and the
+// reply costs what BenchmarkEHLOWorst measures (milliseconds), so
+// nothing that waits on the session (Close, a context) waits on the
+// parser.
+func TestConnectWorstEHLO(t *testing.T) {
+	srv := faultserver.Start(t, faultserver.Reply("220 mx.example ESMTP\r\n"), faultserver.ReadLine(),
+		faultserver.Reply(string(worstEHLO())), faultserver.ExpectLine("QUIT"), faultserver.Reply("221 bye\r\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := net.Dial("tcp", srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Connect(ctx, conn, "client.example", &Options{InsecureAllowPlaintext: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caps := c.Capabilities()
+	checkCapsBounded(t, &caps)
+	if err := c.Quit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-srv.Done()
+	if err := srv.Err(); err != nil {
+		t.Fatal(err)
 	}
 }
