@@ -174,29 +174,45 @@ func (s *authSecrets) addLines(srv *fs.Server) {
 }
 
 // TestAuthEchoTokenError: a token server's error report (a JSON
-// challenge) whose status echoes the token, escaped so that its base64
-// form cannot be recognised, still does not carry it into the error.
+// challenge) whose status echoes the token does not carry it into the
+// error. Echoed as it is, the token is recognised in the base64
+// challenge itself, which the client then cancels; escaped so that its
+// base64 form cannot be recognised, it is redacted from the decoded
+// fields.
 func TestAuthEchoTokenError(t *testing.T) {
 	var esc strings.Builder
 	for _, c := range echoToken {
 		fmt.Fprintf(&esc, `\u%04x`, c)
 	}
-	json := `{"status":"` + esc.String() + `","schemes":"bearer","scope":"` + esc.String() + `"}`
-	for _, mech := range []string{smtp.MechXOAUTH2, smtp.MechOAUTHBEARER} {
-		t.Run(mech, func(t *testing.T) {
-			t.Parallel()
-			sec := newAuthSecrets(t)
-			sec.token(echoUser, echoToken, "127.0.0.1", 0)
-			srv, c := echoConnect(t, sec,
-				fs.ReadLine(), fs.Reply("334 "+base64.StdEncoding.EncodeToString([]byte(json))+"\r\n"),
-				fs.Echo("535 5.7.8 {line}\r\n"))
-			err := sec.err(c.LoginWith(testCtx(t), mech, echoUser, echoToken))
-			<-srv.Done()
-			sec.addLines(srv)
+	for _, v := range []struct {
+		name, json string
+		check      func(t *testing.T, err error)
+	}{
+		{"escaped", `{"status":"` + esc.String() + `","schemes":"bearer","scope":"` + esc.String() + `"}`, func(t *testing.T, err error) {
 			auth535(t, err)
 			assert.Contains(t, err.Error(), `status="[redacted]"`)
-			assert.Equal(t, smtp.StateReady, c.State())
-		})
+		}},
+		{"plain", `{"status":"` + echoToken + `","schemes":"bearer","scope":"https://mail.google.com/"}`, func(t *testing.T, err error) {
+			se := authRequire(t, err, smtp.KindProtocol)
+			assert.Equal(t, 535, se.Code)
+			assert.Contains(t, se.Message, "challenge echoes what the client sent (redacted); exchange cancelled")
+		}},
+	} {
+		for _, mech := range []string{smtp.MechXOAUTH2, smtp.MechOAUTHBEARER} {
+			t.Run(mech+"/"+v.name, func(t *testing.T) {
+				t.Parallel()
+				sec := newAuthSecrets(t)
+				sec.token(echoUser, echoToken, "127.0.0.1", 0)
+				srv, c := echoConnect(t, sec,
+					fs.ReadLine(), fs.Reply("334 "+base64.StdEncoding.EncodeToString([]byte(v.json))+"\r\n"),
+					fs.Echo("535 5.7.8 {line}\r\n"))
+				err := sec.err(c.LoginWith(testCtx(t), mech, echoUser, echoToken))
+				<-srv.Done()
+				sec.addLines(srv)
+				v.check(t, err)
+				assert.Equal(t, smtp.StateReady, c.State())
+			})
+		}
 	}
 }
 
