@@ -221,3 +221,35 @@ func TestConnectWorstEHLO(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestReplyWorstEscapedMemory: the largest reply the limits allow, every
+// octet of it a control character, on a session that must also search it
+// for a 2 KB token, costs memory in proportion to its size: escaping
+// makes at most four octets of text of each (ESC becomes \x1b), and the
+// text is built once.
+func TestReplyWorstEscapedMemory(t *testing.T) {
+	var raw bytes.Buffer
+	for i := range MaxReplyLines {
+		sep := "-"
+		if i == MaxReplyLines-1 {
+			sep = " "
+		}
+		raw.WriteString("550" + sep + strings.Repeat("\x1b", MaxReplyLineLength-4) + "\r\n")
+	}
+	var texts interner
+	texts.addSecret([]byte(strings.Repeat("eyJ0eXAiOiJKV1Qi.Xy0-_", 100)))
+	var rep Reply
+	var err error
+	got := allocatedBy(func() {
+		rep, err = readReplyIn(bufio.NewReaderSize(bytes.NewReader(raw.Bytes()), 4096), OpMail, false, &texts)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if limit := uint64(5 * raw.Len()); got > limit {
+		t.Errorf("a reply of %d octets allocated %d, more than %d", raw.Len(), got, limit)
+	}
+	if want := strings.Repeat(`\x1b`, MaxReplyLineLength-4); rep.Lines[0] != want {
+		t.Errorf("line 0 = %.40q...", rep.Lines[0])
+	}
+}

@@ -271,7 +271,7 @@ func printableASCII(s string) bool {
 func (r *Redactor) clean(text []byte, lines bool) string {
 	spans := r.spans(text)
 	var b strings.Builder
-	b.Grow(len(text))
+	b.Grow(cleanLen(text, lines) + len(spans)*len(Marker))
 	for i := 0; i < len(text); {
 		if len(spans) > 0 && i >= spans[0][0] {
 			b.WriteString(Marker)
@@ -314,6 +314,36 @@ func (r *Redactor) clean(text []byte, lines bool) string {
 		i += size
 	}
 	return b.String()
+}
+
+// cleanLen returns the length of text escaped (without redaction), so
+// that clean allocates its result once.
+func cleanLen(text []byte, lines bool) int {
+	n := 0
+	for i := 0; i < len(text); {
+		c := text[i]
+		switch {
+		case c >= 0x20 && c < 0x7f || lines && (c == '\n' || c == '\t'):
+			n++
+			i++
+		case c < utf8.RuneSelf:
+			n += 4 // \xHH, or shorter: \r
+			i++
+		default:
+			ru, size := utf8.DecodeRune(text[i:])
+			switch {
+			case ru == utf8.RuneError && size <= 1:
+				n += 4
+				size = 1
+			case unicode.IsPrint(ru):
+				n += size
+			default:
+				n += 10 // \uHHHH or \UHHHHHHHH
+			}
+			i += size
+		}
+	}
+	return n
 }
 
 func escapeByte(b *strings.Builder, c byte) {
