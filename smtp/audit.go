@@ -27,7 +27,10 @@ const (
 )
 
 // Event is one audit record. It carries codes, steps, addresses and
-// mechanism names; never a credential, a token or message content.
+// mechanism names; never a credential, a token or message content. The
+// fields that come from the server (QueueID, Extensions, the reply text
+// in Error) are made printable, and anything the client sent during AUTH
+// is redacted from them, as for [Reply.Lines].
 type Event struct {
 	// Type says what happened.
 	Type EventType

@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/smtpkit/smtpkit/internal/sasl"
+	"github.com/smtpkit/smtpkit/internal/servertext"
 )
 
 // SASL mechanism names for [Client.LoginWith].
@@ -90,7 +92,7 @@ func (c *Client) LoginWith(ctx context.Context, mech, user, secret string) error
 		return err
 	}
 	c.watch(ctx)
-	enhanced, aerr := c.authenticate(ctx, m)
+	enhanced, aerr := c.authenticate(ctx, m, secret)
 	ev := Event{Type: EventAuth, Op: OpAuth, Mechanism: mech}
 	if aerr != nil {
 		ev.Code, ev.Enhanced, ev.Kind, ev.Error = aerr.Code, aerr.Enhanced, aerr.Kind, aerr.Error()
@@ -165,7 +167,15 @@ func (c *Client) mechanism(mech, user, secret string) (sasl.Mechanism, error) {
 // authenticate runs the AUTH exchange. Protocol and transport errors
 // close the session; a refusal leaves it usable. On success it returns
 // the enhanced status code of the 235, if any.
-func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) (enhanced string, _ *Error) {
+//
+// Before anything is sent, the secret, and then each line that carries
+// it (or a proof derived from it), is registered with the session's text
+// filter (see interner), so that no server text read afterwards (a
+// reply that echoes the AUTH line, a garbage line quoted in a protocol
+// error, a token error report) can carry them into an error, an event
+// or a log line.
+func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism, secret string) (enhanced string, _ *Error) {
+	c.texts.addSecret([]byte(secret))
 	ir, hasIR, err := m.Start()
 	if err != nil {
 		return "", &Error{Op: OpAuth, Kind: KindAuth, Message: m.Name(), Err: err}
@@ -178,6 +188,7 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) (enhanced s
 		enc := "=" // RFC 4954 §4: an empty initial response
 		if len(ir) > 0 {
 			enc = base64.StdEncoding.EncodeToString(ir)
+			c.guard(m.Name(), secret, ir, enc)
 			clear(ir)
 		}
 		if len(line)+1+len(enc)+2 <= maxCommandLine {
@@ -200,7 +211,11 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) (enhanced s
 		} else {
 			chal, derr := base64.StdEncoding.DecodeString(strings.TrimSpace(rep.Text()))
 			if derr != nil {
-				return "", c.cancelAuth(ctx, m, "challenge is not base64", nil)
+				why := "challenge is not base64"
+				if strings.Contains(rep.Text(), servertext.Marker) {
+					why = "challenge echoes what the client sent (redacted)"
+				}
+				return "", c.cancelAuth(ctx, m, why, nil)
 			}
 			out, merr := m.Next(chal)
 			if errors.Is(merr, sasl.ErrServerVerification) {
@@ -213,6 +228,7 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) (enhanced s
 				return "", c.cancelAuth(ctx, m, "challenge refused", merr)
 			}
 			resp = base64.StdEncoding.EncodeToString(out)
+			c.guard(m.Name(), secret, out, resp)
 			clear(out)
 		}
 		rep, rerr = c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, resp+"\r\n")
@@ -244,9 +260,42 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism) (enhanced s
 	}
 	e := &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + " refused: " + rep.Text()}
 	if te := sasl.ServerError(m); te != nil {
+		te.Status = c.texts.cleanString(te.Status)
+		te.Schemes = c.texts.cleanString(te.Schemes)
+		te.Scope = c.texts.cleanString(te.Scope)
 		e.Err = te
 	}
 	return "", e
+}
+
+// guard registers with the session's text filter what an AUTH message
+// about to be sent carries that is secret besides the password or token
+// (registered before the exchange): a SCRAM client proof, a CRAM-MD5
+// digest; and the parts of the base64 line that encode a secret. What
+// is not secret (a user name, a SCRAM nonce, "auth=Bearer") is not
+// registered, so that the server's challenges, which repeat the SCRAM
+// nonce, and its ordinary text are left intact.
+func (c *Client) guard(mech, secret string, raw []byte, line string) {
+	if len(secret) >= servertext.MinSecret {
+		if i := bytes.Index(raw, []byte(secret)); i >= 0 {
+			c.texts.addSent(line, i, i+len(secret))
+		}
+	}
+	i := -1
+	switch mech {
+	case MechSCRAMSHA256:
+		if i = bytes.LastIndex(raw, []byte(",p=")); i >= 0 {
+			i += 3
+		}
+	case MechCRAMMD5:
+		if i = bytes.LastIndexByte(raw, ' '); i >= 0 {
+			i++
+		}
+	}
+	if i >= 0 && i < len(raw) {
+		c.texts.addSecret(raw[i:])
+		c.texts.addSent(line, i, len(raw))
+	}
 }
 
 // cancelAuth answers "*" (RFC 4954 §4) to abandon the exchange and reads
@@ -259,6 +308,7 @@ func (c *Client) cancelAuth(ctx context.Context, m sasl.Mechanism, why string, c
 	var se *sasl.SCRAMError
 	if errors.As(cause, &se) {
 		e.Kind = KindAuth
+		se.Value = c.texts.cleanString(se.Value)
 	}
 	rep, err := c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, "*\r\n")
 	if err != nil {

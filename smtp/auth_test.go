@@ -801,14 +801,21 @@ func TestAuthScriptCancelled(t *testing.T) {
 // authScript connects a client to a scripted server over implicit TLS.
 func authScript(t *testing.T, sec *authSecrets, script ...fs.Step) (*fs.Server, *smtp.Client) {
 	t.Helper()
+	return authScriptOffering(t, "SCRAM-SHA-256 PLAIN LOGIN", sec, sec.options(smtp.Options{}), script...)
+}
+
+// authScriptOffering is authScript with a server that offers mechs, and
+// a client with opts.
+func authScriptOffering(t *testing.T, mechs string, sec *authSecrets, opts *smtp.Options, script ...fs.Step) (*fs.Server, *smtp.Client) {
+	t.Helper()
 	serverTLS, roots := fs.SelfSignedTLS(t)
 	steps := append([]fs.Step{fs.StartTLS(serverTLS), fs.Reply("220 mx.example ESMTP\r\n"), fs.ExpectLine("EHLO client.example"),
-		fs.Reply(fs.Lines("250-mx.example", "250-ENHANCEDSTATUSCODES", "250 AUTH SCRAM-SHA-256 PLAIN LOGIN"))}, script...)
+		fs.Reply(fs.Lines("250-mx.example", "250-ENHANCEDSTATUSCODES", "250 AUTH "+mechs))}, script...)
 	srv := fs.Start(t, steps...)
 	ctx := testCtx(t)
 	tr, err := transport.DialTLS(ctx, srv.Addr(), &tls.Config{RootCAs: roots})
 	require.NoError(t, err)
-	c, err := smtp.Connect(ctx, tr, "client.example", sec.options(smtp.Options{}))
+	c, err := smtp.Connect(ctx, tr, "client.example", opts)
 	require.NoError(t, sec.err(err))
 	t.Cleanup(func() { c.Close() })
 	return srv, c

@@ -28,10 +28,15 @@ type Capabilities struct {
 	Size    bool
 	MaxSize int64
 	// Auth lists the SASL mechanisms offered, upper-cased, from both the
-	// "AUTH" and the obsolete "AUTH=" forms, without duplicates.
+	// "AUTH" and the obsolete "AUTH=" forms, without duplicates, in the
+	// order offered. Every mechanism this package implements is kept;
+	// of the others, only the first 16 valid names.
 	Auth []string
 	// Extensions maps every upper-cased keyword to its parameters, for
-	// extensions this type has no field for.
+	// extensions this type has no field for. Besides the keywords this
+	// type has fields for, it keeps the first 64 others, and at most
+	// 1024 octets of parameters per keyword (a repeated keyword's
+	// parameters are joined by a space).
 	Extensions map[string]string
 }
 
@@ -48,10 +53,32 @@ func (c *Capabilities) HasAuth(mech string) bool {
 	return slices.Contains(c.Auth, strings.ToUpper(mech))
 }
 
+// Limits on what parseEHLO keeps, so that the work and memory of an EHLO
+// reply stay linear in its size whatever the server advertises (a
+// hostile one can send 128 lines of 998 octets, about 31 000 mechanism
+// names).
+const (
+	// maxExtensions is the most keywords kept beyond those this package
+	// knows (the fields of [Capabilities] and AUTH), which are always kept.
+	maxExtensions = 64
+	// maxExtensionParams is the longest parameter text kept for one
+	// keyword; the parameters of a repeated keyword are joined up to it.
+	maxExtensionParams = 1024
+	// maxOtherMechs is the most AUTH mechanism names kept beyond those
+	// this package implements, which are always kept.
+	maxOtherMechs = 16
+)
+
+// knownMechs are the mechanisms [Client.LoginWith] implements.
+var knownMechs = [...]string{MechSCRAMSHA256, MechPLAIN, MechLOGIN, MechCRAMMD5, MechXOAUTH2, MechOAUTHBEARER}
+
 // parseEHLO reads the capabilities from an EHLO reply's lines; the first
-// line is the server's greeting and names no extension.
+// line is the server's greeting and names no extension. Its work is
+// linear in the size of the lines: every line is looked at once, and
+// what is kept is bounded (see maxExtensions).
 func parseEHLO(lines []string) Capabilities {
-	c := Capabilities{Extensions: make(map[string]string, len(lines))}
+	c := Capabilities{Extensions: make(map[string]string, min(len(lines), 16))}
+	others := 0 // unknown keywords kept
 	for i, line := range lines {
 		if i == 0 {
 			continue
@@ -67,10 +94,7 @@ func parseEHLO(lines []string) Capabilities {
 		}
 		kw = strings.ToUpper(kw)
 		params = strings.TrimSpace(params)
-		if prev, ok := c.Extensions[kw]; ok && prev != "" {
-			params = prev + " " + params
-		}
-		c.Extensions[kw] = params
+		known := true
 		switch kw {
 		case "PIPELINING":
 			c.Pipelining = true
@@ -92,13 +116,63 @@ func parseEHLO(lines []string) Capabilities {
 				c.MaxSize = n
 			}
 		case "AUTH":
-			for _, m := range strings.Fields(params) {
-				m = strings.ToUpper(m)
-				if !slices.Contains(c.Auth, m) {
-					c.Auth = append(c.Auth, m)
+			// Only this line's names: the names of earlier AUTH lines
+			// are already in c.Auth, which is bounded.
+			c.Auth = appendMechs(c.Auth, params)
+		default:
+			known = false
+		}
+		prev, seen := c.Extensions[kw]
+		switch {
+		case !seen:
+			if !known {
+				if others == maxExtensions {
+					continue
 				}
+				others++
 			}
+			if len(params) > maxExtensionParams {
+				params = params[:maxExtensionParams]
+			}
+			c.Extensions[kw] = params
+		case params != "" && len(prev)+1+len(params) <= maxExtensionParams:
+			if prev != "" {
+				params = prev + " " + params
+			}
+			c.Extensions[kw] = params
 		}
 	}
 	return c
+}
+
+// appendMechs appends to have the mechanism names in params that it does
+// not hold yet, upper-cased: every valid name this package implements,
+// and up to maxOtherMechs others. have is bounded, so the search in it
+// costs a constant per name.
+func appendMechs(have []string, params string) []string {
+	others := 0
+	for _, m := range have {
+		if !slices.Contains(knownMechs[:], m) {
+			others++
+		}
+	}
+	for params != "" {
+		var m string
+		m, params, _ = strings.Cut(params, " ")
+		if m == "" || len(m) > 20 {
+			continue
+		}
+		m = strings.ToUpper(m)
+		if !validMechName(m) || slices.Contains(have, m) {
+			continue
+		}
+		if !slices.Contains(knownMechs[:], m) {
+			if others == maxOtherMechs {
+				continue
+			}
+			others++
+		}
+		have = append(have, m)
+	}
+	return have
 }

@@ -37,6 +37,8 @@ type DSN struct {
 	// Return is "FULL" or "HDRS" (RET=); empty leaves it to the server.
 	Return string
 	// EnvID is an envelope identifier echoed in notifications (ENVID=).
+	// It is sent xtext-encoded, and RFC 3461 limits what is sent to 100
+	// characters: "+", "=" and characters outside "!" to "~" take three.
 	EnvID string
 	// Notify is "NEVER" or any of "SUCCESS", "FAILURE", "DELAY"
 	// (NOTIFY= on every RCPT); empty leaves it to the server.
@@ -93,6 +95,19 @@ func xtext(s string) string {
 		b.WriteString(strings.ToUpper(strconv.FormatUint(uint64(c>>4), 16) + strconv.FormatUint(uint64(c&15), 16)))
 	}
 	return b.String()
+}
+
+// xtextLen returns the length of xtext(s) without building it: RFC 3461
+// limits ENVID to 100 characters of xtext, which is what goes on the
+// wire, and each octet xtext escapes takes three.
+func xtextLen(s string) int {
+	n := len(s)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < '!' || c > '~' || c == '+' || c == '=' {
+			n += 2
+		}
+	}
+	return n
 }
 
 // Outcome is the result of a delivered transaction.

@@ -46,9 +46,16 @@ const (
 	KindRejected
 	// KindAuth is a failed authentication, or none possible.
 	KindAuth
-	// KindInvalidInput is a caller mistake caught before any byte was
-	// written: a bad address, an empty recipient list, a bare CR or LF
-	// in the body, a method called in the wrong state.
+	// KindInvalidInput is a caller mistake. A bad address, an empty
+	// recipient list or a method called in the wrong state is caught
+	// before any byte is written. A body that cannot be sent (a bare CR
+	// or LF without [Options.NormalizeLineEndings], an overlong line, a
+	// reader that fails) is found while the body streams, after MAIL and
+	// RCPT have been sent (and DATA's 354 or earlier BDAT chunks): the
+	// transaction is then abandoned before its commit point, with RSET
+	// under BDAT and by dropping the session before the final dot under
+	// DATA. Either way nothing is committed and the offending octets
+	// never reach the wire.
 	KindInvalidInput
 	// KindPolicy is a veto by the [Options.Policy] hook or a size limit.
 	KindPolicy

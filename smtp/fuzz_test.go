@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -58,11 +59,14 @@ func FuzzReadReply(f *testing.F) {
 				t.Fatalf("%d lines", len(rep.Lines))
 			}
 			for _, l := range rep.Lines {
-				if len(l) > MaxReplyLineLength {
+				// Escaping turns one octet into at most four (\xHH).
+				if len(l) > 4*MaxReplyLineLength {
 					t.Fatalf("line of %d octets", len(l))
 				}
-				if strings.ContainsAny(l, "\n") {
-					t.Fatalf("line with LF: %q", l)
+				for _, r := range l {
+					if r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 {
+						t.Fatalf("line with control character %U: %q", r, l)
+					}
 				}
 			}
 			if rep.Enhanced != "" {
@@ -138,9 +142,13 @@ func FuzzParseEHLO(f *testing.F) {
 	} {
 		f.Add(s)
 	}
+	// The worst reply the limits allow, as lines.
+	worst := strings.TrimSuffix(string(worstEHLO()), "\r\n")
+	f.Add(strings.ReplaceAll(strings.ReplaceAll(worst, "250-", ""), "250 ", ""))
 	f.Fuzz(func(t *testing.T, s string) {
 		lines := strings.Split(s, "\n")
 		c := parseEHLO(lines)
+		checkCapsBounded(t, &c)
 		if c.MaxSize < 0 {
 			t.Fatalf("MaxSize %d", c.MaxSize)
 		}
@@ -176,6 +184,47 @@ func FuzzParseEHLO(f *testing.F) {
 			if set != c.Has(kw) {
 				t.Fatalf("%s: field %v, Has %v", kw, set, c.Has(kw))
 			}
+		}
+	})
+}
+
+// FuzzEHLOLarge builds EHLO replies as large as the limits allow from a
+// few fuzzed lines, repeated (with a counter, so names differ) up to
+// MaxReplyLines lines of up to MaxReplyLineLength octets, and checks
+// that what the parser keeps stays bounded and that its memory stays in
+// proportion to the input: a parser that is quadratic or worse in the
+// number of lines or names fails here.
+func FuzzEHLOLarge(f *testing.F) {
+	f.Add("AUTH A%d B%d C%d", "X-KW%d p", uint8(127), uint16(998))
+	f.Add("AUTH=plain login x%d", "SIZE %d", uint8(127), uint16(500))
+	f.Add("X-%d "+strings.Repeat("p ", 400), "AUTH PLAIN", uint8(64), uint16(998))
+	f.Fuzz(func(t *testing.T, a, b string, n uint8, width uint16) {
+		lines := []string{"mx.example"}
+		for i := range min(int(n), MaxReplyLines-1) {
+			tmpl := a
+			if i%2 == 1 {
+				tmpl = b
+			}
+			var line strings.Builder
+			for k := 0; line.Len() < int(width) && k < 512; k++ {
+				line.WriteString(strings.ReplaceAll(tmpl, "%d", strconv.Itoa(i*512+k)))
+				line.WriteByte(' ')
+			}
+			s := line.String()
+			if len(s) > MaxReplyLineLength-4 {
+				s = s[:MaxReplyLineLength-4]
+			}
+			lines = append(lines, s)
+		}
+		size := 0
+		for _, l := range lines {
+			size += len(l)
+		}
+		var c Capabilities
+		got := allocatedBy(func() { c = parseEHLO(lines) })
+		checkCapsBounded(t, &c)
+		if limit := uint64(64<<10 + 2*size); got > limit {
+			t.Fatalf("parsing %d octets allocated %d", size, got)
 		}
 	})
 }

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"unicode/utf8"
+
+	"github.com/smtpkit/smtpkit/internal/servertext"
 )
 
 // Limits on what a server may send in one reply. A reply beyond them is
@@ -26,7 +29,11 @@ type Reply struct {
 	// when the session has ENHANCEDSTATUSCODES and the server sent one.
 	Enhanced string
 	// Lines holds the text of each line after the code and separator,
-	// with the enhanced code removed when it was parsed.
+	// with the enhanced code removed when it was parsed. The text is made
+	// printable (control characters, invalid UTF-8 and other characters
+	// that are not printable are escaped as in a Go string literal: ESC
+	// becomes \x1b) and, once the session has authenticated, what it sent
+	// during AUTH is replaced by "[redacted]".
 	Lines []string
 }
 
@@ -94,12 +101,21 @@ func readReply(r *bufio.Reader, op Op, enhanced bool) (Reply, error) {
 	return readReplyIn(r, op, enhanced, nil)
 }
 
-// interner keeps the texts of short reply lines a server repeats
-// ("2.0.0 Ok", "2.1.5 Recipient ok"), so reading them again allocates
-// nothing. It holds at most internMax entries and starts afresh when
-// full, so unique texts (queue ids) cannot grow it. The zero value is
-// ready; a nil *interner interns nothing.
-type interner struct{ m map[string]string }
+// interner turns the text of reply lines into strings. It is the one
+// place where a session's server text becomes a string: every text is
+// made printable, and the secrets the session sent during AUTH are
+// removed from it (see [servertext.Redactor]), before it can reach a
+// Reply, an error, an event or a log line.
+//
+// It also keeps the texts of short reply lines a server repeats ("2.0.0
+// Ok", "2.1.5 Recipient ok"), so reading them again allocates nothing. It
+// holds at most internMax entries and starts afresh when full, so unique
+// texts (queue ids) cannot grow it. The zero value is ready; a nil
+// *interner interns nothing and only makes text printable.
+type interner struct {
+	m   map[string]string
+	red servertext.Redactor // what the session sent during AUTH
+}
 
 const (
 	internMax    = 64
@@ -108,7 +124,7 @@ const (
 
 func (in *interner) str(b []byte) string {
 	if in == nil || len(b) > internMaxLen {
-		return string(b)
+		return in.clean(b)
 	}
 	if s, ok := in.m[string(b)]; ok {
 		return s
@@ -118,9 +134,65 @@ func (in *interner) str(b []byte) string {
 	} else if len(in.m) >= internMax {
 		clear(in.m)
 	}
-	s := string(b)
-	in.m[s] = s
+	s := in.clean(b)
+	if s == string(b) {
+		in.m[s] = s
+	} else {
+		in.m[string(b)] = s
+	}
 	return s
+}
+
+// clean returns b made printable and without the session's AUTH secrets.
+func (in *interner) clean(b []byte) string {
+	var red *servertext.Redactor
+	if in != nil {
+		red = &in.red
+	}
+	if !red.NeedsCleaning(b) {
+		return string(b)
+	}
+	return red.Clean(b)
+}
+
+// cleanString is clean for server text that is already a string (a SASL
+// mechanism's error report).
+func (in *interner) cleanString(s string) string {
+	if in == nil {
+		return servertext.Printable(s)
+	}
+	return in.red.CleanString(s)
+}
+
+// quote returns a malformed line for an error message: cleaned, cut to
+// n octets, in double quotes.
+func (in *interner) quote(b []byte, n int) string {
+	s := in.clean(b)
+	if len(s) > n {
+		cut := n
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		// Never cut a redaction marker in two.
+		if i := strings.LastIndexByte(s[:cut], '['); i >= 0 && strings.HasPrefix(s[i:], servertext.Marker) {
+			cut = max(cut, i+len(servertext.Marker))
+		}
+		s = s[:cut] + "..."
+	}
+	return `"` + s + `"`
+}
+
+// addSecret registers a secret the session is about to send during AUTH
+// (see [servertext.Redactor.AddSecret]), and addSent a line carrying one.
+// Both forget the interned texts, which were cleaned without it.
+func (in *interner) addSecret(secret []byte) {
+	in.red.AddSecret(secret)
+	clear(in.m)
+}
+
+func (in *interner) addSent(line string, from, to int) {
+	in.red.AddSent([]byte(line), from, to)
+	clear(in.m)
 }
 
 // readReplyIn is readReply with the line texts taken from in.
@@ -142,7 +214,7 @@ func readReplyIn(r *bufio.Reader, op Op, enhanced bool, in *interner) (Reply, er
 		}
 		code, last, text, perr := parseReplyLine(line, in)
 		if perr != "" {
-			return rep, protoError(op, "%s: %q", perr, truncate(line, 64))
+			return rep, protoError(op, "%s: %s", perr, in.quote(line, 64))
 		}
 		if n == 0 {
 			rep.Code = code
@@ -237,11 +309,4 @@ func validEnhanced(s string) bool {
 		}
 	}
 	return parts == 1 && digits > 0
-}
-
-func truncate(b []byte, n int) string {
-	if len(b) > n {
-		return string(b[:n]) + "..."
-	}
-	return string(b)
 }

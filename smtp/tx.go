@@ -377,8 +377,8 @@ func (d *DSN) validate() string {
 	if never && len(d.Notify) > 1 {
 		return "Notify NEVER cannot be combined"
 	}
-	if len(d.EnvID) > 100 {
-		return "EnvID longer than 100 characters"
+	if xtextLen(d.EnvID) > 100 {
+		return "EnvID longer than 100 characters once xtext-encoded (RFC 3461)"
 	}
 	return ""
 }
@@ -1053,7 +1053,7 @@ func (c *Client) probeIdle(ctx context.Context) {
 	switch {
 	case err == nil:
 		c.setDeadline(ctx, time.Second)
-		rep, rerr := readReply(c.r, OpMail, c.caps.EnhancedStatusCodes)
+		rep, rerr := readReplyIn(c.r, OpMail, c.caps.EnhancedStatusCodes, &c.texts)
 		if rerr != nil {
 			c.fail(ctx, ioError(ctx, OpMail, rerr))
 		} else if rep.Code == 421 {

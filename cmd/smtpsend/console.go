@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/smtpkit/smtpkit/internal/servertext"
 	"github.com/smtpkit/smtpkit/smtp"
 )
 
@@ -14,9 +15,18 @@ import (
 // sending goroutines, audit events from the sender's session goroutines,
 // and the progress line on standard error, which is taken off the screen
 // before another line is written to the terminal, and drawn again after.
+//
+// Every line it prints passes through servertext, the filter the smtp
+// package puts server text through: characters that are not printable
+// (ESC, BEL, CR...) are escaped, so a server's reply cannot rewrite what
+// the terminal shows, and the password or token, registered with Secret,
+// is redacted wherever it appears. The library has done both already;
+// this is the last line of defence, for text that reaches smtpsend by
+// another way (a certificate's names in a TLS error, say).
 type console struct {
 	mu       sync.Mutex // guards the fields below and the writes
 	out, err io.Writer
+	red      servertext.Redactor // the secrets of this run
 	// progress returns the progress line; nil when there is none.
 	progress func() string
 	// outShared is set when standard output is a terminal too, so that
@@ -29,6 +39,13 @@ func newConsole(stdout, stderr io.Writer) *console {
 	return &console{out: stdout, err: stderr}
 }
 
+// Secret registers a password or token that must never be printed.
+func (c *console) Secret(s string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.red.AddSecret([]byte(s))
+}
+
 // Outf prints to standard output.
 func (c *console) Outf(format string, args ...any) {
 	c.mu.Lock()
@@ -36,7 +53,7 @@ func (c *console) Outf(format string, args ...any) {
 	if c.outShared {
 		c.clearLocked()
 	}
-	fmt.Fprintf(c.out, format, args...)
+	io.WriteString(c.out, c.red.CleanLines(fmt.Sprintf(format, args...)))
 	if c.outShared {
 		c.drawLocked()
 	}
@@ -47,7 +64,7 @@ func (c *console) Errf(format string, args ...any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.clearLocked()
-	fmt.Fprintf(c.err, "smtpsend: "+format, args...)
+	io.WriteString(c.err, c.red.CleanLines(fmt.Sprintf("smtpsend: "+format, args...)))
 	c.drawLocked()
 }
 
@@ -61,9 +78,12 @@ func (w consoleErr) Write(p []byte) (int, error) {
 	w.c.mu.Lock()
 	defer w.c.mu.Unlock()
 	w.c.clearLocked()
-	n, err := w.c.err.Write(p)
+	_, err := io.WriteString(w.c.err, w.c.red.CleanLines(string(p)))
 	w.c.drawLocked()
-	return n, err
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // StartProgress shows the line that line returns on standard error

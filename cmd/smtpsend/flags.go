@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -113,9 +114,9 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.tlsMode, "tls", "", "`mode`: implicit (TLS from the first byte, port 465), starttls (port 587) or plaintext (loopback only, unless -insecure); default starttls for ports 25 and 587, implicit otherwise")
 	fs.StringVar(&o.caFile, "ca-file", "", "trust the PEM certificate(s) in `file` as well as the system roots (for self-signed test servers)")
 	fs.StringVar(&o.user, "user", "", "log in as `name`; the password comes from $"+passwordEnv+" or -password-file")
-	fs.StringVar(&o.passwordFile, "password-file", "", "read the password from `file` (its first line)")
+	fs.StringVar(&o.passwordFile, "password-file", "", "read the password from `file` (its first line; at most 64 KiB; refused if others can write it)")
 	fs.StringVar(&o.auth, "auth", "", "SASL `mechanism`: SCRAM-SHA-256, PLAIN, LOGIN, CRAM-MD5, XOAUTH2 or OAUTHBEARER; default the strongest password mechanism both sides have, or XOAUTH2 with -oauth-token-file")
-	fs.StringVar(&o.oauthTokenFile, "oauth-token-file", "", "log in with the OAuth 2.0 access token in `file`, read again at each login so a refresher can replace it")
+	fs.StringVar(&o.oauthTokenFile, "oauth-token-file", "", "log in with the OAuth 2.0 access token in `file`, read again at each login so a refresher can replace it (same limits as -password-file)")
 	fs.StringVar(&o.from, "from", "", "the envelope sender (MAIL FROM) `address`; <> is the null sender (default "+demoFrom+" in the demo)")
 	fs.Var(&to, "to", "a recipient `address` (RCPT TO); repeat for several (default "+demoTo+" in the demo)")
 	fs.StringVar(&o.ehlo, "ehlo", "", "the `name` to send with EHLO (default localhost)")
@@ -281,28 +282,61 @@ func (o *options) tlsConfig() (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// readSecretFile returns the first line of a password or token file.
-func readSecretFile(flagName, path string) (string, error) {
-	data, err := os.ReadFile(path)
+// maxSecretFile is the largest password or token file read: OAuth access
+// tokens run to a few kilobytes, and anything much larger is not a secret
+// file (or never ends, as /dev/zero does not).
+const maxSecretFile = 64 << 10
+
+// readSecretFile returns the first line of a password or token file, and
+// a warning to print when others can read the file. It refuses a file
+// that others (its group, or everyone) can write, as ssh refuses such a
+// key: whoever can write it can make smtpsend log in as someone else, or
+// send the password to a server of their choosing. A pipe (a process
+// substitution such as <(pass show mail)) is read like a file.
+func readSecretFile(flagName, path string) (secret, warning string, _ error) {
+	f, err := os.Open(path)
 	if err != nil {
 		// The *PathError names the file, never its content.
-		return "", fmt.Errorf("%s: %w", flagName, err)
+		return "", "", fmt.Errorf("%s: %w", flagName, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", "", fmt.Errorf("%s: %w", flagName, err)
+	}
+	if perm := st.Mode().Perm(); runtime.GOOS != "windows" {
+		if perm&0o022 != 0 {
+			return "", "", fmt.Errorf("%s %s: others can write the file (mode %04o); refusing to use it (chmod 600 %s)", flagName, path, perm, path)
+		}
+		if perm&0o044 != 0 && st.Mode().IsRegular() {
+			warning = fmt.Sprintf("warning: %s %s: others can read the file (mode %04o); chmod 600 %s", flagName, path, perm, path)
+		}
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return "", "", fmt.Errorf("%s: %w", flagName, err)
+	}
+	if len(data) > maxSecretFile {
+		clear(data)
+		return "", "", fmt.Errorf("%s %s: larger than %d KiB; it should hold the secret on its first line", flagName, path, maxSecretFile>>10)
 	}
 	s := string(data)
+	clear(data)
 	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
 		s = s[:i]
 	}
 	if s == "" {
-		return "", fmt.Errorf("%s %s: the first line is empty", flagName, path)
+		return "", "", fmt.Errorf("%s %s: the first line is empty", flagName, path)
 	}
-	return s, nil
+	return s, warning, nil
 }
 
 // credentials returns the sender's credentials provider, or nil without
 // -user. The password is read once, here; an OAuth token file is read
 // again at every login, so whatever refreshes the token can replace the
-// file while smtpsend runs.
-func (o *options) credentials(env func(string) string) (sender.CredentialsFunc, error) {
+// file while smtpsend runs. Every secret read is given to con, which
+// never prints it, and con prints the warnings about the files.
+func (o *options) credentials(env func(string) string, con *console) (sender.CredentialsFunc, error) {
 	if o.user == "" {
 		return nil, nil
 	}
@@ -314,15 +348,21 @@ func (o *options) credentials(env func(string) string) (sender.CredentialsFunc, 
 		} else if !isToken {
 			return nil, usagef("-oauth-token-file needs -auth XOAUTH2 or OAUTHBEARER, not %s", mech)
 		}
-		if _, err := readSecretFile("-oauth-token-file", o.oauthTokenFile); err != nil {
+		tok, warning, err := readSecretFile("-oauth-token-file", o.oauthTokenFile)
+		if err != nil {
 			return nil, &usageError{msg: err.Error()}
+		}
+		con.Secret(tok)
+		if warning != "" {
+			con.Errf("%s\n", warning)
 		}
 		path := o.oauthTokenFile
 		return func(context.Context) (sender.Credentials, error) {
-			tok, err := readSecretFile("-oauth-token-file", path)
+			tok, _, err := readSecretFile("-oauth-token-file", path)
 			if err != nil {
 				return sender.Credentials{}, err
 			}
+			con.Secret(tok)
 			return sender.Credentials{Mechanism: mech, Username: user, Secret: tok}, nil
 		}, nil
 	}
@@ -331,9 +371,12 @@ func (o *options) credentials(env func(string) string) (sender.CredentialsFunc, 
 	}
 	var pass string
 	if o.passwordFile != "" {
-		p, err := readSecretFile("-password-file", o.passwordFile)
+		p, warning, err := readSecretFile("-password-file", o.passwordFile)
 		if err != nil {
 			return nil, &usageError{msg: err.Error()}
+		}
+		if warning != "" {
+			con.Errf("%s\n", warning)
 		}
 		pass = p
 	} else {
@@ -342,6 +385,7 @@ func (o *options) credentials(env func(string) string) (sender.CredentialsFunc, 
 			return nil, usagef("-user %s needs a password: set $%s or pass -password-file (there is no password flag: the process list would show it)", user, passwordEnv)
 		}
 	}
+	con.Secret(pass)
 	return func(context.Context) (sender.Credentials, error) {
 		return sender.Credentials{Mechanism: mech, Username: user, Secret: pass}, nil
 	}, nil

@@ -79,7 +79,7 @@ func runServer(ctx context.Context, o *options, stdin io.Reader, con *console, e
 	if err != nil {
 		return usageFailed(con, err)
 	}
-	creds, err := o.credentials(env)
+	creds, err := o.credentials(env, con)
 	if err != nil {
 		return usageFailed(con, err)
 	}
@@ -126,6 +126,7 @@ func runDemo(ctx context.Context, o *options, stdin io.Reader, con *console) int
 	// A password made up for this run: the demo needs AUTH, and a fixed
 	// one would teach the wrong habit.
 	user, pass := "demo", rand.Text()
+	con.Secret(pass)
 	srv, err := demoserver.Start(demoserver.Options{Users: map[string]string{user: pass}})
 	if err != nil {
 		con.Errf("starting the demo server: %v\n", err)

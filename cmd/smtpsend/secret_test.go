@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	fs "github.com/smtpkit/smtpkit/internal/faultserver"
 	"github.com/smtpkit/smtpkit/internal/testpeers"
 )
 
@@ -107,6 +108,28 @@ func TestPasswordNeverShown(t *testing.T) {
 	assert.Equal(t, exitOK, code)
 	assert.Contains(t, output, `msg="smtp auth"`)
 	assert.NotContains(t, output, pass)
+
+	// A server that echoes the AUTH line, decoded and not, in its refusal
+	// (see TestEchoingServerRedacted for every mechanism, in-process).
+	for _, verbose := range []bool{false, true} {
+		echo := fs.Start(t, append(echoHello(), fs.Echo("535 5.7.8 failed: {line} {decoded}\r\n"))...)
+		args := []string{"-server", echo.Addr(), "-tls", "plaintext", "-user", "alice", "-auth", "PLAIN",
+			"-from", "alice@example.com", "-to", "bob@localhost", msg}
+		if verbose {
+			args = append([]string{"-v"}, args...)
+		}
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), passwordEnv+"="+pass)
+		out, err := cmd.CombinedOutput()
+		t.Logf("%v\n%s", err, out)
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee)
+		assert.Equal(t, exitRefused, ee.ExitCode())
+		assert.Contains(t, string(out), "[redacted]")
+		for _, f := range []string{pass, b64(pass), b64("\x00alice\x00" + pass)} {
+			assert.NotContains(t, string(out), f)
+		}
+	}
 }
 
 // TestNoFlagTakesAPassword: there is no flag a password could be given

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -113,10 +116,78 @@ func TestReadSecretFile(t *testing.T) {
 		"pw\nextra\n":  "pw",
 		" spaced pw\n": " spaced pw",
 	} {
-		got, err := readSecretFile("-password-file", writeFile(t, "pw", content))
+		got, warning, err := readSecretFile("-password-file", writeFile(t, "pw", content))
 		require.NoError(t, err)
 		assert.Equal(t, want, got)
+		assert.Empty(t, warning)
 	}
-	_, err := readSecretFile("-password-file", writeFile(t, "pw", ""))
+	_, _, err := readSecretFile("-password-file", writeFile(t, "pw", ""))
 	assert.ErrorContains(t, err, "first line is empty")
+}
+
+// TestReadSecretFileLimits: the size is capped (and a file that never
+// ends, /dev/zero, ends the read at the cap), a file others can write
+// is refused, and one others can read is used with a warning.
+func TestReadSecretFileLimits(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("Unix permissions")
+	}
+	big := writeFile(t, "big", strings.Repeat("x", maxSecretFile+1))
+	_, _, err := readSecretFile("-password-file", big)
+	assert.ErrorContains(t, err, "larger than 64 KiB")
+	assert.NotContains(t, err.Error(), "xxxx")
+
+	zero := filepath.Join(t.TempDir(), "zero")
+	require.NoError(t, os.Symlink("/dev/zero", zero))
+	_, _, err = readSecretFile("-password-file", zero)
+	require.Error(t, err, "/dev/zero is refused (others can write it) and never read past the cap")
+
+	// A pipe that never ends, which others cannot write: the cap ends
+	// the read.
+	if mkfifo, err := exec.LookPath("mkfifo"); err == nil {
+		fifo := filepath.Join(t.TempDir(), "fifo")
+		require.NoError(t, exec.Command(mkfifo, "-m", "600", fifo).Run())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+			if err != nil {
+				return
+			}
+			defer f.Close()
+			zeros := make([]byte, 4096)
+			for {
+				if _, err := f.Write(zeros); err != nil {
+					return // the reader closed the pipe
+				}
+			}
+		}()
+		_, _, err = readSecretFile("-password-file", fifo)
+		assert.ErrorContains(t, err, "larger than 64 KiB")
+		<-done
+	}
+
+	for _, mode := range []os.FileMode{0o666, 0o620, 0o602, 0o660} {
+		path := writeFile(t, "pw", "secret-pw\n")
+		require.NoError(t, os.Chmod(path, mode))
+		_, _, err := readSecretFile("-password-file", path)
+		assert.ErrorContains(t, err, "others can write the file", "mode %o", mode)
+	}
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604, 0o444} {
+		path := writeFile(t, "pw", "secret-pw\n")
+		require.NoError(t, os.Chmod(path, mode))
+		got, warning, err := readSecretFile("-password-file", path)
+		require.NoError(t, err, "mode %o", mode)
+		assert.Equal(t, "secret-pw", got)
+		assert.Contains(t, warning, "others can read the file", "mode %o", mode)
+	}
+
+	// Through the command: refused is a usage error that names the file
+	// but not its content; readable by others is a warning on stderr.
+	path := writeFile(t, "pw", "secret-pw\n")
+	require.NoError(t, os.Chmod(path, 0o666))
+	o := runCLI(t, runOpts{}, "-server", "127.0.0.1:1", "-tls", "plaintext", "-user", "u", "-password-file", path, "-from", "a@example.com", "-to", "b@example.net")
+	assert.Equal(t, exitUsage, o.code)
+	assert.Contains(t, o.stderr, "others can write the file")
+	assert.NotContains(t, o.all(), "secret-pw")
 }

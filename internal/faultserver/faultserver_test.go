@@ -531,3 +531,20 @@ func TestLines(t *testing.T) {
 		}
 	}
 }
+
+func TestEcho(t *testing.T) {
+	srv := fs.Start(t,
+		fs.Echo("535 failed: {line} [{decoded}]\r\n"),
+		fs.Echo("550 {decoded}\r\n"),
+	)
+	c := dial(t, srv)
+	c.send("AUTH PLAIN AHUAcA==\r\n")
+	c.expect("535 failed: AUTH PLAIN AHUAcA== [\x00u\x00p]\r\n")
+	c.send("MAIL FROM:<a>\r\n")
+	c.expect("550 FROM:<a>\r\n")
+	wait(t, srv.Done(), "Done")
+	noErr(t, srv)
+	if got := srv.LinesRead(); len(got) != 2 || got[0] != "AUTH PLAIN AHUAcA==\r\n" {
+		t.Errorf("LinesRead() = %q", got)
+	}
+}

@@ -3,11 +3,13 @@ package faultserver
 import (
 	"bytes"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -108,6 +110,46 @@ func ReadLine() Step {
 			}
 			c.srv.recordLine(c.idx, string(line))
 			return nil
+		},
+	}
+}
+
+// Echo reads one line, as [ReadLine] does, and answers with reply in
+// which "{line}" stands for the line read (without its CRLF) and
+// "{decoded}" for its last space-separated word decoded from base64 (the
+// word itself when it is not base64). It plays a server that quotes what
+// the client sent, as broken and hostile servers do with an AUTH line:
+// Echo("535 5.7.8 Authentication failed: {line} {decoded}\r\n"). The
+// caller includes the CRLFs; the decoded text is written as it is, NUL and
+// control characters included.
+func Echo(reply string) Step {
+	s := EchoFunc(func(line string) string {
+		word := line[strings.LastIndexByte(line, ' ')+1:]
+		decoded := word
+		if b, err := base64.StdEncoding.DecodeString(word); err == nil {
+			decoded = string(b)
+		}
+		return strings.NewReplacer("{line}", line, "{decoded}", decoded).Replace(reply)
+	})
+	s.desc = "Echo(" + strconv.Quote(reply) + ")"
+	return s
+}
+
+// EchoFunc reads one line, as [ReadLine] does, and answers with what f
+// returns for it (given without its CRLF), for answers that depend on
+// what the client sent, such as a SASL challenge built on the client's
+// nonce.
+func EchoFunc(f func(line string) string) Step {
+	return Step{
+		desc: "EchoFunc()",
+		run: func(c *session) error {
+			raw, err := c.readLine()
+			if err != nil {
+				return fmt.Errorf("after %q: %w", raw, err)
+			}
+			c.srv.recordLine(c.idx, string(raw))
+			_, err = io.WriteString(c.conn, f(strings.TrimSuffix(string(raw), "\r\n")))
+			return err
 		},
 	}
 }

@@ -81,7 +81,9 @@ func TestTokenMechanismErrorChallenge(t *testing.T) {
 	rfcJSON := `{"status":"invalid_token","scope":"example_scope",` +
 		`"openid-configuration":"https://example.com/.well-known/openid-configuration"}`
 	newXO := func() (Mechanism, error) { return XOAuth2("someuser@example.com", "ya29.token") }
-	newOB := func() (Mechanism, error) { return OAuthBearer("user@example.com", "server.example.com", 143, "token") }
+	newOB := func() (Mechanism, error) {
+		return OAuthBearer("user@example.com", "server.example.com", 143, "2YotnFZFEjr1zCsicMWpAA")
+	}
 	for _, tc := range []struct {
 		name      string
 		mech      func() (Mechanism, error)

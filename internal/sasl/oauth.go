@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/smtpkit/smtpkit/internal/servertext"
 )
 
 // maxTokenErrorJSON bounds the size of a token mechanism's error challenge
@@ -16,7 +18,10 @@ const maxTokenErrorJSON = 8 << 10
 // rejects an OAuth token in XOAUTH2 or OAUTHBEARER (RFC 7628, section
 // 3.2.2). Its fields are copied from the JSON object's "status", "schemes"
 // and "scope" members; members that are missing or not strings are left
-// empty, as are all fields if the challenge is not a JSON object.
+// empty, as are all fields if the challenge is not a JSON object. The
+// token the client sent, and any fragment of it, is replaced by
+// "[redacted]" in every field, and characters that are not printable are
+// escaped.
 type TokenError struct {
 	// Status is the error status, e.g. "invalid_token" (RFC 7628) or an
 	// HTTP status code such as "401" (Google's XOAUTH2).
@@ -44,8 +49,11 @@ func (e *TokenError) Error() string {
 }
 
 // parseTokenError decodes a server's JSON error challenge. It never fails:
-// whatever cannot be decoded is left empty.
-func parseTokenError(challenge []byte) *TokenError {
+// whatever cannot be decoded is left empty. The fields are passed through
+// red, which knows the token the client sent, so that a server that echoes
+// it (or any fragment of it, however the JSON escapes it) does not get it
+// into an error; they are made printable too.
+func parseTokenError(challenge []byte, red *servertext.Redactor) *TokenError {
 	te := &TokenError{}
 	if len(challenge) > maxTokenErrorJSON {
 		return te
@@ -61,9 +69,9 @@ func parseTokenError(challenge []byte) *TokenError {
 		}
 		return ""
 	}
-	te.Status = str("status")
-	te.Schemes = str("schemes")
-	te.Scope = str("scope")
+	te.Status = red.CleanString(str("status"))
+	te.Schemes = red.CleanString(str("schemes"))
+	te.Scope = red.CleanString(str("scope"))
 	return te
 }
 
@@ -100,13 +108,15 @@ const (
 type tokenExchange struct {
 	state     int
 	serverErr *TokenError
+	red       servertext.Redactor // knows the token once Start has sent it
 }
 
-func (t *tokenExchange) start(mech string) error {
+func (t *tokenExchange) start(mech, token string) error {
 	if t.state != tokenNew {
 		return misusef(mech, "Start called twice")
 	}
 	t.state = tokenSent
+	t.red.AddSecret([]byte(token))
 	return nil
 }
 
@@ -116,7 +126,7 @@ func (t *tokenExchange) next(mech string, challenge, dummy []byte) ([]byte, erro
 		return nil, misusef(mech, "Next called before Start")
 	case tokenSent:
 		t.state = tokenErrored
-		t.serverErr = parseTokenError(challenge)
+		t.serverErr = parseTokenError(challenge, &t.red)
 		return dummy, nil
 	default:
 		return nil, protocolf(mech, "unexpected server challenge after the error report")
@@ -171,7 +181,7 @@ func (m *xoauth2Mech) Name() string { return "XOAUTH2" }
 
 // Start returns the XOAUTH2 initial response.
 func (m *xoauth2Mech) Start() ([]byte, bool, error) {
-	if err := m.tok.start(m.Name()); err != nil {
+	if err := m.tok.start(m.Name(), m.token); err != nil {
 		return nil, false, err
 	}
 	ir := []byte("user=" + m.user + "\x01auth=Bearer " + m.token + "\x01\x01")
@@ -244,7 +254,7 @@ func (m *oauthBearerMech) Name() string { return "OAUTHBEARER" }
 
 // Start returns the OAUTHBEARER initial response.
 func (m *oauthBearerMech) Start() ([]byte, bool, error) {
-	if err := m.tok.start(m.Name()); err != nil {
+	if err := m.tok.start(m.Name(), m.token); err != nil {
 		return nil, false, err
 	}
 	var b strings.Builder

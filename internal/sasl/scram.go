@@ -6,9 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/smtpkit/smtpkit/internal/servertext"
 )
 
 const scramName = "SCRAM-SHA-256"
@@ -59,6 +62,9 @@ type scramMech struct {
 	clientNonce     string
 	clientFirstBare string
 	serverSignature []byte // expected v= value, known after the server-first message
+	// red knows the password and the client proof once they are used, so
+	// that a server error (e=) that echoes them does not carry them.
+	red servertext.Redactor
 }
 
 // ScramSHA256 returns a SCRAM-SHA-256 mechanism (RFC 5802, RFC 7677) for
@@ -147,6 +153,10 @@ func (m *scramMech) Next(challenge []byte) ([]byte, error) {
 		return resp, nil
 	case scramSentFinal:
 		if err := m.verifyServerFinal(challenge); err != nil {
+			var se *SCRAMError
+			if errors.As(err, &se) {
+				se.Value = m.red.CleanString(se.Value)
+			}
 			m.state = scramFailed
 			return nil, err
 		}
@@ -166,6 +176,7 @@ func (m *scramMech) clientFinal(serverFirst []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	m.red.AddSecret([]byte(m.pass))
 	salted, err := pbkdf2.Key(sha256.New, m.pass, salt, iter, sha256.Size)
 	m.pass = ""
 	if err != nil {
@@ -194,6 +205,7 @@ func (m *scramMech) clientFinal(serverFirst []byte) ([]byte, error) {
 	resp = append(resp, withoutProof...)
 	resp = append(resp, ",p="...)
 	resp = base64.StdEncoding.AppendEncode(resp, proof)
+	m.red.AddSecret(resp[len(withoutProof)+3:])
 	return resp, nil
 }
 
@@ -242,7 +254,9 @@ func (m *scramMech) Format(f fmt.State, verb rune) { formatMechanism(f, verb, m)
 
 // SCRAMError is the error a SCRAM server reports in the e= attribute of its
 // server-final message (RFC 5802, section 7), for example "invalid-proof"
-// when the password is wrong or "unknown-user".
+// when the password is wrong or "unknown-user". The password and the
+// client proof, and any fragment of them, are replaced in it by
+// "[redacted]", and characters that are not printable are escaped.
 type SCRAMError struct {
 	// Value is the server-error-value as the server sent it.
 	Value string
@@ -299,7 +313,11 @@ func scramAttr(a string) (byte, string, bool) {
 // checkExtensions validates the optional extensions after the mandatory
 // attributes of a server message. RFC 5802 says unknown extensions are
 // ignored, except the reserved "m", which must make authentication fail.
+// Anything else that makes the message ambiguous is refused: an attribute
+// that SCRAM itself defines (a second r=, s=, i=, v= or e=, or one of the
+// client's attributes), and an extension that appears twice.
 func checkExtensions(what string, attrs []string) error {
+	var seen [128]bool
 	for _, a := range attrs {
 		k, v, ok := scramAttr(a)
 		switch {
@@ -307,12 +325,21 @@ func checkExtensions(what string, attrs []string) error {
 			return protocolf(scramName, "%s message has a malformed attribute", what)
 		case k == 'm':
 			return protocolf(scramName, "%s message has the unsupported mandatory extension m=", what)
+		case strings.IndexByte(scramDefined, k) >= 0:
+			return protocolf(scramName, "%s message repeats or misplaces the attribute %c=", what, k)
+		case seen[k]:
+			return protocolf(scramName, "%s message has the extension %c= twice", what, k)
 		case v == "":
 			return protocolf(scramName, "%s message has an extension with an empty value", what)
 		}
+		seen[k] = true
 	}
 	return nil
 }
+
+// scramDefined lists the attribute names RFC 5802 defines (section 5.1);
+// none of them is an extension.
+const scramDefined = "acenprsvi"
 
 // parseServerFirst parses a SCRAM server-first message (RFC 5802, section
 // 7): "r=NONCE,s=SALT,i=COUNT", optionally followed by extensions. The

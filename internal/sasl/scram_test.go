@@ -44,6 +44,11 @@ func TestParseServerFirst(t *testing.T) {
 		{"mandatory extension last", rfc7677ServerFirst + ",m=ext", "mandatory extension m="},
 		{"malformed extension", rfc7677ServerFirst + ",xyz", "malformed attribute"},
 		{"empty extension", rfc7677ServerFirst + ",x=", "empty value"},
+		{"count twice", rfc7677ServerFirst + ",i=1", "repeats or misplaces the attribute i="},
+		{"nonce twice", rfc7677ServerFirst + ",r=" + sn, "repeats or misplaces the attribute r="},
+		{"salt twice", rfc7677ServerFirst + "," + salt, "repeats or misplaces the attribute s="},
+		{"server-final attribute", rfc7677ServerFirst + ",v=AAAA", "repeats or misplaces the attribute v="},
+		{"extension twice", rfc7677ServerFirst + ",x=1,x=2", "extension x= twice"},
 		{"missing salt and count", "r=" + sn, "missing the s= attribute"},
 		{"missing count", "r=" + sn + "," + salt, "missing the i= attribute"},
 		{"wrong order", salt + ",r=" + sn + ",i=4096", "missing the r= attribute"},
@@ -112,6 +117,8 @@ func TestParseServerFinal(t *testing.T) {
 		{"NUL", "v=abc\x00", "contains NUL"},
 		{"mandatory extension", rfc7677ServerFinal + ",m=x", "mandatory extension m="},
 		{"malformed extension", rfc7677ServerFinal + ",", "malformed attribute"},
+		{"signature twice", rfc7677ServerFinal + ",v=AAAA", "repeats or misplaces the attribute v="},
+		{"extension twice", rfc7677ServerFinal + ",x=1,x=2", "extension x= twice"},
 		{"too long", rfc7677ServerFinal + ",x=" + strings.Repeat("a", maxServerMessage), "longer than"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

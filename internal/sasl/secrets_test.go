@@ -2,6 +2,7 @@ package sasl
 
 import (
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -155,10 +156,57 @@ func TestSecretsNeverLeak(t *testing.T) {
 	r.exercise(t, scram, "\x00\xff garbage")
 	r.exercise(t, scramRandom, rfc7677ServerFirst)
 
+	// Servers that echo what the client sent: the token, the initial
+	// response (raw and base64) and fragments of them in the error JSON,
+	// escaped every way JSON allows; the password and the proof in a
+	// SCRAM server error.
+	bad := forbidden(testPassword, testToken)
+	for _, mk := range []func() (Mechanism, error){xo, ob} {
+		m, err := mk()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ir, _, err := m.Start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad = append(bad, forbidden(string(ir))...)
+		var esc strings.Builder
+		for _, c := range testToken {
+			fmt.Fprintf(&esc, `\u%04x`, c)
+		}
+		status, _ := json.Marshal(string(ir) + " " + base64.StdEncoding.EncodeToString(ir))
+		echo := `{"status":` + string(status) + `,"schemes":"` + esc.String() + `","scope":"` + testToken[3:20] + `"}`
+		_, err = m.Next([]byte(echo))
+		r.err(err)
+		r.value(m)
+		te := ServerError(m)
+		r.err(te)
+		r.value(te)
+		if !strings.Contains(te.Status, "[redacted]") || !strings.Contains(te.Schemes, "[redacted]") {
+			t.Errorf("%v: the echo did not reach the error: %+v", m, te)
+		}
+	}
+	m, _ := scram()
+	if _, _, err := m.Start(); err != nil {
+		t.Fatal(err)
+	}
+	final, err := m.Next([]byte(rfc7677ServerFirst))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, proof, _ := strings.Cut(string(final), ",p=")
+	bad = append(bad, forbidden(proof)...)
+	_, err = m.Next([]byte("e=" + testPassword + " " + proof + " " + base64.StdEncoding.EncodeToString([]byte(testPassword))))
+	r.err(err)
+	r.value(m)
+	if err == nil || !strings.Contains(err.Error(), "[redacted]") {
+		t.Errorf("the SCRAM echo did not reach the error: %v", err)
+	}
+
 	if len(r.texts) < constructorErrors+100 {
 		t.Fatalf("only %d strings recorded; the exercise is not doing its job", len(r.texts))
 	}
-	bad := forbidden(testPassword, testToken)
 	for _, text := range r.texts {
 		for _, f := range bad {
 			if strings.Contains(text, f) {
