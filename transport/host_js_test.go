@@ -52,31 +52,32 @@ func nodePair(t *testing.T) (client, server js.Value, addr string) {
 	return client, server, addr
 }
 
-// TestHostSocketConformance runs the Transport contract over a Node.js
-// socket, with the accepted socket, through HostConn too, as the peer.
-func TestHostSocketConformance(t *testing.T) {
-	transporttest.Run(t, func(t *testing.T) (transport.Transport, net.Conn) {
+// hostPairs makes transporttest pairs of Node.js sockets: the connected
+// one, passed through as, is the transport under test; the accepted one,
+// through HostConn too, is the peer.
+func hostPairs(as func(js.Value) js.Value) transporttest.MakePair {
+	return func(t *testing.T) (transport.Transport, net.Conn) {
 		client, server, addr := nodePair(t)
-		tr, err := transport.HostSocket(client, addr)
+		tr, err := transport.HostSocket(as(client), addr)
 		noErr(t, err, "HostSocket")
 		peer, err := transport.HostConn(server, "peer")
 		noErr(t, err, "HostConn")
 		return tr, peer
-	})
+	}
+}
+
+// TestHostSocketConformance runs the Transport contract over a Node.js
+// net.Socket.
+func TestHostSocketConformance(t *testing.T) {
+	transporttest.Run(t, hostPairs(func(s js.Value) js.Value { return s }))
 }
 
 // TestHostSocketWebStreams passes the socket as a pair of web streams,
 // the shape of a Workers-style connect() socket.
 func TestHostSocketWebStreams(t *testing.T) {
-	transporttest.Run(t, func(t *testing.T) (transport.Transport, net.Conn) {
-		client, server, addr := nodePair(t)
-		web := js.Global().Get("require").Invoke("stream").Get("Duplex").Call("toWeb", client)
-		tr, err := transport.HostSocket(web, addr)
-		noErr(t, err, "HostSocket")
-		peer, err := transport.HostConn(server, "peer")
-		noErr(t, err, "HostConn")
-		return tr, peer
-	})
+	transporttest.Run(t, hostPairs(func(s js.Value) js.Value {
+		return js.Global().Get("require").Invoke("stream").Get("Duplex").Call("toWeb", s)
+	}))
 }
 
 func TestHostConnRejects(t *testing.T) {
