@@ -173,7 +173,7 @@ func checkMailpit(t *testing.T, m *testpeers.MailpitServer, run, mode string, n 
 			t.Fatal(err)
 		}
 		want := Message(run, mode, i)
-		if got := stripMailpit(raw); !bytes.Equal(got, want) {
+		if got := testpeers.StripFields(raw, "Return-Path", "Received"); !bytes.Equal(got, want) {
 			t.Errorf("%s: Mailpit holds %d octets that differ from the %d sent, from octet %d",
 				msg.Subject, len(got), len(want), firstDiff(got, want))
 		}
@@ -181,24 +181,6 @@ func checkMailpit(t *testing.T, m *testpeers.MailpitServer, run, mode string, n 
 	if len(seen) != n {
 		t.Fatalf("%d of %d messages %q... at Mailpit", len(seen), n, prefix)
 	}
-}
-
-// stripMailpit removes the Return-Path and Received fields Mailpit puts
-// before a message.
-func stripMailpit(raw []byte) []byte {
-	for bytes.HasPrefix(raw, []byte("Return-Path:")) || bytes.HasPrefix(raw, []byte("Received:")) {
-		for {
-			i := bytes.Index(raw, []byte("\r\n"))
-			if i < 0 {
-				return nil
-			}
-			raw = raw[i+2:]
-			if len(raw) == 0 || (raw[0] != ' ' && raw[0] != '\t') {
-				break
-			}
-		}
-	}
-	return raw
 }
 
 func firstDiff(a, b []byte) int {
