@@ -52,7 +52,8 @@ func HostSocketTLS(ctx context.Context, sock js.Value, addr string, cfg *tls.Con
 //     stream.Duplex.toWeb(socket) makes of a net.Socket; or
 //   - a Node.js net.Socket (or any stream.Duplex), which HostConn turns
 //     into such a pair with stream.Duplex.toWeb, found through the
-//     host's require (Go's wasm_exec_node.js defines it).
+//     host's require (Go's wasm_exec_node.js defines it), after turning
+//     Nagle's algorithm off (setNoDelay), as Go does for TCP.
 //
 // The connection keeps the [Transport] contract: a deadline, set from any
 // goroutine, ends a blocked Read or Write with [os.ErrDeadlineExceeded];
@@ -78,6 +79,12 @@ func HostConn(sock js.Value, remote string) (net.Conn, error) {
 			return nil, fmt.Errorf("transport: a Node.js socket needs require (to call stream.Duplex.toWeb); pass stream.Duplex.toWeb(socket) instead")
 		}
 		streams = req.Invoke("stream").Get("Duplex").Call("toWeb", sock)
+		if sock.Get("setNoDelay").Type() == js.TypeFunction {
+			// As Go's net package does for TCP: a session's commands
+			// are small writes, each waiting for its reply, which
+			// Nagle's algorithm would hold back.
+			sock.Call("setNoDelay", true)
+		}
 	}
 	c := &hostConn{
 		sock:   sock,
