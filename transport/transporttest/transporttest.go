@@ -322,11 +322,12 @@ func testCloseInterruptsRead(t *testing.T, tr transport.Transport, peer net.Conn
 }
 
 // testStartTLS upgrades a StartTLSCapable transport once; a second
-// upgrade fails with transport.ErrAlreadyUpgraded.
+// upgrade fails with transport.ErrAlreadyUpgraded. Other transports pass.
 func testStartTLS(t *testing.T, tr transport.Transport, peer net.Conn) {
 	up, ok := tr.(transport.StartTLSCapable)
 	if !ok {
-		t.Skipf("%T is not StartTLSCapable", tr)
+		t.Logf("%T is not StartTLSCapable: nothing to check", tr)
+		return
 	}
 	cert := newCert(t)
 	srv := tls.Server(peer, &tls.Config{Certificates: []tls.Certificate{cert.TLS}})
