@@ -872,10 +872,11 @@ func (tx *Tx) bodyProblem() {
 const maxOwedReplyBytes = 4 << 10
 
 // owedReplyBytes is what an owed reply is counted as: one reply line of
-// the longest RFC 5321 (section 4.5.3.1.5) lets a server send. With
-// maxOwedReplyBytes, at most 8 replies are owed; a server whose replies
-// run to several such lines can owe more octets, still well below the
-// buffers.
+// the longest RFC 5321 (section 4.5.3.1.5) lets a server send, far more
+// than the usual "250 2.0.0 Ok" to a chunk. With maxOwedReplyBytes, at
+// most 8 replies are owed; a server that answers chunks with multi-line
+// replies can owe more octets than the bound (TestWriteAheadBound's
+// four-line replies: 12 KiB).
 const owedReplyBytes = 512
 
 // writeChunks streams the body as BDAT chunks, the last with LAST. A
