@@ -1,7 +1,7 @@
 // Package smtp is the protocol core of smtpkit: one SMTP submission
 // session on any byte stream, with no goroutines of its own and no
-// dialing. It is independent of the environment and builds for
-// GOOS=wasip1 and GOOS=js as well as for servers.
+// dialing. It is independent of the environment and runs under
+// GOOS=wasip1 and GOOS=js (WebAssembly) as well as on servers.
 //
 // A session is a [Client]: [Connect] starts one on a transport that is
 // already TLS, [ConnectStartTLS] upgrades a plain one with STARTTLS (and

@@ -7,5 +7,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	// Under GOOS=js the runtime parks a goroutine in handleEvent to wait
+	// for the JavaScript event loop; it is not the tests'.
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("runtime.handleEvent"))
 }

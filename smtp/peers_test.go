@@ -726,25 +726,7 @@ func TestPostfixForbidBareNewline(t *testing.T) {
 // Message-ID field and start with a field of their own, so that only
 // Mailpit's are removed.
 func mailpitStrip(raw []byte) []byte {
-	for {
-		switch {
-		case bytes.HasPrefix(raw, []byte("Return-Path:")), bytes.HasPrefix(raw, []byte("Received:")),
-			bytes.HasPrefix(raw, []byte("Bcc:")), bytes.HasPrefix(raw, []byte("Message-ID:")):
-		default:
-			return raw
-		}
-		// Skip the field: its first line and any continuation lines.
-		for {
-			i := bytes.Index(raw, []byte("\r\n"))
-			if i < 0 {
-				return nil
-			}
-			raw = raw[i+2:]
-			if len(raw) == 0 || (raw[0] != ' ' && raw[0] != '\t') {
-				break
-			}
-		}
-	}
+	return testpeers.StripFields(raw, "Return-Path", "Received", "Bcc", "Message-ID")
 }
 
 // mailpitBySubject waits for the message with subject and returns its

@@ -920,10 +920,23 @@ func (tx *Tx) bodyProblem() {
 	tx.bodyErr = &Error{Op: OpBody, Kind: kind, Message: tx.enc.problem}
 }
 
-// maxUnreadReplies bounds the replies one transaction lets the server
-// owe while its BDAT chunks stream: a few kilobytes, far below any socket
-// buffer. (Across transactions, the caller's window is the bound.)
-const maxUnreadReplies = 64
+// maxOwedReplyBytes bounds, in octets, the replies one transaction lets
+// the server owe while its BDAT chunks stream: a server that answers each
+// chunk as it reads it blocks once its unread replies fill the buffers
+// between it and the client, and a client still writing then blocks too
+// (the RFC 2920 deadlock). The bound must sit below the smallest such
+// buffer of any transport: 16 KiB in Go's in-process network under wasm,
+// often no more in a host's socket or a pipe. (Across transactions, the
+// caller's window is the bound.)
+const maxOwedReplyBytes = 4 << 10
+
+// owedReplyBytes is what an owed reply is counted as: one reply line of
+// the longest RFC 5321 (section 4.5.3.1.5) lets a server send, far more
+// than the usual "250 2.0.0 Ok" to a chunk. With maxOwedReplyBytes, at
+// most 8 replies are owed; a server that answers chunks with multi-line
+// replies can owe more octets than the bound (TestWriteAheadBound's
+// four-line replies: 12 KiB).
+const owedReplyBytes = 512
 
 // writeChunks streams the body as BDAT chunks, the last with LAST. A
 // bad body abandons the transaction with RSET: the chunk holding the bad
@@ -965,10 +978,10 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 				c.push(tx, kChunk, 0)
 			}
 			c.sync(ctx)
-			// Bound the replies owed (the RFC 2920 deadlock): a server
+			// Bound the octets owed (the RFC 2920 deadlock): a server
 			// that stops reading while its replies pile up unread would
 			// block these writes for ever.
-			for tx.owed > maxUnreadReplies && c.writable() && !tx.done {
+			for tx.owed*owedReplyBytes > maxOwedReplyBytes && c.writable() && !tx.done {
 				c.readOne(ctx)
 			}
 			if !c.writable() {

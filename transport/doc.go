@@ -24,6 +24,13 @@
 // applies that policy and is exported so that the STARTTLS code in package
 // smtp, and callers with custom dialers, apply the same one.
 //
+// Under GOOS=js, [HostSocket], [HostSocketTLS] and [HostConn] make a
+// transport of a socket the JavaScript host opened: a Node.js net.Socket,
+// or a socket with readable and writable web streams as the connect() of
+// Cloudflare Workers returns. Any other stream can be made a transport by
+// keeping the contract that [Transport] states; package transporttest
+// checks it.
+//
 // The package knows nothing of SMTP. Errors returned by this package wrap
 // their cause, so [errors.Is] and [errors.As] see the underlying [net.OpError],
 // [tls.CertificateVerificationError] or context error.

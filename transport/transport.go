@@ -18,6 +18,24 @@ import (
 // SetDeadline sets the read and write deadline together, as
 // [net.Conn.SetDeadline] does; the zero time means no deadline.
 //
+// An implementation that is not a [net.Conn] (a stream a host hands in,
+// a tunnel) must keep two promises that net.Conn keeps, because the smtp
+// package relies on them:
+//
+//   - SetDeadline interrupts a Read or Write already blocked, also when
+//     it is called from another goroutine: that is how a session stops
+//     its I/O when its context ends.
+//   - A Read or Write that a deadline ends returns an error that is itself
+//     a [net.Error] whose Timeout and Temporary methods report true, such
+//     as [os.ErrDeadlineExceeded]. crypto/tls looks at the error itself,
+//     not at what it wraps, and takes any other read error for a
+//     permanent one: the smtp package probes an idle session with a read
+//     of 2 ms, and an [*os.File]'s [*io/fs.PathError] there would end a TLS
+//     session at its next message. Nothing read after a timeout is lost.
+//
+// Close ends a blocked Read or Write. Package transporttest checks an
+// implementation against this contract.
+//
 // A transport that is a [*net.TCPConn], or wraps one and returns it from a
 // NetConn method (as [*tls.Conn] and this package's transports do), lets
 // the smtp package ask the socket, without reading, whether an idle

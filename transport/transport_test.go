@@ -21,7 +21,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	// Under GOOS=js the runtime parks a goroutine in handleEvent to wait
+	// for the JavaScript event loop; it is not the tests'.
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("runtime.handleEvent"))
 }
 
 // testCert is a self-signed certificate for 127.0.0.1, ::1 and localhost,

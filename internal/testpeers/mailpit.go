@@ -345,6 +345,35 @@ func (m *MailpitServer) Raw(id string) ([]byte, error) {
 	return m.api(http.MethodGet, "/api/v1/message/"+id+"/raw", nil)
 }
 
+// StripFields removes from the start of a raw message the header fields
+// named (with their continuation lines), as long as it starts with one of
+// them: what Mailpit puts before a message (Return-Path, Received) comes
+// off, and the message as the client sent it remains.
+func StripFields(raw []byte, names ...string) []byte {
+	for {
+		named := false
+		for _, n := range names {
+			if len(raw) > len(n) && raw[len(n)] == ':' && strings.EqualFold(string(raw[:len(n)]), n) {
+				named = true
+				break
+			}
+		}
+		if !named {
+			return raw
+		}
+		for {
+			i := bytes.Index(raw, []byte("\r\n"))
+			if i < 0 {
+				return nil
+			}
+			raw = raw[i+2:]
+			if len(raw) == 0 || (raw[0] != ' ' && raw[0] != '\t') {
+				break
+			}
+		}
+	}
+}
+
 // DeleteAll deletes every stored message (DELETE /api/v1/messages).
 func (m *MailpitServer) DeleteAll() error {
 	_, err := m.api(http.MethodDelete, "/api/v1/messages", nil)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -117,8 +118,14 @@ func lookup(name string) string {
 // mailpit is looked up as $SMTPKIT_MAILPIT if set (and nowhere else), else on
 // $PATH, else in [MailpitCachePath]. Postfix and SASL programs are looked up
 // on $PATH and in /usr/sbin.
+//
+// Under GOOS=wasip1 and GOOS=js, where a program cannot start another,
+// the test is always skipped, saying so: there is nothing to install.
 func Require(t testing.TB, name string) string {
 	t.Helper()
+	if !CanStartProcesses() {
+		t.Skipf("testpeers: %s runs as a separate process, and GOOS=%s cannot start processes", name, runtime.GOOS)
+	}
 	if p := lookup(name); p != "" {
 		return p
 	}
@@ -128,6 +135,12 @@ func Require(t testing.TB, name string) string {
 	}
 	Unavailable(t, "%s not found (looked in %s); %s", name, where, installHint(name))
 	return ""
+}
+
+// CanStartProcesses reports whether this platform can run a peer program
+// with os/exec: false under wasip1 and js (WebAssembly), true elsewhere.
+func CanStartProcesses() bool {
+	return runtime.GOOS != "wasip1" && runtime.GOOS != "js"
 }
 
 // Unavailable stops the test because a peer cannot run here: t.Skipf
