@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	fs "github.com/smtpkit/smtpkit/internal/faultserver"
 	"github.com/smtpkit/smtpkit/internal/testpeers"
 	"github.com/smtpkit/smtpkit/sender"
 	"github.com/smtpkit/smtpkit/smtp"
@@ -484,4 +486,46 @@ func TestSendReturnsAtDeadline(t *testing.T) {
 			})
 		})
 	}
+}
+
+// hostileEHLO is the costliest EHLO reply the core's limits allow: 128
+// lines of under 998 octets, each an AUTH line of distinct mechanism
+// names (about 31,000 of them).
+func hostileEHLO() string {
+	var b strings.Builder
+	b.WriteString("250-mx.example greets you\r\n")
+	n := 0
+	for i := 1; i < smtp.MaxReplyLines; i++ {
+		sep := "-"
+		if i == smtp.MaxReplyLines-1 {
+			sep = " "
+		}
+		line := "250" + sep + "AUTH"
+		for {
+			name := strings.ToUpper(strconv.FormatInt(int64(36*36+n), 36))
+			if len(line)+1+len(name) > smtp.MaxReplyLineLength {
+				break
+			}
+			line += " " + name
+			n++
+		}
+		b.WriteString(line + "\r\n")
+	}
+	return b.String()
+}
+
+// TestCloseAfterHostileEHLO: a server (or anyone on the path before
+// STARTTLS) answers EHLO with the costliest reply the limits allow, then
+// stalls. Send returns with its context, and Close returns at once
+// whatever the server sent: parsing is linear, so no CPU-bound step
+// outlives a deadline. (Before, parsing took 43 s of CPU, and Close
+// waited for it.) The bound is a hang guard, not a measurement.
+func TestCloseAfterHostileEHLO(t *testing.T) {
+	srv := fs.Start(t, fs.Reply("220 mx.example ESMTP\r\n"), fs.ReadLine(), fs.Reply(hostileEHLO()), fs.Stall())
+	s := faultSender(t, srv.Addr(), nil)
+	_, err := timedSend(t, s, "hostile", time.Second)
+	require.Error(t, err)
+	start := time.Now()
+	require.NoError(t, s.Close())
+	assert.Less(t, time.Since(start), 10*time.Second, "Close waited for a parse")
 }
