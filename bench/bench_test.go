@@ -419,7 +419,7 @@ func TestLatencyAndScale(t *testing.T) {
 	lp := latPlan{RTTs: []time.Duration{0}, Secs: []string{secTLS, secPlain}, Specs: latSpecs,
 		TLSLoads: []float64{0.5}, PlainLoad: []float64{0.5},
 		Sat:     timing{Runs: 1, Window: 100 * time.Millisecond, Warm: 50 * time.Millisecond, MinMsgs: 2, MaxRun: 2 * time.Second, MaxMsgs: 100_000},
-		Samples: 20, MinDur: 50 * time.Millisecond, MaxDur: 200 * time.Millisecond, Timeout: 20 * time.Second, MaxOpen: 1000}
+		Samples: 20, MinDur: 50 * time.Millisecond, MaxDur: 200 * time.Millisecond, Timeout: 20 * time.Second, MaxOpen: 1000, RepeatLoad: 0.5, Repeats: 2}
 	var lines []string
 	lat := measureLatency(ctx, l, lp, func(s string) { lines = append(lines, s) }, func(any) {})
 	if why, ok := lat.Skipped[latNodemailer]; ok {

@@ -195,6 +195,7 @@ type senderRunner struct {
 	callers int
 	msg     []byte   // the message; the benchmark's when nil
 	to      []string // its recipients; rcpts when nil
+	partial bool     // Envelope.AllowPartial
 }
 
 func newSenderRunner(sc scenario, addr string) (*senderRunner, error) {
@@ -224,7 +225,7 @@ func (r *senderRunner) run(ctx context.Context, q *quota) error {
 			msg, to = message, rcpts
 		}
 		body := bytes.NewReader(msg)
-		env := smtp.Envelope{From: mailFrom, To: to}
+		env := smtp.Envelope{From: mailFrom, To: to, AllowPartial: r.partial}
 		return func() error {
 			body.Reset(msg)
 			_, err := r.s.Send(ctx, env, body)

@@ -88,21 +88,26 @@ type latPlan struct {
 	MaxDur    time.Duration // ...within these bounds
 	Timeout   time.Duration // each Send's ctx
 	MaxOpen   int           // arrivals beyond this many unanswered Sends fail at once
+	// RepeatLoad, the load of the targets, is offered Repeats times.
+	RepeatLoad float64
+	Repeats    int
 }
 
 func fullLatPlan() latPlan {
 	return latPlan{
-		RTTs:      []time.Duration{0, 2 * time.Millisecond, 10 * time.Millisecond},
-		Secs:      []string{secTLS, secPlain},
-		Specs:     latSpecs,
-		TLSLoads:  []float64{0.1, 0.25, 0.5, 0.75, 0.9, 1.1},
-		PlainLoad: []float64{0.1, 0.5, 0.9, 1.1},
-		Sat:       timing{Runs: 3, Window: 700 * time.Millisecond, Warm: 300 * time.Millisecond, MinMsgs: 5, MaxRun: 3 * time.Second, MaxMsgs: 2_000_000},
-		Samples:   1500,
-		MinDur:    time.Second,
-		MaxDur:    2500 * time.Millisecond,
-		Timeout:   5 * time.Second,
-		MaxOpen:   5000,
+		RTTs:       []time.Duration{0, 2 * time.Millisecond, 10 * time.Millisecond},
+		Secs:       []string{secTLS, secPlain},
+		Specs:      latSpecs,
+		TLSLoads:   []float64{0.1, 0.25, 0.5, 0.75, 0.9, 1.1},
+		PlainLoad:  []float64{0.1, 0.5, 0.9, 1.1},
+		Sat:        timing{Runs: 3, Window: 700 * time.Millisecond, Warm: 300 * time.Millisecond, MinMsgs: 5, MaxRun: 3 * time.Second, MaxMsgs: 2_000_000},
+		Samples:    1500,
+		MinDur:     time.Second,
+		MaxDur:     2500 * time.Millisecond,
+		Timeout:    5 * time.Second,
+		MaxOpen:    5000,
+		RepeatLoad: 0.5,
+		Repeats:    3,
 	}
 }
 
@@ -112,7 +117,7 @@ func quickLatPlan() latPlan {
 	p.TLSLoads = []float64{0.1, 0.5, 1.1}
 	p.PlainLoad = []float64{0.5}
 	p.Sat = timing{Runs: 1, Window: 500 * time.Millisecond, Warm: 200 * time.Millisecond, MinMsgs: 3, MaxRun: 2 * time.Second, MaxMsgs: 1_000_000}
-	p.Samples, p.MinDur, p.MaxDur, p.Timeout = 300, 400*time.Millisecond, time.Second, 3*time.Second
+	p.Samples, p.MinDur, p.MaxDur, p.Timeout, p.Repeats = 300, 400*time.Millisecond, time.Second, 3*time.Second, 1
 	return p
 }
 
@@ -458,6 +463,9 @@ type latPoint struct {
 	P50ms   float64 `json:"p50_ms"` // -1: a failure
 	P99ms   float64 `json:"p99_ms"`
 	P999ms  float64 `json:"p999_ms"`
+	// P99Runs lists the p99 of each run where a load was offered more
+	// than once (see latPlan.Repeats).
+	P99Runs []float64 `json:"p99_runs_ms,omitempty"`
 
 	spec     latSpec
 	rtt      time.Duration
@@ -472,6 +480,9 @@ type latSat struct {
 	RTTms  float64   `json:"rtt_ms"`
 	Rate   float64   `json:"saturation_msgs_per_s"`
 	Rates  []float64 `json:"runs"`
+	// CPUus is the measuring process's CPU time per message (median of
+	// the runs), -1 for nodemailer, which runs in Node.
+	CPUus float64 `json:"client_cpu_us_per_msg"`
 
 	spec latSpec
 	rtt  time.Duration
@@ -582,19 +593,17 @@ func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t latTa
 			}
 			sat.Rates = append(sat.Rates, round(r, 1))
 		}
-		sat.Rate = median(sat.Rates)
+		sat.Rate, sat.CPUus = median(sat.Rates), -1
 		if !s.Curve {
 			return sat, nil
 		}
-		for _, load := range loads {
-			*seed++
-			rate := load * sat.Rate
-			res, err := np.open(rate, p.pointDur(rate), p.Timeout, *seed)
-			points = append(points, newLatPoint(s, t.sec, rtt, load, res, err))
-		}
+		points = p.measureLoads(s, t.sec, rtt, sat.Rate, loads, seed, func(rate float64, dur time.Duration, seed uint64) (loadResult, error) {
+			return np.open(rate, dur, p.Timeout, seed)
+		})
 		return sat, points
 	}
 	sc := scenario{Client: s.label(), Conns: max(s.Conns, 1), Window: s.Window}
+	var cpus []float64
 	for range p.Sat.Runs {
 		smp, err := runOnceWith(ctx, sc, p.Sat, func(ctx context.Context) (runner, error) {
 			c, err := newLatClient(ctx, s, t)
@@ -608,8 +617,9 @@ func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t latTa
 			return sat, nil
 		}
 		sat.Rates = append(sat.Rates, round(smp.rate, 1))
+		cpus = append(cpus, smp.cpu/1e3)
 	}
-	sat.Rate = median(sat.Rates)
+	sat.Rate, sat.CPUus = median(sat.Rates), round(median(cpus), 1)
 	if !s.Curve {
 		return sat, nil
 	}
@@ -621,13 +631,62 @@ func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t latTa
 	defer c.close()
 	// Warm up (pools dial) at a quarter of saturation.
 	openLoop(ctx, c, sat.Rate/4, 200*time.Millisecond, p.Timeout, p.MaxOpen, 0)
-	for _, load := range loads {
-		*seed++
-		rate := load * sat.Rate
-		res := openLoop(ctx, c, rate, p.pointDur(rate), p.Timeout, p.MaxOpen, *seed)
-		points = append(points, newLatPoint(s, t.sec, rtt, load, res, nil))
-	}
+	points = p.measureLoads(s, t.sec, rtt, sat.Rate, loads, seed, func(rate float64, dur time.Duration, seed uint64) (loadResult, error) {
+		return openLoop(ctx, c, rate, dur, p.Timeout, p.MaxOpen, seed), nil
+	})
 	return sat, points
+}
+
+// measureLoads offers each fraction in loads of the saturation rate sat
+// through offer. The load of the targets, p.RepeatLoad, is offered
+// p.Repeats times and the run with the median p99 is kept (one stall of
+// a shared machine should not decide a target); the others' p99 are
+// listed with it.
+func (p latPlan) measureLoads(s latSpec, sec string, rtt time.Duration, sat float64, loads []float64, seed *uint64,
+	offer func(rate float64, dur time.Duration, seed uint64) (loadResult, error)) []latPoint {
+	var points []latPoint
+	for _, load := range loads {
+		reps := 1
+		if load == p.RepeatLoad {
+			reps = max(1, p.Repeats)
+		}
+		var runs []latPoint
+		for range reps {
+			*seed++
+			rate := load * sat
+			res, err := offer(rate, p.pointDur(rate), *seed)
+			runs = append(runs, newLatPoint(s, sec, rtt, load, res, err))
+		}
+		if len(runs) == 1 {
+			points = append(points, runs[0])
+			continue
+		}
+		var p99s []float64
+		for _, r := range runs {
+			p99s = append(p99s, r.P99ms)
+		}
+		slow := func(v float64) float64 {
+			if v < 0 {
+				return math.Inf(1)
+			}
+			return v
+		}
+		slices.SortStableFunc(runs, func(a, b latPoint) int { return cmpFloat(slow(a.P99ms), slow(b.P99ms)) })
+		pt := runs[len(runs)/2]
+		pt.P99Runs = p99s
+		points = append(points, pt)
+	}
+	return points
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 // pointDur is how long a load point offers rate: long enough for
@@ -666,7 +725,7 @@ func satLine(s latSat) string {
 	if s.err != nil {
 		return head + "  error: " + s.err.Error()
 	}
-	return fmt.Sprintf("%s %9s msg/s %v", head, fmtInt(s.Rate), s.Rates)
+	return fmt.Sprintf("%s %9s msg/s %v  %.1f µs CPU/msg", head, fmtInt(s.Rate), s.Rates, s.CPUus)
 }
 
 func fmtLat(v float64) string {
@@ -690,6 +749,9 @@ func pointLine(p latPoint) string {
 	s := fmt.Sprintf("%s  p50 %s  p99 %s  p99.9 %s ms  (n=%d", head, fmtLat(p.P50ms), fmtLat(p.P99ms), fmtLat(p.P999ms), p.N)
 	if p.Failed > 0 {
 		s += fmt.Sprintf(", %d failed: %s", p.Failed, p.firstErr)
+	}
+	if len(p.P99Runs) > 1 {
+		s += fmt.Sprintf("; the median p99 of runs with %v", p.P99Runs)
 	}
 	return s + ")"
 }

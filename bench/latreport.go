@@ -181,8 +181,8 @@ func (r *latReport) markdown(cmd string, started time.Time, machine string) []by
 	p("- Sink: the go-smtp server with implicit TLS (RSA 2048 certificate, TLS 1.3) and AUTH PLAIN required, started in the helper process; for plaintext, the go-smtp sink of the throughput tables, without AUTH (AUTH is never sent in plaintext). Round trips from the same delay line. Every client sends the benchmark message of %s octets to one recipient; go-mail and nodemailer render their own MIME message from the same text.\n", fmtInt(float64(len(message))))
 	p("- Clients: `%s` (`sender.Sender`, MaxConns 4, MaxInFlight 32; with one connection for the saturation comparisons); `%s` (dial, TLS, EHLO, AUTH, MAIL, RCPT, DATA, QUIT for every message, as `net/smtp.SendMail` does); `%s` (github.com/wneessen/go-mail v0.8.1, `DialAndSendWithContext` per message); `%s` (one go-mail client dialed once, `Send` under its mutex, a semaphore in front so that a waiting caller can give up; go-mail sends NOOP before and RSET after each message); `%s` (nodemailer %s, `pool: true`, `maxConnections: 4`, `maxMessages: 100`, its default, driven from Node by bench/nodemailer/pool.js).\n",
 		latSender, latNetSMTP, latGoMailDial, latGoMailReuse, latNodemailer, "10.6.1")
-	p("- Saturation: closed loop, callers sending one message after another (smtpkit 2×C×W+C callers, per-message clients 64, go-mail's reused client 4, nodemailer 4×C), median of %d runs of %v. Open loop: Sends arrive at a fraction of that rate with exponential gaps, each on its own goroutine (in Node, its own promise) with its own ctx of %v from its scheduled arrival; latency runs from the scheduled arrival to the answer, so a client that falls behind (or a timer that fires late) is charged for it. A point lasts long enough for %d Sends, between %v and %v. Failed Sends (errors, timeouts, more than %d unanswered) count as slower than any answered one: a percentile that falls on them reads `fail`. With fewer than 1,000 Sends, p99.9 is the slowest.\n\n",
-		r.Plan.Sat.Runs, r.Plan.Sat.Window, r.Plan.Timeout, r.Plan.Samples, r.Plan.MinDur, r.Plan.MaxDur, r.Plan.MaxOpen)
+	p("- Saturation: closed loop, callers sending one message after another (smtpkit 2×C×W+C callers, per-message clients 64, go-mail's reused client 4, nodemailer 4×C), median of %d runs of %v. Open loop: Sends arrive at a fraction of that rate with exponential gaps, each on its own goroutine (in Node, its own promise) with its own ctx of %v from its scheduled arrival; latency runs from the scheduled arrival to the answer, so a client that falls behind (or a timer that fires late) is charged for it. A point lasts long enough for %d Sends, between %v and %v; the load of the targets (50 %%) is offered %d times and the run with the median p99 is shown, with every run's p99. Failed Sends (errors, timeouts, more than %d unanswered) count as slower than any answered one: a percentile that falls on them reads `fail`. With fewer than 1,000 Sends, p99.9 is the slowest.\n\n",
+		r.Plan.Sat.Runs, r.Plan.Sat.Window, r.Plan.Timeout, r.Plan.Samples, r.Plan.MinDur, r.Plan.MaxDur, max(1, r.Plan.Repeats), r.Plan.MaxOpen)
 	for c, why := range r.Skipped {
 		p("**%s was not measured**: %s.\n\n", c, why)
 	}
@@ -205,6 +205,21 @@ func (r *latReport) markdown(cmd string, started time.Time, machine string) []by
 			p("\n")
 		}
 	}
+	p("\nThe measuring process's CPU time per message at saturation, RTT 0 (user and system, µs; the sinks and the delay line run in other processes, nodemailer in Node):\n\n| client | TLS+AUTH | plaintext |\n|---|---:|---:|\n")
+	for _, s := range r.Plan.Specs {
+		if s.Client == latNodemailer {
+			continue
+		}
+		p("| %s |", s.label())
+		for _, sec := range []string{secTLS, secPlain} {
+			if v, ok := r.sat(s, sec, 0); ok && v.CPUus >= 0 {
+				p(" %.1f |", v.CPUus)
+			} else {
+				p(" - |")
+			}
+		}
+		p("\n")
+	}
 	p("\n")
 
 	for _, sec := range r.Plan.Secs {
@@ -213,7 +228,7 @@ func (r *latReport) markdown(cmd string, started time.Time, machine string) []by
 			loads = r.Plan.PlainLoad
 		}
 		for _, rtt := range r.Plan.RTTs {
-			p("### %s, RTT %s\n\n| client | load | offered msg/s | p50 ms | p99 ms | p99.9 ms | Sends | failed |\n|---|---:|---:|---:|---:|---:|---:|---:|\n", sec, fmtRTT(rtt))
+			p("### %s, RTT %s\n\n| client | load | offered msg/s | p50 ms | p99 ms | p99.9 ms | Sends | failed | p99 of each run |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n", sec, fmtRTT(rtt))
 			for _, s := range r.Plan.Specs {
 				if !s.Curve {
 					continue
@@ -223,8 +238,12 @@ func (r *latReport) markdown(cmd string, started time.Time, machine string) []by
 					if !ok {
 						continue
 					}
-					p("| %s | %.0f %% | %s | %s | %s | %s | %s | %s |\n", s.label(), 100*load, fmtInt(pt.Offered),
-						fmtLat(pt.P50ms), fmtLat(pt.P99ms), fmtLat(pt.P999ms), fmtInt(float64(pt.N)), fmtInt(float64(pt.Failed)))
+					var runs []string
+					for _, v := range pt.P99Runs {
+						runs = append(runs, fmtLat(v))
+					}
+					p("| %s | %.0f %% | %s | %s | %s | %s | %s | %s | %s |\n", s.label(), 100*load, fmtInt(pt.Offered),
+						fmtLat(pt.P50ms), fmtLat(pt.P99ms), fmtLat(pt.P999ms), fmtInt(float64(pt.N)), fmtInt(float64(pt.Failed)), strings.Join(runs, ", "))
 				}
 			}
 			p("\n")
@@ -260,26 +279,27 @@ func (s *scaleReport) markdown(cmd string, started time.Time) []byte {
 		p("\n")
 	}
 	if len(s.Sizes) > 0 {
-		p("### Message size (one connection, W=32, go-smtp sink, RTT 0, plaintext)\n\nThe wire limit is the wire-chunking client with the same message (window 32, fewer above 2 MiB so that its pre-rendered window stays under 64 MiB). Heap held: the peak of the measuring process's heap above what was live before, while the sender ran (the message itself is allocated before).\n\n")
-		p("| size | msg/s | MB/s | wire msg/s | of wire limit | peak heap |\n|---:|---:|---:|---:|---:|---:|\n")
+		p("### Message size (one connection, W=32, go-smtp sink, RTT 0, plaintext)\n\nThe wire limit is the wire-chunking client with the same message (window 32, fewer above 2 MiB so that its pre-rendered window stays under 64 MiB). Heap held: the most of the live heap (after a forced collection, twice during the measured stretch) above what was live before, while 65 callers sent through the sender (the message itself is allocated before, and shared).\n\n")
+		p("| size | msg/s | MB/s | wire msg/s | wire MB/s | of wire limit | live heap held |\n|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, r := range s.Sizes {
 			if r.err != nil {
 				p("| %s | error: %v |\n", fmtBytes(float64(r.Size)), r.err)
 				continue
 			}
-			p("| %s | %s | %.1f | %s | %.0f %% | %s |\n", fmtBytes(float64(r.Size)), fmtRateF(r.MsgsPerS), r.MBPerS, fmtRateF(r.WireMsgsS), pct(r.MsgsPerS, r.WireMsgsS), fmtBytes(r.HeapB))
+			p("| %s | %s | %.1f | %s | %.1f | %.0f %% | %s |\n", fmtBytes(float64(r.Size)), fmtRateF(r.MsgsPerS), r.MBPerS, fmtRateF(r.WireMsgsS), r.WireMsgsS*float64(r.Size)/1e6, pct(r.MsgsPerS, r.WireMsgsS), fmtBytes(r.HeapB))
 		}
 		p("\n")
 	}
 	if len(s.Rcpts) > 0 {
-		p("### Recipients per message (one connection, W=32, go-smtp sink, plaintext)\n\nRCPT commands are pipelined. The wire client writes MAIL, every RCPT and `BDAT n LAST` without waiting; smtpkit, all-or-nothing by default, sends the body's LAST chunk only once every RCPT is accepted when there is more than one recipient.\n\n")
-		p("| recipients | RTT | msg/s | ms per message | wire msg/s | of wire limit |\n|---:|---:|---:|---:|---:|---:|\n")
+		p("### Recipients per message (one connection, W=32, go-smtp sink, plaintext)\n\nRCPT commands are pipelined. The wire client writes MAIL, every RCPT and `BDAT n LAST` without waiting; smtpkit, all-or-nothing by default, sends the body's LAST chunk only once every RCPT is accepted when there is more than one recipient, and the next message's MAIL cannot precede it; with `Envelope.AllowPartial` nothing waits.\n\n")
+		p("| recipients | RTT | msg/s | ms per message | AllowPartial msg/s | wire msg/s | of wire limit | AllowPartial, of wire limit |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, r := range s.Rcpts {
 			if r.err != nil {
 				p("| %d | %g ms | error: %v |\n", r.Rcpts, r.RTTms, r.err)
 				continue
 			}
-			p("| %s | %g ms | %s | %.3f | %s | %.0f %% |\n", fmtInt(float64(r.Rcpts)), r.RTTms, fmtRateF(r.MsgsPerS), 1000/r.MsgsPerS, fmtRateF(r.WireMsgsS), pct(r.MsgsPerS, r.WireMsgsS))
+			p("| %s | %g ms | %s | %.3f | %s | %s | %.0f %% | %.0f %% |\n", fmtInt(float64(r.Rcpts)), r.RTTms, fmtRateF(r.MsgsPerS), 1000/r.MsgsPerS, fmtRateF(r.PartialMsgsS),
+				fmtRateF(r.WireMsgsS), pct(r.MsgsPerS, r.WireMsgsS), pct(r.PartialMsgsS, r.WireMsgsS))
 		}
 		p("\n")
 	}

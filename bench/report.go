@@ -413,14 +413,23 @@ func (r *report) markdown() []byte {
 	p("## Where the time goes\n\n")
 	p("%s\n", strings.TrimSpace(analysis))
 	p("\n## How to run\n\n")
-	p("```\ngo run ./bench            # full run: every sink, RTT 0, 1, 2, 10 ms; writes docs/benchmarks.{md,svg}\n")
-	p("go run ./bench -quick     # under 2 minutes: go-smtp sink and smtp-sink, RTT 0 and 10 ms, W=32\n")
-	p("go run ./bench -json      # one JSON object per measurement on stdout\n")
-	p("go run ./bench -quick -sinks go-smtp -rtt 0 -clients smtpkit-sender -cpuprofile cpu.out\n")
-	p("go test -bench . ./bench  # the same comparisons as Go benchmarks\n```\n\n")
-	p("`go run ./bench -h` lists every flag. Postfix (smtpd, smtp-sink, smtp-source) is needed for those sinks; a sink that cannot start is reported and skipped. `.ci/run` installs it.\n")
+	p("```\n%s\n```\n\n", strings.TrimSpace(howToRun))
+	p("`go run ./bench -h` lists every flag. Postfix (smtpd, smtp-sink, smtp-source) is needed for those sinks; a sink that cannot start is reported and skipped. `.ci/run` installs it. The nodemailer client needs Node.js 20 or later and `npm ci --prefix bench/nodemailer`; without them it is skipped, and the run says how to install them.\n")
 	return b.Bytes()
 }
+
+// howToRun is the command summary of docs/benchmarks.md. The minutes
+// are those of a run on the 2-CPU development machine.
+const howToRun = `
+go run ./bench                       # every section, about MINUTES_FULL min: writes docs/benchmarks.md, benchmarks.svg and benchmarks-latency.svg
+go run ./bench -sections throughput  # msg/s per client, sink and RTT, and memory (about 9 min)
+go run ./bench -sections latency     # open-loop Send latency against load, with the peers (about MINUTES_LAT min)
+go run ./bench -sections scale       # callers, message size, recipients, connections (about MINUTES_SCALE min)
+go run ./bench -quick                # every section, shorter (about MINUTES_QUICK min)
+go run ./bench -json                 # one JSON object per measurement on stdout
+go run ./bench -quick -sections throughput -sinks go-smtp -rtt 0 -clients smtpkit-sender -cpuprofile cpu.out
+go test -bench . ./bench             # the throughput comparisons as Go benchmarks
+`
 
 // machine describes the host in one line.
 func machine() string {

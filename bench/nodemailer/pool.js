@@ -11,7 +11,8 @@
 //
 //   {"op": "saturate", "callers": N, "ms": D}
 //       N callers each send one message after another for D ms (after a
-//       warm-up of the same callers); answers {"sent", "failed", "ms"}.
+//       warm-up of warmMs, and until N messages have been sent); answers
+//       {"sent", "failed", "ms", "firstError"}.
 //   {"op": "open", "rate": R, "ms": D, "timeoutMs": T, "seed": S}
 //       messages arrive at R per second with exponential gaps for D ms,
 //       each sent at once whatever the earlier ones are doing; answers
@@ -75,11 +76,13 @@ async function saturate(cmd) {
     let firstError = '';
     let measuring = false;
     let stop = false;
+    let warmed = 0;
     const loop = async () => {
         while (!stop) {
             try {
                 await send(0);
                 if (measuring) sent++;
+                else warmed++;
             } catch (e) {
                 if (measuring) failed++;
                 if (!firstError) firstError = String(e && e.message);
@@ -88,7 +91,13 @@ async function saturate(cmd) {
     };
     const loops = [];
     for (let i = 0; i < cmd.callers; i++) loops.push(loop());
+    // Warm up for warmMs, and until the pool's connections are up (as
+    // many messages as callers have been sent), 30 s at most.
+    const warmEnd = now() + 30e6;
     await new Promise((r) => setTimeout(r, cmd.warmMs || 200));
+    while (warmed < cmd.callers && now() < warmEnd) {
+        await new Promise((r) => setTimeout(r, 10));
+    }
     measuring = true;
     const t0 = now();
     await new Promise((r) => setTimeout(r, cmd.ms));
