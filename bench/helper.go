@@ -101,6 +101,13 @@ func (h *peerHost) do(args []string) (string, error) {
 		return h.tb.try(func(tb testing.TB) string {
 			return testpeers.Postfix(tb, testpeers.PostfixOptions{}).PlainAuthAddr()
 		})
+	case "cpu":
+		// The CPU time this process (the sinks) has used, in ns.
+		d, ok := cpuTime()
+		if !ok {
+			return "-1", nil
+		}
+		return strconv.FormatInt(int64(d), 10), nil
 	case "echo":
 		return h.echo()
 	case "line":

@@ -13,6 +13,7 @@ import (
 	netsmtp "net/smtp"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,6 +127,19 @@ func quickLatPlan() latPlan {
 type latClient interface {
 	send(ctx context.Context) error
 	close()
+}
+
+// sinkCPU returns the CPU time the sinks' helper has used, in ns, or -1.
+func (l *lab) sinkCPU() int64 {
+	v, err := l.peers.call("cpu")
+	if err != nil {
+		return -1
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // latTarget is where a latency client connects.
@@ -353,9 +367,11 @@ func (g *goMailLat) close() {
 type latRunner struct {
 	c       latClient
 	callers int
+	q       *quota // of the last run
 }
 
 func (r *latRunner) run(ctx context.Context, q *quota) error {
+	r.q = q
 	return callersRun(q, r.callers, func() func() error {
 		return func() error { return r.c.send(ctx) }
 	})
@@ -483,6 +499,9 @@ type latSat struct {
 	// CPUus is the measuring process's CPU time per message (median of
 	// the runs), -1 for nodemailer, which runs in Node.
 	CPUus float64 `json:"client_cpu_us_per_msg"`
+	// SinkCPUus is the sinks' process's CPU time per message over whole
+	// runs (connecting included), -1 for nodemailer or where unknown.
+	SinkCPUus float64 `json:"sink_cpu_us_per_msg"`
 
 	spec latSpec
 	rtt  time.Duration
@@ -593,7 +612,7 @@ func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t latTa
 			}
 			sat.Rates = append(sat.Rates, round(r, 1))
 		}
-		sat.Rate, sat.CPUus = median(sat.Rates), -1
+		sat.Rate, sat.CPUus, sat.SinkCPUus = median(sat.Rates), -1, -1
 		if !s.Curve {
 			return sat, nil
 		}
@@ -603,14 +622,17 @@ func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t latTa
 		return sat, points
 	}
 	sc := scenario{Client: s.label(), Conns: max(s.Conns, 1), Window: s.Window}
-	var cpus []float64
+	var cpus, sinkCPUs []float64
 	for range p.Sat.Runs {
+		var lr *latRunner
+		sink0 := l.sinkCPU()
 		smp, err := runOnceWith(ctx, sc, p.Sat, func(ctx context.Context) (runner, error) {
 			c, err := newLatClient(ctx, s, t)
 			if err != nil {
 				return nil, err
 			}
-			return &latRunner{c: c, callers: satCallers(s)}, nil
+			lr = &latRunner{c: c, callers: satCallers(s)}
+			return lr, nil
 		})
 		if err != nil {
 			sat.err = err
@@ -618,8 +640,14 @@ func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t latTa
 		}
 		sat.Rates = append(sat.Rates, round(smp.rate, 1))
 		cpus = append(cpus, smp.cpu/1e3)
+		if sink1 := l.sinkCPU(); sink0 >= 0 && sink1 >= 0 && lr.q != nil && lr.q.done.Load() > 0 {
+			sinkCPUs = append(sinkCPUs, float64(sink1-sink0)/1e3/float64(lr.q.done.Load()))
+		}
 	}
-	sat.Rate, sat.CPUus = median(sat.Rates), round(median(cpus), 1)
+	sat.Rate, sat.CPUus, sat.SinkCPUus = median(sat.Rates), round(median(cpus), 1), -1
+	if len(sinkCPUs) > 0 {
+		sat.SinkCPUus = round(median(sinkCPUs), 1)
+	}
 	if !s.Curve {
 		return sat, nil
 	}
@@ -725,7 +753,7 @@ func satLine(s latSat) string {
 	if s.err != nil {
 		return head + "  error: " + s.err.Error()
 	}
-	return fmt.Sprintf("%s %9s msg/s %v  %.1f µs CPU/msg", head, fmtInt(s.Rate), s.Rates, s.CPUus)
+	return fmt.Sprintf("%s %9s msg/s %v  CPU/msg: client %.1f µs, sink %.1f µs", head, fmtInt(s.Rate), s.Rates, s.CPUus, s.SinkCPUus)
 }
 
 func fmtLat(v float64) string {
