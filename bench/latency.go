@@ -400,6 +400,10 @@ type loadResult struct {
 	Lat     []time.Duration // answered Sends, sorted
 	Failed  int             // errors, timeouts, and arrivals over MaxOpen
 	FirstEr string
+	// MaxLate is the most an arrival was started after its time: the
+	// measuring process's own scheduling delay, which every latency
+	// of the run may include.
+	MaxLate time.Duration
 }
 
 // quantile returns the q-quantile of the Sends, counting failed ones as
@@ -440,6 +444,7 @@ func openLoop(ctx context.Context, c latClient, rate float64, dur, timeout time.
 			time.Sleep(d)
 		}
 		due := start.Add(at)
+		res.MaxLate = max(res.MaxLate, time.Since(due))
 		if open.Load() >= int64(maxOpen) {
 			fail(fmt.Errorf("more than %d Sends unanswered", maxOpen))
 			continue
@@ -482,6 +487,9 @@ type latPoint struct {
 	// P99Runs lists the p99 of each run where a load was offered more
 	// than once (see latPlan.Repeats).
 	P99Runs []float64 `json:"p99_runs_ms,omitempty"`
+	// MaxLateMs is the load generator's worst lateness (see
+	// loadResult.MaxLate).
+	MaxLateMs float64 `json:"generator_max_late_ms"`
 
 	spec     latSpec
 	rtt      time.Duration
@@ -726,7 +734,7 @@ func (p latPlan) pointDur(rate float64) time.Duration {
 
 func newLatPoint(s latSpec, sec string, rtt time.Duration, load float64, res loadResult, err error) latPoint {
 	pt := latPoint{Client: s.label(), Sec: sec, RTTms: float64(rtt) / 1e6, Load: load, Offered: round(res.Rate, 1),
-		N: len(res.Lat) + res.Failed, Failed: res.Failed, spec: s, rtt: rtt, err: err}
+		N: len(res.Lat) + res.Failed, Failed: res.Failed, MaxLateMs: ms(res.MaxLate), spec: s, rtt: rtt, err: err}
 	if err != nil {
 		return pt
 	}
@@ -774,7 +782,7 @@ func pointLine(p latPoint) string {
 	if p.err != nil {
 		return head + "  error: " + p.err.Error()
 	}
-	s := fmt.Sprintf("%s  p50 %s  p99 %s  p99.9 %s ms  (n=%d", head, fmtLat(p.P50ms), fmtLat(p.P99ms), fmtLat(p.P999ms), p.N)
+	s := fmt.Sprintf("%s  p50 %s  p99 %s  p99.9 %s ms  (n=%d, generator late by up to %s ms", head, fmtLat(p.P50ms), fmtLat(p.P99ms), fmtLat(p.P999ms), p.N, fmtLat(p.MaxLateMs))
 	if p.Failed > 0 {
 		s += fmt.Sprintf(", %d failed: %s", p.Failed, p.firstErr)
 	}

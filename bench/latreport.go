@@ -61,6 +61,9 @@ func slicesConcat(parts ...[]byte) []byte {
 //go:embed analysis-latency.md
 var latencyAnalysis string
 
+//go:embed analysis-scale.md
+var scaleAnalysis string
+
 // latTarget is one target of issue 13.
 type latGoal struct {
 	Name, Measured, Goal, Met string
@@ -185,7 +188,7 @@ func (r *latReport) markdown(cmd string, started time.Time, machine string) []by
 	p("- Sink: the go-smtp server with implicit TLS (RSA 2048 certificate, TLS 1.3) and AUTH PLAIN required, started in the helper process; for plaintext, the go-smtp sink of the throughput tables, without AUTH (AUTH is never sent in plaintext). Round trips from the same delay line. Every client sends the benchmark message of %s octets to one recipient; go-mail and nodemailer render their own MIME message from the same text.\n", fmtInt(float64(len(message))))
 	p("- Clients: `%s` (`sender.Sender`, MaxConns 4, MaxInFlight 32; with one connection for the saturation comparisons); `%s` (dial, TLS, EHLO, AUTH, MAIL, RCPT, DATA, QUIT for every message, as `net/smtp.SendMail` does); `%s` (github.com/wneessen/go-mail v0.8.1, `DialAndSendWithContext` per message); `%s` (one go-mail client dialed once, `Send` under its mutex, a semaphore in front so that a waiting caller can give up; go-mail sends NOOP before and RSET after each message); `%s` (nodemailer %s, `pool: true`, `maxConnections: 4`, `maxMessages: 100`, its default, driven from Node by bench/nodemailer/pool.js).\n",
 		latSender, latNetSMTP, latGoMailDial, latGoMailReuse, latNodemailer, "10.6.1")
-	p("- Saturation: closed loop, callers sending one message after another (smtpkit 2×C×W+C callers, per-message clients 64, go-mail's reused client 4, nodemailer 4×C), median of %d runs of %v. Open loop: Sends arrive at a fraction of that rate with exponential gaps, each on its own goroutine (in Node, its own promise) with its own ctx of %v from its scheduled arrival; latency runs from the scheduled arrival to the answer, so a client that falls behind (or a timer that fires late) is charged for it. A point lasts long enough for %d Sends, between %v and %v; the load of the targets (50 %%) is offered %d times and the run with the median p99 is shown, with every run's p99. Failed Sends (errors, timeouts, more than %d unanswered) count as slower than any answered one: a percentile that falls on them reads `fail`. With fewer than 1,000 Sends, p99.9 is the slowest.\n\n",
+	p("- Saturation: closed loop, callers sending one message after another (smtpkit 2×C×W+C callers, per-message clients 64, go-mail's reused client 4, nodemailer 4×C), median of %d runs of %v. Open loop: Sends arrive at a fraction of that rate with exponential gaps, each on its own goroutine (in Node, its own promise) with its own ctx of %v from its scheduled arrival; latency runs from the scheduled arrival to the answer, so a client that falls behind (or a timer that fires late) is charged for it. A point lasts long enough for %d Sends, between %v and %v; the load of the targets (50 %%) is offered %d times and the run with the median p99 is shown, with every run's p99. Failed Sends (errors, timeouts, more than %d unanswered) count as slower than any answered one: a percentile that falls on them reads `fail`. With fewer than 1,000 Sends, p99.9 is the slowest. *Generator late* is the most an arrival was started after its time in that run: the measuring process's own scheduling delay (timer slack, and on a shared machine, waiting for a CPU), which any latency of the run may include.\n\n",
 		r.Plan.Sat.Runs, r.Plan.Sat.Window, r.Plan.Timeout, r.Plan.Samples, r.Plan.MinDur, r.Plan.MaxDur, max(1, r.Plan.Repeats), r.Plan.MaxOpen)
 	for c, why := range r.Skipped {
 		p("**%s was not measured**: %s.\n\n", c, why)
@@ -239,7 +242,7 @@ func (r *latReport) markdown(cmd string, started time.Time, machine string) []by
 			loads = r.Plan.PlainLoad
 		}
 		for _, rtt := range r.Plan.RTTs {
-			p("### %s, RTT %s\n\n| client | load | offered msg/s | p50 ms | p99 ms | p99.9 ms | Sends | failed | p99 of each run |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n", sec, fmtRTT(rtt))
+			p("### %s, RTT %s\n\n| client | load | offered msg/s | p50 ms | p99 ms | p99.9 ms | Sends | failed | p99 of each run | generator late ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n", sec, fmtRTT(rtt))
 			for _, s := range r.Plan.Specs {
 				if !s.Curve {
 					continue
@@ -253,8 +256,8 @@ func (r *latReport) markdown(cmd string, started time.Time, machine string) []by
 					for _, v := range pt.P99Runs {
 						runs = append(runs, fmtLat(v))
 					}
-					p("| %s | %.0f %% | %s | %s | %s | %s | %s | %s | %s |\n", s.label(), 100*load, fmtInt(pt.Offered),
-						fmtLat(pt.P50ms), fmtLat(pt.P99ms), fmtLat(pt.P999ms), fmtInt(float64(pt.N)), fmtInt(float64(pt.Failed)), strings.Join(runs, ", "))
+					p("| %s | %.0f %% | %s | %s | %s | %s | %s | %s | %s | %s |\n", s.label(), 100*load, fmtInt(pt.Offered),
+						fmtLat(pt.P50ms), fmtLat(pt.P99ms), fmtLat(pt.P999ms), fmtInt(float64(pt.N)), fmtInt(float64(pt.Failed)), strings.Join(runs, ", "), fmtLat(pt.MaxLateMs))
 				}
 			}
 			p("\n")
@@ -329,7 +332,7 @@ func (s *scaleReport) markdown(cmd string, started time.Time) []byte {
 		}
 		p("\n")
 	}
-	p("%s", end)
+	p("%s\n\n%s", strings.TrimSpace(scaleAnalysis), end)
 	return b.Bytes()
 }
 

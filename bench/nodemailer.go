@@ -117,11 +117,13 @@ func (n *nodePool) open(rate float64, dur, timeout time.Duration, seed uint64) (
 		Lat        []float64
 		Failed     int
 		FirstError string
+		MaxLateUs  float64
 	}
 	if err := n.call(map[string]any{"op": "open", "rate": rate, "ms": dur.Milliseconds(), "timeoutMs": timeout.Milliseconds(), "seed": seed}, &r); err != nil {
 		return loadResult{}, err
 	}
-	res := loadResult{Rate: rate, Failed: r.Failed, FirstEr: r.FirstError, Lat: make([]time.Duration, len(r.Lat))}
+	res := loadResult{Rate: rate, Failed: r.Failed, FirstEr: r.FirstError, Lat: make([]time.Duration, len(r.Lat)),
+		MaxLate: time.Duration(r.MaxLateUs * 1e3)}
 	for i, us := range r.Lat {
 		res.Lat[i] = time.Duration(us * 1e3)
 	}

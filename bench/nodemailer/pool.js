@@ -17,7 +17,8 @@
 //       messages arrive at R per second with exponential gaps for D ms,
 //       each sent at once whatever the earlier ones are doing; answers
 //       {"lat": [microseconds from the scheduled arrival to the answer],
-//       "failed", "firstError"}. A failed send counts in failed, not in
+//       "failed", "firstError", "maxLateUs" (the most an arrival started
+//       after its time)}. A failed send counts in failed, not in
 //       lat.
 //
 // Closing stdin closes the pool and ends the process. Nothing here is
@@ -126,6 +127,7 @@ async function open(cmd) {
     const lat = [];
     let failed = 0;
     let firstError = '';
+    let maxLateUs = 0;
     const pending = [];
     const start = now();
     const end = start + cmd.ms * 1000;
@@ -135,6 +137,7 @@ async function open(cmd) {
             const t = now();
             while (next <= t && next < end) {
                 const due = next;
+                maxLateUs = Math.max(maxLateUs, t - due);
                 pending.push(send(cmd.timeoutMs).then(
                     () => { lat.push(now() - due); },
                     (e) => { failed++; if (!firstError) firstError = String(e && e.message); }
@@ -150,7 +153,7 @@ async function open(cmd) {
         tick();
     });
     await Promise.all(pending);
-    return { lat, failed, firstError };
+    return { lat, failed, firstError, maxLateUs };
 }
 
 const rl = readline.createInterface({ input: process.stdin });
