@@ -416,7 +416,7 @@ func BenchmarkStreamBody(b *testing.B) {
 func TestLatencyAndScale(t *testing.T) {
 	l := testLab(t)
 	ctx := testCtx(t, 2*time.Minute)
-	lp := latPlan{RTTs: []time.Duration{0}, Secs: []string{secTLS, secPlain}, Specs: latSpecs,
+	lp := latPlan{RTTs: []time.Duration{0}, Secs: []string{secTLS}, Specs: latSpecs,
 		TLSLoads: []float64{0.5}, PlainLoad: []float64{0.5},
 		Sat:     timing{Runs: 1, Window: 100 * time.Millisecond, Warm: 50 * time.Millisecond, MinMsgs: 2, MaxRun: 2 * time.Second, MaxMsgs: 100_000},
 		Samples: 20, MinDur: 50 * time.Millisecond, MaxDur: 200 * time.Millisecond, Timeout: 20 * time.Second, MaxOpen: 1000, RepeatLoad: 0.5, Repeats: 2}
