@@ -38,6 +38,7 @@ const (
 	latGoMailDial  = "go-mail DialAndSend"
 	latGoMailReuse = "go-mail reused client"
 	latNodemailer  = "nodemailer pool"
+	latWire        = "wire-chunking" // the control: writes at once, no window
 )
 
 // latSpec is one client configuration of the latency section.
@@ -52,7 +53,7 @@ func (s latSpec) label() string {
 	switch s.Client {
 	case latSender:
 		return fmt.Sprintf("%s c%d w%d", s.Client, s.Conns, s.Window)
-	case latNodemailer:
+	case latNodemailer, latWire:
 		return fmt.Sprintf("%s c%d", s.Client, s.Conns)
 	}
 	return s.Client
@@ -68,6 +69,7 @@ var latSpecs = []latSpec{
 	{latGoMailDial, 0, 1, true},
 	{latGoMailReuse, 1, 1, true},
 	{latNodemailer, 4, 1, true},
+	{latWire, 4, 1, true},
 }
 
 // Security settings of the latency section.
@@ -181,6 +183,8 @@ func newLatClient(ctx context.Context, s latSpec, t latTarget) (latClient, error
 		return &netSMTPPerMsg{t: t}, nil
 	case latGoMailDial, latGoMailReuse:
 		return newGoMailLat(s.Client == latGoMailReuse, t)
+	case latWire:
+		return newWireLat(ctx, s, t)
 	}
 	return nil, fmt.Errorf("no Go latency client %q", s.Client)
 }
@@ -386,6 +390,8 @@ func satCallers(s latSpec) int {
 	switch s.Client {
 	case latSender:
 		return 2*s.Conns*s.Window + s.Conns
+	case latWire:
+		return 2*s.Conns*32 + s.Conns
 	case latGoMailReuse:
 		return 4
 	case latNodemailer:
@@ -580,7 +586,17 @@ func measureLatency(ctx context.Context, l *lab, p latPlan, text func(string), e
 				if s.Client == latNodemailer && nodeErr != nil {
 					continue
 				}
-				sat, points := measureLatClient(ctx, l, p, s, t, rtt, loads, nodeDir, &seed)
+				// The control is offered smtpkit's rates: the same load.
+				base := 0.0
+				if s.Client == latWire {
+					for _, o := range p.Specs {
+						if v, ok := rep.sat(o, sec, rtt); ok && o.Client == latSender && o.Curve {
+							base = v.Rate
+							break
+						}
+					}
+				}
+				sat, points := measureLatClient(ctx, l, p, s, t, rtt, loads, base, nodeDir, &seed)
 				text(satLine(sat))
 				rep.Sats = append(rep.Sats, sat)
 				if sat.err == nil {
@@ -601,8 +617,9 @@ func measureLatency(ctx context.Context, l *lab, p latPlan, text func(string), e
 }
 
 // measureLatClient measures one client's saturation at t, then its
-// latency at each load.
-func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t latTarget, rtt time.Duration, loads []float64, nodeDir string, seed *uint64) (latSat, []latPoint) {
+// latency at each load: a fraction of base when base > 0, else of its
+// own saturation.
+func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t latTarget, rtt time.Duration, loads []float64, base float64, nodeDir string, seed *uint64) (latSat, []latPoint) {
 	sat := latSat{Client: s.label(), Sec: t.sec, RTTms: float64(rtt) / 1e6, spec: s, rtt: rtt}
 	var points []latPoint
 	if s.Client == latNodemailer {
@@ -667,7 +684,10 @@ func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t latTa
 	defer c.close()
 	// Warm up (pools dial) at a quarter of saturation.
 	openLoop(ctx, c, sat.Rate/4, 200*time.Millisecond, p.Timeout, p.MaxOpen, 0)
-	points = p.measureLoads(s, t.sec, rtt, sat.Rate, loads, seed, func(rate float64, dur time.Duration, seed uint64) (loadResult, error) {
+	if base <= 0 {
+		base = sat.Rate
+	}
+	points = p.measureLoads(s, t.sec, rtt, base, loads, seed, func(rate float64, dur time.Duration, seed uint64) (loadResult, error) {
 		return openLoop(ctx, c, rate, dur, p.Timeout, p.MaxOpen, seed), nil
 	})
 	return sat, points

@@ -87,6 +87,9 @@ func goals(lat *latReport, sc *scaleReport) []latGoal {
 		g := latGoal{Name: "p99 Send latency at 50 % of saturation, TLS+AUTH, RTT 10 ms", Goal: "≤ 3 RTT + 5 ms = 35 ms"}
 		if p, ok := lat.point(pool, secTLS, rtt, 0.5); ok {
 			g.Measured = fmt.Sprintf("%s ms (%s, %s msg/s)", fmtLat(p.P99ms), pool.label(), fmtInt(p.Offered))
+			if w, ok := lat.point(latSpec{latWire, 4, 1, true}, secTLS, rtt, 0.5); ok {
+				g.Measured += fmt.Sprintf("; the wire control at the same load: %s ms", fmtLat(w.P99ms))
+			}
 			g.Met = metText(p.P99ms >= 0 && p.P99ms <= 35, "over 35 ms")
 		} else {
 			g.Measured, g.Met = "-", "not measured"
@@ -186,8 +189,8 @@ func (r *latReport) markdown(cmd string, started time.Time, machine string) []by
 	p("Tables unedited from that run; the machine was shared with other engineers' test runs, so figures are noisy.\n\n")
 	p("![p99 Send latency against offered load, one line per client](benchmarks-latency.svg)\n\n")
 	p("- Sink: the go-smtp server with implicit TLS (RSA 2048 certificate, TLS 1.3) and AUTH PLAIN required, started in the helper process; for plaintext, the go-smtp sink of the throughput tables, without AUTH (AUTH is never sent in plaintext). Round trips from the same delay line. Every client sends the benchmark message of %s octets to one recipient; go-mail and nodemailer render their own MIME message from the same text.\n", fmtInt(float64(len(message))))
-	p("- Clients: `%s` (`sender.Sender`, MaxConns 4, MaxInFlight 32; with one connection for the saturation comparisons); `%s` (dial, TLS, EHLO, AUTH, MAIL, RCPT, DATA, QUIT for every message, as `net/smtp.SendMail` does); `%s` (github.com/wneessen/go-mail v0.8.1, `DialAndSendWithContext` per message); `%s` (one go-mail client dialed once, `Send` under its mutex, a semaphore in front so that a waiting caller can give up; go-mail sends NOOP before and RSET after each message); `%s` (nodemailer %s, `pool: true`, `maxConnections: 4`, `maxMessages: 100`, its default, driven from Node by bench/nodemailer/pool.js).\n",
-		latSender, latNetSMTP, latGoMailDial, latGoMailReuse, latNodemailer, "10.6.1")
+	p("- Clients: `%s` (`sender.Sender`, MaxConns 4, MaxInFlight 32; with one connection for the saturation comparisons); `%s` (dial, TLS, EHLO, AUTH, MAIL, RCPT, DATA, QUIT for every message, as `net/smtp.SendMail` does); `%s` (github.com/wneessen/go-mail v0.8.1, `DialAndSendWithContext` per message); `%s` (one go-mail client dialed once, `Send` under its mutex, a semaphore in front so that a waiting caller can give up; go-mail sends NOOP before and RSET after each message); `%s` (nodemailer %s, `pool: true`, `maxConnections: 4`, `maxMessages: 100`, its default, driven from Node by bench/nodemailer/pool.js); and a control, `%s c4`, which writes each Send's pre-rendered MAIL, RCPT and `BDAT n LAST` at once on the least busy of four connections (no window, no waiting for a read to end) while a reader goroutine per connection answers: the least a client can add to the round trip. The control is offered smtpkit's rates (its *load* is a fraction of smtpkit's saturation), so that what it shows beyond one RTT is the sink, the delay line and the machine at the same load.\n",
+		latSender, latNetSMTP, latGoMailDial, latGoMailReuse, latNodemailer, "10.6.1", latWire)
 	p("- Saturation: closed loop, callers sending one message after another (smtpkit 2×C×W+C callers, per-message clients 64, go-mail's reused client 4, nodemailer 4×C), median of %d runs of %v. Open loop: Sends arrive at a fraction of that rate with exponential gaps, each on its own goroutine (in Node, its own promise) with its own ctx of %v from its scheduled arrival; latency runs from the scheduled arrival to the answer, so a client that falls behind (or a timer that fires late) is charged for it. A point lasts long enough for %d Sends, between %v and %v; the load of the targets (50 %%) is offered %d times and the run with the median p99 is shown, with every run's p99. Failed Sends (errors, timeouts, more than %d unanswered) count as slower than any answered one: a percentile that falls on them reads `fail`. With fewer than 1,000 Sends, p99.9 is the slowest. *Generator late* is the most an arrival was started after its time in that run: the measuring process's own scheduling delay (timer slack, and on a shared machine, waiting for a CPU), which any latency of the run may include.\n\n",
 		r.Plan.Sat.Runs, r.Plan.Sat.Window, r.Plan.Timeout, r.Plan.Samples, r.Plan.MinDur, r.Plan.MaxDur, max(1, r.Plan.Repeats), r.Plan.MaxOpen)
 	for c, why := range r.Skipped {
@@ -411,15 +414,21 @@ func (r *latReport) svg() ([]byte, error) {
 			label := s.label()
 			if _, ok := colors[label]; !ok {
 				colors[label] = palette[si%len(palette)]
-				w := 1.5
+				w, dash := 1.5, ""
 				if s.Client == latSender {
 					w = 2.5
 				}
-				d.Legend = append(d.Legend, chartLegend{Color: colors[label], Width: w, Label: label})
+				if s.Client == latWire {
+					dash = "6 3"
+				}
+				d.Legend = append(d.Legend, chartLegend{Color: colors[label], Width: w, Dash: dash, Label: label + map[bool]string{true: " (control)"}[s.Client == latWire]})
 			}
 			line.Label, line.Color, line.Width = label, colors[label], 1.5
 			if s.Client == latSender {
 				line.Width = 2.5
+			}
+			if s.Client == latWire {
+				line.Dash = "6 3"
 			}
 			p.Lines = append(p.Lines, line)
 		}
