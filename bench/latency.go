@@ -391,7 +391,9 @@ func satCallers(s latSpec) int {
 	case latSender:
 		return 2*s.Conns*s.Window + s.Conns
 	case latWire:
-		return 2*s.Conns*32 + s.Conns
+		// One pending Send per caller: 32 in flight per connection, as
+		// smtpkit's window.
+		return 32 * s.Conns
 	case latGoMailReuse:
 		return 4
 	case latNodemailer:

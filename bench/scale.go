@@ -103,9 +103,10 @@ type rcptRow struct {
 
 // connRow is one line of the connections table.
 type connRow struct {
-	Conns    int     `json:"conns"`
-	MsgsPerS float64 `json:"msgs_per_s"`
-	err      error
+	Conns     int     `json:"conns"`
+	MsgsPerS  float64 `json:"msgs_per_s"`
+	WireMsgsS float64 `json:"wire_msgs_per_s"` // the wire client, as many connections and callers
+	err       error
 }
 
 // scaleReport is what the scale section produced.
@@ -178,17 +179,25 @@ func measureConns(ctx context.Context, rep *scaleReport, t latTarget, text func(
 		if ctx.Err() != nil {
 			return
 		}
-		s := latSpec{Client: latSender, Conns: c, Window: 32}
 		r := connRow{Conns: c}
-		smp, err := runOnceWith(ctx, scenario{Client: clientSender, Conns: c, Window: 32}, rep.Plan.Timing, func(context.Context) (runner, error) {
-			sl, err := newSenderLat(s, t, nil)
+		// smtpkit, then the wire client with as many connections.
+		var rates [2]float64
+		for i, s := range []latSpec{{Client: latSender, Conns: c, Window: 32}, {Client: latWire, Conns: c, Window: 1}} {
+			smp, err := runOnceWith(ctx, scenario{Client: s.Client, Conns: c, Window: 32}, rep.Plan.Timing, func(ctx context.Context) (runner, error) {
+				lc, err := newLatClient(ctx, s, t)
+				if err != nil {
+					return nil, err
+				}
+				return &latRunner{c: lc, callers: satCallers(s)}, nil
+			})
 			if err != nil {
-				return nil, err
+				r.err = err
+				break
 			}
-			return &latRunner{c: sl, callers: satCallers(s)}, nil
-		})
-		r.MsgsPerS, r.err = round(smp.rate, 1), err
-		text(fmt.Sprintf("scale conns %3d  RTT 10 ms TLS+AUTH  %8.1f msg/s  %v", c, r.MsgsPerS, errText(r.err)))
+			rates[i] = round(smp.rate, 1)
+		}
+		r.MsgsPerS, r.WireMsgsS = rates[0], rates[1]
+		text(fmt.Sprintf("scale conns %3d  RTT 10 ms TLS+AUTH  %8.1f msg/s  wire %8.1f msg/s  %v", c, r.MsgsPerS, r.WireMsgsS, errText(r.err)))
 		rep.Conns = append(rep.Conns, r)
 		emit(r)
 	}
