@@ -105,8 +105,11 @@ func (n *nodePool) saturate(callers int, tm timing) (float64, error) {
 	if err := n.call(map[string]any{"op": "saturate", "callers": callers, "ms": tm.Window.Milliseconds(), "warmMs": tm.Warm.Milliseconds()}, &r); err != nil {
 		return 0, err
 	}
-	if r.Failed > 0 || r.Sent == 0 {
+	if r.Sent == 0 || r.Failed > r.Sent/100 {
 		return 0, fmt.Errorf("nodemailer: %d sent, %d failed: %s", r.Sent, r.Failed, r.FirstError)
+	}
+	if r.Failed > 0 {
+		fmt.Fprintf(os.Stderr, "bench: nodemailer: %d of %d messages failed at saturation (counted out): %s\n", r.Failed, r.Sent+r.Failed, r.FirstError)
 	}
 	return float64(r.Sent) / (r.Ms / 1000), nil
 }
