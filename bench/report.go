@@ -421,9 +421,9 @@ func (r *report) markdown() []byte {
 // howToRun is the command summary of docs/benchmarks.md. The minutes
 // are those of a run on the 2-CPU development machine.
 const howToRun = `
-go run ./bench                       # every section, about 25 min: writes docs/benchmarks.md, benchmarks.svg and benchmarks-latency.svg
+go run ./bench                       # every section, about 22 min: writes docs/benchmarks.md, benchmarks.svg and benchmarks-latency.svg
 go run ./bench -sections throughput  # msg/s per client, sink and RTT, and memory (about 9 min)
-go run ./bench -sections latency     # open-loop Send latency against load, with the peers (about 13 min)
+go run ./bench -sections latency     # open-loop Send latency against load, with the peers (about 11 min)
 go run ./bench -sections scale       # callers, message size, recipients, connections (about 2 min)
 go run ./bench -quick                # every section, shorter (about 3 min)
 go run ./bench -json                 # one JSON object per measurement on stdout
