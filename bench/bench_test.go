@@ -410,3 +410,73 @@ func BenchmarkStreamBody(b *testing.B) {
 		}
 	}
 }
+
+// TestLatencyAndScale runs the latency and scale sections on a tiny
+// scale and checks their results, Markdown and chart.
+func TestLatencyAndScale(t *testing.T) {
+	l := testLab(t)
+	ctx := testCtx(t, 2*time.Minute)
+	lp := latPlan{RTTs: []time.Duration{0}, Secs: []string{secTLS}, Specs: latSpecs,
+		TLSLoads: []float64{0.5}, PlainLoad: []float64{0.5},
+		Sat:     timing{Runs: 1, Window: 100 * time.Millisecond, Warm: 50 * time.Millisecond, MinMsgs: 2, MaxRun: 2 * time.Second, MaxMsgs: 100_000},
+		Samples: 20, MinDur: 50 * time.Millisecond, MaxDur: 200 * time.Millisecond, Timeout: 20 * time.Second, MaxOpen: 1000, RepeatLoad: 0.5, Repeats: 2}
+	var lines []string
+	lat := measureLatency(ctx, l, lp, func(s string) { lines = append(lines, s) }, func(any) {})
+	if why, ok := lat.Skipped[latNodemailer]; ok {
+		t.Logf("nodemailer skipped: %s", why)
+	}
+	for _, s := range lat.Sats {
+		if s.err != nil || s.Rate <= 0 {
+			t.Errorf("saturation %s %s: %v", s.Client, s.Sec, s.err)
+		}
+	}
+	for _, p := range lat.Points {
+		if p.err != nil || p.N == 0 || p.Failed > 0 || p.P50ms <= 0 || p.P99ms < p.P50ms || p.P999ms < p.P99ms {
+			t.Errorf("point %+v: %v %s", p, p.err, p.firstErr)
+		}
+	}
+	sp := scalePlan{Callers: []int{100}, CallerMsgs: 200, Sizes: []int{4 << 10}, Rcpts: []int{3}, RcptRTTs: []time.Duration{0}, Conns: []int{1},
+		Timing: timing{Runs: 1, Window: 100 * time.Millisecond, Warm: 50 * time.Millisecond, MinMsgs: 2, MaxRun: 2 * time.Second, MaxMsgs: 100_000}}
+	sc := measureScale(ctx, l, sp, func(s string) { lines = append(lines, s) }, func(any) {})
+	if len(sc.Callers) != 1 || sc.Callers[0].err != nil || sc.Callers[0].Waiting != 100 || sc.Callers[0].PerSendUs <= 0 {
+		t.Errorf("callers: %+v", sc.Callers)
+	}
+	if len(sc.Sizes) != 1 || sc.Sizes[0].err != nil || len(sc.Rcpts) != 1 || sc.Rcpts[0].err != nil || len(sc.Conns) != 1 || sc.Conns[0].err != nil {
+		t.Errorf("scale: %+v %+v %+v", sc.Sizes, sc.Rcpts, sc.Conns)
+	}
+	md := string(lat.markdown("go test", time.Now(), machine())) + string(sc.markdown("go test", time.Now()))
+	for _, want := range []string{"<!-- bench:latency -->", "### Targets", "### TLS+AUTH, RTT 0 ms", latNetSMTP, latGoMailReuse, "<!-- /bench:scale -->", "### Callers waiting in Send"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+	svg, err := lat.svg()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := xml.Unmarshal(svg, new(struct{})); err != nil {
+		t.Errorf("latency SVG is not well-formed: %v", err)
+	}
+	if testing.Verbose() {
+		t.Logf("progress:\n%s\n%s", strings.Join(lines, "\n"), md)
+	}
+}
+
+func TestRegions(t *testing.T) {
+	doc := []byte("# B\n\nintro\n\n## Where the time goes\n\ntext\n")
+	lat := []byte("<!-- bench:latency -->\nL1\n<!-- /bench:latency -->\n")
+	doc = spliceRegion(doc, "latency", lat)
+	if !bytes.Contains(doc, []byte("intro\n\n<!-- bench:latency -->\nL1\n<!-- /bench:latency -->\n\n## Where the time goes")) {
+		t.Errorf("inserted:\n%s", doc)
+	}
+	doc = spliceRegion(doc, "latency", []byte("<!-- bench:latency -->\nL2\n<!-- /bench:latency -->\n"))
+	if bytes.Contains(doc, []byte("L1")) || !bytes.Contains(doc, []byte("L2")) {
+		t.Errorf("replaced:\n%s", doc)
+	}
+	if got := spliceRegion(doc, "scale", nil); !bytes.Equal(got, doc) {
+		t.Errorf("nil region changed the doc")
+	}
+	if r := extractRegion(doc, "latency"); !bytes.Equal(r, []byte("<!-- bench:latency -->\nL2\n<!-- /bench:latency -->\n")) {
+		t.Errorf("extracted %q", r)
+	}
+}

@@ -39,6 +39,16 @@ const (
 	sinkGoSMTP   = "go-smtp"
 	sinkSMTPSink = "smtp-sink"
 	sinkPostfix  = "postfix"
+	// sinkGoSMTPTLS is the go-smtp server with implicit TLS and AUTH
+	// required (benchUser, benchPass): the latency and scale sections'
+	// production-like sink.
+	sinkGoSMTPTLS = "go-smtp-tls"
+)
+
+// The account of sinkGoSMTPTLS.
+const (
+	benchUser = "bench"
+	benchPass = "bench-password"
 )
 
 // Envelope of every benchmark message. Postfix accepts @localhost
@@ -183,6 +193,9 @@ func dial(ctx context.Context, addr string) (net.Conn, error) {
 type senderRunner struct {
 	s       *sender.Sender
 	callers int
+	msg     []byte   // the message; the benchmark's when nil
+	to      []string // its recipients; rcpts when nil
+	partial bool     // Envelope.AllowPartial
 }
 
 func newSenderRunner(sc scenario, addr string) (*senderRunner, error) {
@@ -206,18 +219,35 @@ func newSenderRunner(sc scenario, addr string) (*senderRunner, error) {
 }
 
 func (r *senderRunner) run(ctx context.Context, q *quota) error {
+	return callersRun(q, r.callers, func() func() error {
+		msg, to := r.msg, r.to
+		if msg == nil {
+			msg, to = message, rcpts
+		}
+		body := bytes.NewReader(msg)
+		env := smtp.Envelope{From: mailFrom, To: to, AllowPartial: r.partial}
+		return func() error {
+			body.Reset(msg)
+			_, err := r.s.Send(ctx, env, body)
+			return err
+		}
+	})
+}
+
+// callersRun runs callers goroutines, each sending one message after
+// another with its own function from newSend while the quota allows,
+// and returns the first error (which ends the run).
+func callersRun(q *quota, callers int, newSend func() func() error) error {
 	var wg sync.WaitGroup
 	var once sync.Once
 	var first error
-	for range r.callers {
+	for range callers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			body := bytes.NewReader(message)
-			env := smtp.Envelope{From: mailFrom, To: rcpts}
+			send := newSend()
 			for q.claim() {
-				body.Reset(message)
-				if _, err := r.s.Send(ctx, env, body); err != nil {
+				if err := send(); err != nil {
 					once.Do(func() { first = err })
 					q.stop.Store(true)
 					return
@@ -460,9 +490,15 @@ type wireRunner struct {
 	envelope []byte // MAIL, RCPT, DATA
 	bodyNext []byte // body, final dot, next MAIL, RCPT, DATA
 	bodyEnd  []byte // body and final dot
+	perTx    int    // replies per BDAT transaction: MAIL, each RCPT, BDAT
 }
 
 func newWireRunner(ctx context.Context, addr string, chunking bool, window int) (*wireRunner, error) {
+	return newWireRunnerFor(ctx, addr, chunking, window, message, rcpts)
+}
+
+// newWireRunnerFor is newWireRunner for msg and the recipients to.
+func newWireRunnerFor(ctx context.Context, addr string, chunking bool, window int, msg []byte, to []string) (*wireRunner, error) {
 	conn, err := dial(ctx, addr)
 	if err != nil {
 		return nil, err
@@ -481,12 +517,16 @@ func newWireRunner(ctx context.Context, addr string, chunking bool, window int) 
 		conn.Close()
 		return nil, errors.New("wire client: the sink does not offer CHUNKING")
 	}
-	env := "MAIL FROM:<" + mailFrom + ">\r\nRCPT TO:<" + rcptTo + ">\r\n"
-	one := append([]byte(env+"BDAT "+strconv.Itoa(len(message))+" LAST\r\n"), message...)
+	env := "MAIL FROM:<" + mailFrom + ">\r\n"
+	for _, rcpt := range to {
+		env += "RCPT TO:<" + rcpt + ">\r\n"
+	}
+	r.perTx = 2 + len(to)
+	one := append([]byte(env+"BDAT "+strconv.Itoa(len(msg))+" LAST\r\n"), msg...)
 	r.txLen = len(one)
 	r.tx = bytes.Repeat(one, r.window)
 	r.envelope = []byte(env + "DATA\r\n")
-	r.bodyEnd = append(append([]byte{}, message...), ".\r\n"...)
+	r.bodyEnd = append(append([]byte{}, msg...), ".\r\n"...)
 	r.bodyNext = append(append([]byte{}, r.bodyEnd...), r.envelope...)
 	return r, nil
 }
@@ -596,8 +636,8 @@ func (r *wireRunner) runChunking(q *quota) error {
 	done := make(chan struct{})
 	// total counts the messages written (stored before the write, so the
 	// reader never sees a reply before its message is counted). After
-	// the last message the writer sends NOOP: the reply past 3*total is
-	// the NOOP's, and the run is over.
+	// the last message the writer sends NOOP: the reply past
+	// perTx*total is the NOOP's, and the run is over.
 	var total atomic.Int64
 	werr := make(chan error, 1)
 	go func() {
@@ -629,14 +669,15 @@ func (r *wireRunner) runChunking(q *quota) error {
 			break
 		}
 		replies++
-		if replies > 3*total.Load() {
+		per := int64(r.perTx)
+		if replies > per*total.Load() {
 			break // the NOOP's
 		}
 		if code/100 != 2 {
 			rerr = fmt.Errorf("wire-chunking: reply %d", code)
 			break
 		}
-		if replies%3 == 0 {
+		if replies%per == 0 {
 			answered++
 		}
 	}

@@ -80,6 +80,14 @@ func (h *peerHost) do(args []string) (string, error) {
 			h.gosmtp = testpeers.GoSMTP(tb, testpeers.GoSMTPOptions{DiscardBodies: true})
 			return h.gosmtp.Addr()
 		})
+	case "gosmtp-tls":
+		// Implicit TLS with AUTH PLAIN/LOGIN required, as a submission
+		// server on port 465 runs: "ADDR CERTFILE".
+		return h.tb.try(func(tb testing.TB) string {
+			s := testpeers.GoSMTP(tb, testpeers.GoSMTPOptions{Mode: testpeers.ImplicitTLS, DiscardBodies: true,
+				Auth: map[string]string{benchUser: benchPass}, AuthRequired: true})
+			return s.Addr() + " " + s.Cert().CertFile
+		})
 	case "count":
 		if h.gosmtp == nil {
 			return "0", nil
@@ -93,6 +101,13 @@ func (h *peerHost) do(args []string) (string, error) {
 		return h.tb.try(func(tb testing.TB) string {
 			return testpeers.Postfix(tb, testpeers.PostfixOptions{}).PlainAuthAddr()
 		})
+	case "cpu":
+		// The CPU time this process (the sinks) has used, in ns.
+		d, ok := cpuTime()
+		if !ok {
+			return "-1", nil
+		}
+		return strconv.FormatInt(int64(d), 10), nil
 	case "echo":
 		return h.echo()
 	case "line":
@@ -327,16 +342,8 @@ func startHelper() (*helper, error) {
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), envHelper+"=1")
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = helperAttr()
-	in, err := cmd.StdinPipe()
+	in, out, err := startPiped(cmd)
 	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting bench helper %s: %w", filepath.Base(exe), err)
 	}
 	h := &helper{cmd: cmd, in: in, out: bufio.NewReader(out), done: make(chan struct{})}
@@ -345,6 +352,24 @@ func startHelper() (*helper, error) {
 		close(h.done)
 	}()
 	return h, nil
+}
+
+// startPiped starts cmd, killed if this process dies, with pipes to its
+// stdin and from its stdout.
+func startPiped(cmd *exec.Cmd) (io.WriteCloser, io.ReadCloser, error) {
+	cmd.SysProcAttr = helperAttr()
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	return in, out, nil
 }
 
 // call sends one command and returns the helper's answer.

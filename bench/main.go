@@ -3,9 +3,10 @@
 // times added by a userspace delay line, and writes docs/benchmarks.md
 // and docs/benchmarks.svg.
 //
-//	go run ./bench            # full run
-//	go run ./bench -quick     # under 2 minutes
-//	go run ./bench -json      # one JSON object per measurement on stdout
+//	go run ./bench                     # full run, every section
+//	go run ./bench -quick              # a shorter run of every section
+//	go run ./bench -sections latency   # one section: throughput, latency, scale
+//	go run ./bench -json               # one JSON object per measurement on stdout
 //
 // The same comparisons run as Go benchmarks with go test -bench . ./bench.
 package main
@@ -112,12 +113,21 @@ func run() int {
 		memory      = flag.Bool("memory", true, "measure memory: idle sessions and a streamed 100 MiB body")
 		docsDir     = flag.String("docs", "", "`directory` for benchmarks.md and benchmarks.svg (default: docs/ of the module)")
 		noDocs      = flag.Bool("nodocs", false, "do not write the docs")
-		timeout     = flag.Duration("timeout", 0, "give up after this long (default 40m, 3m with -quick)")
+		timeout     = flag.Duration("timeout", 0, "give up after this long (default 60m, 8m with -quick)")
+		sectionList = flag.String("sections", "throughput,latency,scale", "comma-separated sections to run: throughput (msg/s per client, sink and RTT; memory), latency (open-loop Send latency against load over TLS+AUTH, with net/smtp, go-mail and nodemailer), scale (callers, message size, recipients, connections)")
 	)
 	flag.Parse()
-	p := fullPlan()
+	p, lp, sp := fullPlan(), fullLatPlan(), fullScalePlan()
 	if *quick {
-		p = quickPlan()
+		p, lp, sp = quickPlan(), quickLatPlan(), quickScalePlan()
+	}
+	sections := map[string]bool{}
+	for _, s := range splitList(*sectionList) {
+		if s != "throughput" && s != "latency" && s != "scale" {
+			fmt.Fprintf(os.Stderr, "bench: unknown section %q\n", s)
+			return 2
+		}
+		sections[s] = true
 	}
 	if *runs > 0 {
 		p.Timing.Runs = *runs
@@ -133,6 +143,7 @@ func run() int {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			return 2
 		}
+		lp.RTTs = p.RTTs
 	}
 	if *sinkList != "" {
 		p.Sinks = splitList(*sinkList)
@@ -169,9 +180,9 @@ func run() int {
 		p.Scenarios = slices.DeleteFunc(slices.Clone(p.Scenarios), func(sc scenario) bool { return !slices.Contains(ws, sc.Window) })
 	}
 	if *timeout <= 0 {
-		*timeout = 40 * time.Minute
+		*timeout = 60 * time.Minute
 		if *quick {
-			*timeout = 3 * time.Minute
+			*timeout = 8 * time.Minute
 		}
 	}
 	mode := "full"
@@ -243,6 +254,9 @@ func run() int {
 		}
 	}
 
+	if !sections["throughput"] {
+		p.Sinks, p.Memory = nil, false
+	}
 	var sinks []string
 	for _, s := range p.Sinks {
 		start := time.Now()
@@ -255,7 +269,15 @@ func run() int {
 		sinks = append(sinks, s)
 		fmt.Fprintf(text, "sink %-9s %s (started in %v)\n", s, addr, time.Since(start).Round(time.Millisecond))
 	}
-	for _, rtt := range p.RTTs {
+	lineRTTs := slices.Clone(p.RTTs)
+	if sections["latency"] {
+		lineRTTs = append(lineRTTs, lp.RTTs...)
+	}
+	if sections["scale"] {
+		lineRTTs = append(lineRTTs, 10*time.Millisecond)
+	}
+	slices.Sort(lineRTTs)
+	for _, rtt := range slices.Compact(lineRTTs) {
 		if rtt == 0 {
 			continue
 		}
@@ -301,20 +323,53 @@ measure:
 			}
 		}
 	}
+	textLine := func(s string) { fmt.Fprintln(text, s) }
+	emit := func(v any) {
+		if *jsonOut {
+			enc.Encode(v)
+		}
+	}
+	cmdLine := "go run ./bench " + strings.Join(os.Args[1:], " ")
+	var latRep *latReport
+	if sections["latency"] && ctx.Err() == nil {
+		latRep = measureLatency(ctx, lab, lp, textLine, emit)
+		for _, s := range latRep.Sats {
+			failed = failed || s.err != nil
+		}
+		for _, pt := range latRep.Points {
+			failed = failed || pt.err != nil
+		}
+	}
+	var scaleRep *scaleReport
+	if sections["scale"] && ctx.Err() == nil {
+		scaleRep = measureScale(ctx, lab, sp, textLine, emit)
+	}
 	rep.Took = time.Since(rep.Started)
 	if ctx.Err() != nil {
 		fmt.Fprintf(os.Stderr, "bench: stopped early: %v\n", context.Cause(ctx))
 		failed = true
 	}
-	rep.printTables(text)
+	if sections["throughput"] {
+		rep.printTables(text)
+	}
+	if latRep != nil {
+		fmt.Fprintf(text, "\n%s", latRep.markdown(strings.TrimSpace(cmdLine), rep.Started, rep.Machine))
+	}
+	if scaleRep != nil {
+		fmt.Fprintf(text, "\n%s", scaleRep.markdown(strings.TrimSpace(cmdLine), rep.Started))
+	}
 	fmt.Fprintf(text, "\ntook %v\n", rep.Took.Round(time.Second))
 
 	if !*noDocs && ctx.Err() == nil {
-		if err := writeDocs(docs, rep); err != nil {
+		var r *report
+		if sections["throughput"] {
+			r = rep
+		}
+		if err := writeDocs(docs, r, latRep, scaleRep, strings.TrimSpace(cmdLine)); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			return 1
 		}
-		fmt.Fprintf(text, "wrote %s and %s\n", filepath.Join(docs, "benchmarks.md"), filepath.Join(docs, "benchmarks.svg"))
+		fmt.Fprintf(text, "wrote the docs in %s\n", docs)
 	}
 	if failed {
 		return 1
@@ -347,18 +402,49 @@ func measureMemory(ctx context.Context, lab *lab, sinks []string) []memResult {
 	return out
 }
 
-func writeDocs(dir string, rep *report) error {
+// writeDocs writes benchmarks.md and the charts of the sections that
+// ran (a nil report did not): a section that did not run keeps its part
+// of the existing benchmarks.md.
+func writeDocs(dir string, rep *report, lat *latReport, sc *scaleReport, cmd string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	svg, err := rep.svg()
-	if err != nil {
+	path := filepath.Join(dir, "benchmarks.md")
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "benchmarks.svg"), svg, 0o644); err != nil {
-		return err
+	md := old
+	if rep != nil {
+		svg, err := rep.svg()
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "benchmarks.svg"), svg, 0o644); err != nil {
+			return err
+		}
+		md = rep.markdown()
+	} else if len(md) == 0 {
+		md = []byte("# Benchmarks\n\n")
 	}
-	return os.WriteFile(filepath.Join(dir, "benchmarks.md"), rep.markdown(), 0o644)
+	latRegion, scaleRegion := extractRegion(old, "latency"), extractRegion(old, "scale")
+	if lat != nil {
+		svg, err := lat.svg()
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "benchmarks-latency.svg"), svg, 0o644); err != nil {
+			return err
+		}
+		started := time.Now().Add(-lat.Took)
+		latRegion = lat.markdown(cmd, started, machine())
+	}
+	if sc != nil {
+		scaleRegion = sc.markdown(cmd, time.Now().Add(-sc.Took))
+	}
+	md = spliceRegion(md, "latency", latRegion)
+	md = spliceRegion(md, "scale", scaleRegion)
+	return os.WriteFile(path, md, 0o644)
 }
 
 // moduleRoot finds the directory of this module's go.mod, upwards from

@@ -63,7 +63,7 @@ func (l *lab) sink(name string) (string, error) {
 	if err, ok := l.sinkErr[name]; ok {
 		return "", err
 	}
-	cmd := map[string]string{sinkGoSMTP: "gosmtp", sinkSMTPSink: "smtp-sink", sinkPostfix: "postfix"}[name]
+	cmd := map[string]string{sinkGoSMTP: "gosmtp", sinkGoSMTPTLS: "gosmtp-tls", sinkSMTPSink: "smtp-sink", sinkPostfix: "postfix"}[name]
 	if cmd == "" {
 		return "", fmt.Errorf("unknown sink %q", name)
 	}
@@ -270,9 +270,14 @@ func (l *lab) measure(ctx context.Context, sc scenario, sink string, rtt time.Du
 // sending, and disconnects. Connection set-up and the filling and
 // draining of pipelines fall outside the measured stretch.
 func runOnce(parent context.Context, sc scenario, addr string, tm timing) (sample, error) {
+	return runOnceWith(parent, sc, tm, func(ctx context.Context) (runner, error) { return newRunner(ctx, sc, addr) })
+}
+
+// runOnceWith is runOnce with the runner made by connect.
+func runOnceWith(parent context.Context, sc scenario, tm timing, connect func(context.Context) (runner, error)) (sample, error) {
 	ctx, cancel := context.WithTimeout(parent, tm.Warm+tm.MaxRun+60*time.Second)
 	defer cancel()
-	r, err := newRunner(ctx, sc, addr)
+	r, err := connect(ctx)
 	if err != nil {
 		return sample{}, fmt.Errorf("connecting: %w", err)
 	}

@@ -361,15 +361,8 @@ func (r *report) markdown() []byte {
 			p("### %s\n\nNot measured: %s\n\n", sinkTitle(sink), why)
 			continue
 		}
-		p("### %s\n\n| client |", sinkTitle(sink))
-		for _, rtt := range r.Plan.RTTs {
-			p(" RTT %s |", fmtRTT(rtt))
-		}
-		p("\n|---|")
-		for range r.Plan.RTTs {
-			p("---:|")
-		}
-		p("\n")
+		p("### %s\n\n", sinkTitle(sink))
+		rttHeader(&b, []string{"client"}, r.Plan.RTTs)
 		for _, sc := range r.Plan.Scenarios {
 			if !sc.supports(sink) {
 				continue
@@ -420,14 +413,23 @@ func (r *report) markdown() []byte {
 	p("## Where the time goes\n\n")
 	p("%s\n", strings.TrimSpace(analysis))
 	p("\n## How to run\n\n")
-	p("```\ngo run ./bench            # full run: every sink, RTT 0, 1, 2, 10 ms; writes docs/benchmarks.{md,svg}\n")
-	p("go run ./bench -quick     # under 2 minutes: go-smtp sink and smtp-sink, RTT 0 and 10 ms, W=32\n")
-	p("go run ./bench -json      # one JSON object per measurement on stdout\n")
-	p("go run ./bench -quick -sinks go-smtp -rtt 0 -clients smtpkit-sender -cpuprofile cpu.out\n")
-	p("go test -bench . ./bench  # the same comparisons as Go benchmarks\n```\n\n")
-	p("`go run ./bench -h` lists every flag. Postfix (smtpd, smtp-sink, smtp-source) is needed for those sinks; a sink that cannot start is reported and skipped. `.ci/run` installs it.\n")
+	p("```\n%s\n```\n\n", strings.TrimSpace(howToRun))
+	p("`go run ./bench -h` lists every flag. Postfix (smtpd, smtp-sink, smtp-source) is needed for those sinks; a sink that cannot start is reported and skipped. `.ci/run` installs it. The nodemailer client needs Node.js 20 or later and `npm ci --prefix bench/nodemailer`; without them it is skipped, and the run says how to install them.\n")
 	return b.Bytes()
 }
+
+// howToRun is the command summary of docs/benchmarks.md. The minutes
+// are those of a run on the 2-CPU development machine.
+const howToRun = `
+go run ./bench                       # every section, about 22 min: writes docs/benchmarks.md, benchmarks.svg and benchmarks-latency.svg
+go run ./bench -sections throughput  # msg/s per client, sink and RTT, and memory (about 9 min)
+go run ./bench -sections latency     # open-loop Send latency against load, with the peers (about 11 min)
+go run ./bench -sections scale       # callers, message size, recipients, connections (about 2 min)
+go run ./bench -quick                # every section, shorter (about 3 min)
+go run ./bench -json                 # one JSON object per measurement on stdout
+go run ./bench -quick -sections throughput -sinks go-smtp -rtt 0 -clients smtpkit-sender -cpuprofile cpu.out
+go test -bench . ./bench             # the throughput comparisons as Go benchmarks
+`
 
 // machine describes the host in one line.
 func machine() string {
@@ -471,6 +473,7 @@ type chartPanel struct {
 	XTicks, YTicks []chartTick
 	Lines          []chartLine
 	Empty          string
+	XLabel, YLabel string
 }
 
 type chartLegend struct {
@@ -503,8 +506,8 @@ const chartTemplate = `<svg xmlns="http://www.w3.org/2000/svg" width="{{.Width}}
 <text x="{{add $p.X -5}}" y="{{add .Y 4}}" text-anchor="end">{{html .Label}}</text>
 {{end}}{{range .XTicks}}<line x1="{{.X}}" x2="{{.X}}" y1="{{$p.Y}}" y2="{{add $p.Y $p.H}}" stroke="#e4e4e4"/>
 <text x="{{.X}}" y="{{add $p.Y (add $p.H 16)}}" text-anchor="middle">{{html .Label}}</text>
-{{end}}<text x="{{add .X (half .W)}}" y="{{add .Y (add .H 34)}}" text-anchor="middle">round-trip time (delay line)</text>
-<text transform="translate({{add .X -48}},{{add .Y (half .H)}}) rotate(-90)" text-anchor="middle">messages per second (log scale)</text>
+{{end}}<text x="{{add .X (half .W)}}" y="{{add .Y (add .H 34)}}" text-anchor="middle">{{html .XLabel}}</text>
+<text transform="translate({{add .X -48}},{{add .Y (half .H)}}) rotate(-90)" text-anchor="middle">{{html .YLabel}}</text>
 {{if .Empty}}<text x="{{add .X (half .W)}}" y="{{add .Y (half .H)}}" text-anchor="middle" fill="#999">{{html .Empty}}</text>
 {{end}}{{range .Lines}}<polyline fill="none" stroke="{{.Color}}" stroke-width="{{.Width}}"{{if .Dash}} stroke-dasharray="{{.Dash}}"{{end}} points="{{.Points}}"><title>{{html .Label}}</title></polyline>
 {{$l := .}}{{range .Dots}}<circle cx="{{.X}}" cy="{{.Y}}" r="2.5" fill="{{$l.Color}}"/>
@@ -560,7 +563,8 @@ func (r *report) svg() ([]byte, error) {
 	}
 	d := chartData{Title: "SMTP throughput against round-trip time (" + fmtInt(float64(len(message))) + "-octet messages)"}
 	for i, sink := range sinks {
-		p := chartPanel{Title: sinkTitle(sink), X: left + float64(i)*(panelW+gap), Y: top, W: panelW, H: panelH}
+		p := chartPanel{Title: sinkTitle(sink), X: left + float64(i)*(panelW+gap), Y: top, W: panelW, H: panelH,
+			XLabel: "round-trip time (delay line)", YLabel: "messages per second (log scale)"}
 		rtts := r.Plan.RTTs
 		xOf := func(j int) float64 {
 			if len(rtts) == 1 {
@@ -582,17 +586,14 @@ func (r *report) svg() ([]byte, error) {
 				continue
 			}
 			var line chartLine
-			var pts []string
 			for j, rtt := range rtts {
 				m, ok := r.find(sink, rtt, sc)
 				if !ok || m.MsgsPerS <= 0 {
 					continue
 				}
-				pt := chartPoint{X: round(xOf(j), 1), Y: round(yOf(m.MsgsPerS), 1)}
-				line.Dots = append(line.Dots, pt)
-				pts = append(pts, fmt.Sprintf("%g,%g", pt.X, pt.Y))
+				line.add(xOf(j), yOf(m.MsgsPerS))
 			}
-			if len(pts) == 0 {
+			if len(line.Dots) == 0 {
 				continue
 			}
 			label := sc.label()
@@ -601,7 +602,7 @@ func (r *report) svg() ([]byte, error) {
 				w, dash := style(sc)
 				legend = append(legend, chartLegend{Color: colors[label], Width: w, Dash: dash, Label: label})
 			}
-			line.Label, line.Color, line.Points = label, colors[label], strings.Join(pts, " ")
+			line.Label, line.Color = label, colors[label]
 			line.Width, line.Dash = style(sc)
 			p.Lines = append(p.Lines, line)
 		}
@@ -614,14 +615,34 @@ func (r *report) svg() ([]byte, error) {
 		d.Panels = append(d.Panels, p)
 	}
 	d.Width = left + float64(len(sinks))*(panelW+gap) - gap + 30
-	legendTop := top + panelH + 60
-	perRow := max(1, int(d.Width-left)/250)
-	for i := range legend {
-		legend[i].X = left + float64(i%perRow)*250
-		legend[i].Y = legendTop + float64(i/perRow)*18
-	}
 	d.Legend = legend
-	d.Height = legendTop + float64((len(legend)+perRow-1)/perRow)*18 + 20
+	d.placeLegend(left, top+panelH+60)
+	return d.render()
+}
+
+// add appends a point, rounded to a tenth, to the line.
+func (l *chartLine) add(x, y float64) {
+	pt := chartPoint{X: round(x, 1), Y: round(y, 1)}
+	l.Dots = append(l.Dots, pt)
+	if l.Points != "" {
+		l.Points += " "
+	}
+	l.Points += fmt.Sprintf("%g,%g", pt.X, pt.Y)
+}
+
+// placeLegend sets out the legend in rows from (left, top), 250 wide
+// each, and sets the chart's height to hold them.
+func (d *chartData) placeLegend(left, top float64) {
+	perRow := max(1, int(d.Width-left)/250)
+	for i := range d.Legend {
+		d.Legend[i].X = left + float64(i%perRow)*250
+		d.Legend[i].Y = top + float64(i/perRow)*18
+	}
+	d.Height = top + float64((len(d.Legend)+perRow-1)/perRow)*18 + 20
+}
+
+// render executes the chart template.
+func (d chartData) render() ([]byte, error) {
 	t, err := template.New("chart").Funcs(template.FuncMap{
 		"half": func(v float64) float64 { return v / 2 },
 		"add":  func(a, b float64) float64 { return a + b },
@@ -634,6 +655,19 @@ func (r *report) svg() ([]byte, error) {
 		return nil, err
 	}
 	return b.Bytes(), nil
+}
+
+// rttHeader writes the head of a Markdown table: the columns named
+// first, then one per RTT, right-aligned.
+func rttHeader(b *bytes.Buffer, first []string, rtts []time.Duration) {
+	b.WriteString("|")
+	for _, f := range first {
+		b.WriteString(" " + f + " |")
+	}
+	for _, rtt := range rtts {
+		fmt.Fprintf(b, " RTT %s |", fmtRTT(rtt))
+	}
+	b.WriteString("\n|" + strings.Repeat("---|", len(first)) + strings.Repeat("---:|", len(rtts)) + "\n")
 }
 
 func orDash(v float64, ok bool, digits int) string {
