@@ -476,12 +476,7 @@ func TestTranscriptPoll(t *testing.T) {
 		}),
 		trQuit)...)
 	ctx := trCtx(t)
-	var txs []*smtp.Tx
-	for _, body := range []string{"one\r\n", "two\r\n", "three\r\n"} {
-		tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(body))
-		require.NoError(t, err)
-		txs = append(txs, tx)
-	}
+	txs := trWriteThree(t, ctx, c)
 	assert.Zero(t, c.Poll(), "nothing has been received")
 	assert.Equal(t, []string{trEHLO}, conn.Writes(), "Poll does not flush")
 	out, err := c.ReadTx(ctx, txs[0])
@@ -511,6 +506,19 @@ func TestTranscriptPoll(t *testing.T) {
 	assert.Equal(t, trEHLO+all+"QUIT\r\n", trEnd(t, srv, c))
 }
 
+// trWriteThree writes the transactions of the bodies "one", "two" and
+// "three" (see trTx) without reading a reply.
+func trWriteThree(t *testing.T, ctx context.Context, c *smtp.Client) []*smtp.Tx {
+	t.Helper()
+	var txs []*smtp.Tx
+	for _, body := range []string{"one\r\n", "two\r\n", "three\r\n"} {
+		tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(body))
+		require.NoError(t, err)
+		txs = append(txs, tx)
+	}
+	return txs
+}
+
 // 421 in reply to the second transaction's MAIL, then the server closes:
 // the first was delivered; the second is refused by its own 421 and may
 // be replayed; the third, whose BDAT LAST was written, lost its own reply:
@@ -522,12 +530,7 @@ func TestTranscriptWindow421(t *testing.T) {
 		fs.Reply("250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 Ok: queued as Q1\r\n421 4.3.2 shutting down\r\n"),
 		fs.Close())...)
 	ctx := trCtx(t)
-	var txs []*smtp.Tx
-	for _, body := range []string{"one\r\n", "two\r\n", "three\r\n"} {
-		tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(body))
-		require.NoError(t, err)
-		txs = append(txs, tx)
-	}
+	txs := trWriteThree(t, ctx, c)
 	out, err := c.ReadTx(ctx, txs[0])
 	require.NoError(t, err)
 	assert.Equal(t, "Q1", out.QueueID)
@@ -570,12 +573,7 @@ func TestTranscript421WithoutClose(t *testing.T) {
 				"250 2.1.0 ok\r\n250 2.1.5 ok\r\n250 2.0.0 queued as Q3\r\n"),
 			fs.Stall())...)
 		ctx := trCtx(t)
-		var txs []*smtp.Tx
-		for _, body := range []string{"one\r\n", "two\r\n", "three\r\n"} {
-			tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(body))
-			require.NoError(t, err)
-			txs = append(txs, tx)
-		}
+		txs := trWriteThree(t, ctx, c)
 		_, err := c.ReadTx(ctx, txs[0])
 		se := trErr(t, err, smtp.OpMail, smtp.KindRejected)
 		assert.Equal(t, 421, se.Code)

@@ -125,8 +125,10 @@ func TestEchoRTT(t *testing.T) {
 		if rtts[0] < rtt-quantum {
 			t.Errorf("RTT %v: a round trip took only %v", rtt, rtts[0])
 		}
-		// Generous: the machine is shared; the median is what counts.
-		if slack := max(rtt/5, 2*time.Millisecond); med > rtt+slack {
+		// A guard, not a measurement: CI runs this with -race beside
+		// every other package on two shared cores. The precision is
+		// measured and reported by the benchmark itself (docs/benchmarks.md).
+		if slack := max(rtt/2, 10*time.Millisecond); med > rtt+slack {
 			t.Errorf("RTT %v: median round trip %v, more than %v over", rtt, med, slack)
 		}
 	}
@@ -209,7 +211,10 @@ func checkLatencies(t *testing.T, lat []time.Duration, rtt time.Duration) {
 	if s[0] < rtt-quantum {
 		t.Errorf("a message came back after %v, under the RTT of %v", s[0], rtt)
 	}
-	if med := s[len(s)/2]; med > rtt+3*time.Millisecond {
+	// An upper bound is a guard only (see TestEchoRTT): a line that adds
+	// half an RTT more is broken, one a few milliseconds late is a busy
+	// machine.
+	if med := s[len(s)/2]; med > rtt+max(rtt/2, 10*time.Millisecond) {
 		t.Errorf("median round trip %v for an RTT of %v", med, rtt)
 	}
 }
