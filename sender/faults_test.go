@@ -1323,7 +1323,9 @@ func TestFailFastClosedPort(t *testing.T) {
 		start := time.Now()
 		_, err = timedSendBody(t, s, env, strings.NewReader(msg(i)), 5*time.Second)
 		assert.ErrorIs(t, err, syscall.ECONNREFUSED)
-		assert.Less(t, time.Since(start), 50*time.Millisecond, "fails fast")
+		// A guard: failing fast means no wait for a dial (the dial
+		// count below says how few there were), not a wall-clock bound.
+		assert.Less(t, time.Since(start), time.Second, "fails fast")
 	}
 	st := s.Stats()
 	assert.Less(t, st.Dials, int64(30), "no storm: %+v", st)
