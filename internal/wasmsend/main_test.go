@@ -135,8 +135,16 @@ func TestWasmSend(t *testing.T) {
 				cmd.Stderr = &stderr
 				err := cmd.Run()
 				done()
-				if err != nil {
+				if err != nil && (cmd.ProcessState == nil || !cmd.ProcessState.Success()) {
 					t.Fatalf("%v: %v\n%s", cmd.Args[:2], err, stderr.Bytes())
+				}
+				if err != nil {
+					// The program succeeded; only the copy of its last
+					// bytes failed: a TLS close_notify after QUIT, written
+					// to a server that had already closed (seen once in
+					// CI as "splice: connection reset by peer"). The
+					// messages are checked at Mailpit below.
+					t.Logf("after the program ended: %v", err)
 				}
 				t.Logf("%s", bytes.TrimSpace(stderr.Bytes()))
 				checkMailpit(t, m, goos, mode, n)
