@@ -83,11 +83,9 @@ type conn struct {
 // connection, one that stalls frees the session within this time.
 const withdrawGrace = time.Second
 
-// run is the goroutine of one conn. It waits what is left of the
-// backoff, dials if anyone still waits, and serves attempts until the
-// connection is done. A dial that fails, or a connection that ends
-// broken before the server gave any transaction a verdict, counts as a
-// failed session (backoff, fail-fast).
+// newConn makes the conn a new session goroutine will run; its context
+// is the sender's until the session ends, abandons its dial, or runs out
+// of grace.
 func newConn(s *Sender, probe bool) *conn {
 	a := &conn{s: s, probe: probe, wake: make(chan struct{}, 1), inDial: true}
 	a.ctx, a.stop = context.WithCancel(s.ctx)
@@ -104,6 +102,11 @@ func (a *conn) abandonDial() {
 	}
 }
 
+// run is the goroutine of one conn. It waits what is left of the
+// backoff, dials if anyone still waits, and serves attempts until the
+// connection is done. A dial that fails, or a connection that ends
+// broken before the server gave any transaction a verdict, counts as a
+// failed session (backoff, fail-fast).
 func (a *conn) run() {
 	s := a.s
 	defer func() {
@@ -398,7 +401,7 @@ func (a *conn) note421(tx *smtp.Tx) {
 // After Close, a loss is reported as ErrClosed: the caller's own context
 // is not what ended it.
 func (a *conn) answer(at *attempt, r result) {
-	if a.s.ctx.Err() != nil && r.err != nil {
+	if r.err != nil && a.s.ctx.Err() != nil {
 		if e, ok := errors.AsType[*smtp.Error](r.err); !ok || e.Kind == smtp.KindIO {
 			r = result{err: closedError(r.err)}
 		}
