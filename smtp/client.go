@@ -78,6 +78,12 @@ type Client struct {
 	open *Tx
 	// needReset asks for an RSET before the next MAIL.
 	needReset bool
+	// replyMax is the longest transaction reply read on the session
+	// (in octets, as replyOctets counts them), and chunkReplySeen is set
+	// once a BDAT chunk's reply has been read: together they size the
+	// replies a transaction may leave owed (see owedReplyEstimate).
+	replyMax       int
+	chunkReplySeen bool
 	// lastActive is when the last reply was read; an idle session is
 	// probed for an unsolicited 421 before it is used again.
 	lastActive time.Time

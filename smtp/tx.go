@@ -569,6 +569,8 @@ func (c *Client) consume(ctx context.Context, p pending, op Op) {
 	case p.tx == nil:
 		c.audit(Event{Type: EventReset, Op: OpReset, Code: rep.Code})
 	case !p.tx.done:
+		c.replyMax = max(c.replyMax, replyOctets(&rep))
+		c.chunkReplySeen = c.chunkReplySeen || p.kind == kChunk || p.kind == kFinal
 		p.tx.onReply(p, &rep)
 	}
 	if c.closing != nil && len(c.pending) == 0 {
@@ -930,13 +932,39 @@ func (tx *Tx) bodyProblem() {
 // caller's window is the bound.)
 const maxOwedReplyBytes = 4 << 10
 
-// owedReplyBytes is what an owed reply is counted as: one reply line of
-// the longest RFC 5321 (section 4.5.3.1.5) lets a server send, far more
-// than the usual "250 2.0.0 Ok" to a chunk. With maxOwedReplyBytes, at
-// most 8 replies are owed; a server that answers chunks with multi-line
-// replies can owe more octets than the bound (TestWriteAheadBound's
-// four-line replies: 12 KiB).
-const owedReplyBytes = 512
+// An owed reply is counted as owedReplyBytes, one reply line of the
+// longest RFC 5321 (section 4.5.3.1.5) lets a server send, until the
+// session has read a reply to a BDAT chunk: 8 replies owed at most. From
+// then on it is counted as the longest transaction reply the server has
+// sent on the session, and at least minOwedReplyBytes: a server that
+// answers "250 2.0.0 Ok" may be owed 64 replies (a transaction with up to
+// 60 recipients streams without waiting), one that answers every chunk
+// with four lines of 500 octets only 2.
+const (
+	owedReplyBytes    = 512
+	minOwedReplyBytes = 64
+)
+
+// owedReplyEstimate is the octets an owed reply is counted as.
+func (c *Client) owedReplyEstimate() int {
+	if !c.chunkReplySeen {
+		return max(owedReplyBytes, c.replyMax)
+	}
+	return max(minOwedReplyBytes, c.replyMax)
+}
+
+// replyOctets is about what rep took on the wire: each line's code,
+// separator, enhanced code, text and CRLF.
+func replyOctets(rep *Reply) int {
+	n := 0
+	for _, l := range rep.Lines {
+		n += len(l) + 6
+		if rep.Enhanced != "" {
+			n += len(rep.Enhanced) + 1
+		}
+	}
+	return n
+}
 
 // writeChunks streams the body as BDAT chunks, the last with LAST. A
 // bad body abandons the transaction with RSET: the chunk holding the bad
@@ -981,7 +1009,7 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 			// Bound the octets owed (the RFC 2920 deadlock): a server
 			// that stops reading while its replies pile up unread would
 			// block these writes for ever.
-			for tx.owed*owedReplyBytes > maxOwedReplyBytes && c.writable() && !tx.done {
+			for tx.owed*c.owedReplyEstimate() > maxOwedReplyBytes && c.writable() && !tx.done {
 				c.readOne(ctx)
 			}
 			if !c.writable() {

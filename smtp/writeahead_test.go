@@ -107,3 +107,92 @@ func setWriteBuffer(c *net.TCPConn, n int) error {
 	}
 	return err
 }
+
+// TestWriteAheadManyRecipients: once the server has shown that it answers
+// with short replies, a transaction with many recipients and
+// AllowPartial is written whole without waiting for any of its replies,
+// so the next one follows in the same round trip. The server holds every
+// reply of the second transaction until the third one's MAIL arrives: a
+// client that waits for a reply before it writes on never gets one.
+func TestWriteAheadManyRecipients(t *testing.T) {
+	const rcpts = 40
+	srv := fs.Start(t, trSteps(trHello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"),
+		fs.Func(func(c net.Conn) error {
+			r := bufio.NewReader(c)
+			var held []string
+			mails := 0
+			reply := func(s string) error {
+				if mails == 2 {
+					held = append(held, s)
+					return nil
+				}
+				_, err := io.WriteString(c, s)
+				return err
+			}
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return err
+				}
+				line = strings.TrimSuffix(line, "\r\n")
+				f := strings.Fields(line)
+				switch {
+				case strings.HasPrefix(line, "MAIL FROM:"):
+					if mails++; mails == 3 {
+						if _, err := io.WriteString(c, strings.Join(held, "")); err != nil {
+							return err
+						}
+					}
+					err = reply("250 2.1.0 Ok\r\n")
+				case strings.HasPrefix(line, "RCPT TO:"):
+					err = reply("250 2.1.5 Ok\r\n")
+				case len(f) == 3 && f[0] == "BDAT" && f[2] == "LAST":
+					n, perr := strconv.ParseInt(f[1], 10, 64)
+					if perr != nil {
+						return perr
+					}
+					if _, err := io.CopyN(io.Discard, r, n); err != nil {
+						return err
+					}
+					err = reply(fmt.Sprintf("250 2.0.0 Ok: queued as Q%d\r\n", mails))
+				case line == "QUIT":
+					_, err = io.WriteString(c, "221 2.0.0 bye\r\n")
+					return err
+				default:
+					return fmt.Errorf("unexpected %q", line)
+				}
+				if err != nil {
+					return err
+				}
+			}
+		}))...)
+	// A hang guard: a client that waits for the held replies ends here.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", srv.Addr())
+	require.NoError(t, err)
+	c, err := smtp.Connect(ctx, conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+	require.NoError(t, err)
+	var to []string
+	for i := range rcpts {
+		to = append(to, fmt.Sprintf("r%d@example.com", i))
+	}
+	env := smtp.Envelope{From: "a@example.com", To: to, AllowPartial: true}
+	out, err := c.Send(ctx, env, strings.NewReader("Subject: 1\r\n\r\nfirst\r\n"))
+	require.NoError(t, err)
+	assert.Equal(t, "Q1", out.QueueID)
+	tx2, err := c.WriteTx(ctx, env, strings.NewReader("Subject: 2\r\n\r\nsecond\r\n"))
+	require.NoError(t, err)
+	tx3, err := c.WriteTx(ctx, env, strings.NewReader("Subject: 3\r\n\r\nthird\r\n"))
+	require.NoError(t, err)
+	for i, tx := range []*smtp.Tx{tx2, tx3} {
+		out, err := c.ReadTx(ctx, tx)
+		require.NoError(t, err, "transaction %d", i+2)
+		assert.Equal(t, fmt.Sprintf("Q%d", i+2), out.QueueID)
+		assert.Len(t, out.Accepted, rcpts)
+	}
+	require.NoError(t, c.Quit(ctx))
+	c.Close()
+	<-srv.Done()
+	require.NoError(t, srv.Err())
+}
