@@ -114,7 +114,9 @@ func run() int {
 		docsDir     = flag.String("docs", "", "`directory` for benchmarks.md and benchmarks.svg (default: docs/ of the module)")
 		noDocs      = flag.Bool("nodocs", false, "do not write the docs")
 		timeout     = flag.Duration("timeout", 0, "give up after this long (default 60m, 8m with -quick)")
-		sectionList = flag.String("sections", "throughput,latency,scale", "comma-separated sections to run: throughput (msg/s per client, sink and RTT; memory), latency (open-loop Send latency against load over TLS+AUTH, with net/smtp, go-mail and nodemailer), scale (callers, message size, recipients, connections)")
+		latClients  = flag.String("latclients", "", "comma-separated latency clients to measure, by the start of their table label (default all): "+strings.Join(latClientNames(), ", "))
+		latSecs     = flag.String("security", "", "comma-separated security settings of the latency section: tls, plain (default both)")
+		sectionList = flag.String("sections", "throughput,latency,scale", "comma-separated sections to run: throughput (msg/s per client, sink and RTT; memory), latency (open-loop Send latency against load over TLS+AUTH, with net/smtp, go-mail and nodemailer), scale (callers, message size, recipients, connections, who drives a connection)")
 	)
 	flag.Parse()
 	p, lp, sp := fullPlan(), fullLatPlan(), fullScalePlan()
@@ -144,6 +146,30 @@ func run() int {
 			return 2
 		}
 		lp.RTTs = p.RTTs
+	}
+	if *latClients != "" {
+		want := splitList(*latClients)
+		lp.Specs = slices.DeleteFunc(slices.Clone(lp.Specs), func(s latSpec) bool {
+			return !slices.ContainsFunc(want, func(w string) bool { return strings.HasPrefix(s.label(), w) })
+		})
+		if len(lp.Specs) == 0 {
+			fmt.Fprintf(os.Stderr, "bench: no latency client matches %q\n", *latClients)
+			return 2
+		}
+	}
+	if *latSecs != "" {
+		lp.Secs = nil
+		for _, f := range splitList(*latSecs) {
+			switch f {
+			case "tls":
+				lp.Secs = append(lp.Secs, secTLS)
+			case "plain":
+				lp.Secs = append(lp.Secs, secPlain)
+			default:
+				fmt.Fprintf(os.Stderr, "bench: unknown security %q (tls, plain)\n", f)
+				return 2
+			}
+		}
 	}
 	if *sinkList != "" {
 		p.Sinks = splitList(*sinkList)
@@ -469,6 +495,15 @@ func moduleRoot() (string, error) {
 
 func clientNames() []string {
 	return []string{clientSender, clientCore, clientNetSMTP, clientGoSMTP, clientSource, clientWireChunking, clientWireData}
+}
+
+// latClientNames lists the latency section's client labels.
+func latClientNames() []string {
+	var out []string
+	for _, s := range latSpecs {
+		out = append(out, s.label())
+	}
+	return out
 }
 
 func splitList(s string) []string {

@@ -213,6 +213,9 @@ type sample struct {
 	reads  float64 // read system calls per message; < 0 when not measured
 	writes float64
 	cpu    float64 // CPU time per message in ns; < 0 when not measured
+	// switches is the process's context switches per message; < 0
+	// when not measured.
+	switches float64
 }
 
 // measure runs sc against sink at rtt tm.Runs times and keeps the
@@ -314,6 +317,7 @@ func runOnceWith(parent context.Context, sc scenario, tm timing, connect func(co
 	runtime.ReadMemStats(&m0)
 	r0, w0, ioOK := syscallCounts()
 	cpu0, cpuOK := cpuTime()
+	sw0, swOK := ctxSwitches()
 	c0, t0 := q.done.Load(), time.Now()
 	for !ended() {
 		el := time.Since(t0)
@@ -326,6 +330,7 @@ func runOnceWith(parent context.Context, sc scenario, tm timing, connect func(co
 	c1, t1 := q.done.Load(), time.Now()
 	r1, w1, _ := syscallCounts()
 	cpu1, _ := cpuTime()
+	sw1, _ := ctxSwitches()
 	runtime.ReadMemStats(&m1)
 	if err := finish(); err != nil {
 		return sample{}, err
@@ -335,13 +340,17 @@ func runOnceWith(parent context.Context, sc scenario, tm timing, connect func(co
 		return sample{}, errors.New("no message completed in the measured stretch")
 	}
 	s := sample{
-		msgs:   n,
-		rate:   float64(n) / t1.Sub(t0).Seconds(),
-		allocs: float64(m1.Mallocs-m0.Mallocs) / float64(n),
-		bytes:  float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n),
-		reads:  -1,
-		writes: -1,
-		cpu:    -1,
+		msgs:     n,
+		rate:     float64(n) / t1.Sub(t0).Seconds(),
+		allocs:   float64(m1.Mallocs-m0.Mallocs) / float64(n),
+		bytes:    float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n),
+		reads:    -1,
+		writes:   -1,
+		cpu:      -1,
+		switches: -1,
+	}
+	if swOK {
+		s.switches = float64(sw1-sw0) / float64(n)
 	}
 	if cpuOK {
 		s.cpu = float64(cpu1-cpu0) / float64(n)

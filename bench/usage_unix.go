@@ -15,3 +15,13 @@ func cpuTime() (time.Duration, bool) {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
 }
+
+// ctxSwitches returns the context switches (voluntary and involuntary)
+// of every thread of this process so far.
+func ctxSwitches() (int64, bool) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, false
+	}
+	return int64(ru.Nvcsw + ru.Nivcsw), true
+}
