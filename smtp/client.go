@@ -9,6 +9,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -42,8 +43,9 @@ func (s SessionState) String() string {
 }
 
 // Client is one SMTP session on one transport. Its methods must not be
-// called concurrently: a Client belongs to one goroutine (the sender
-// package gives each its own). It starts no goroutine; a context's
+// called concurrently, except [Client.Interrupt]: a Client belongs to one
+// goroutine (the sender package gives each its own). It starts no
+// goroutine; a context's
 // cancellation reaches a blocked read or write through
 // context.AfterFunc, which sets a past deadline on the transport (so a
 // Transport's SetDeadline must be safe to call concurrently, as
@@ -100,6 +102,17 @@ type Client struct {
 	// deadline is the transport deadline setDeadline last set, or zero
 	// when another one may be in force (see setDeadline).
 	deadline time.Time
+
+	// interruptible is set while ReadTx waits for a reply: only then
+	// does Interrupt end the wait (see waitArrived).
+	interruptible bool
+	// intMu guards the two fields below: Interrupt is the one method
+	// called from another goroutine. inWait is set while the session
+	// goroutine is blocked in waitArrived's read; interrupted is set by
+	// Interrupt until a ReadTx takes it.
+	intMu       sync.Mutex
+	inWait      bool
+	interrupted bool
 }
 
 // countingWriter counts the octets the transport accepted, so the

@@ -132,6 +132,42 @@ func FuzzReplyComplete(f *testing.F) {
 	})
 }
 
+// FuzzReplyScan: replyScan, fed a buffer that grows in steps (the read
+// sizes the fuzzer picks), says a reply is complete at exactly the step
+// where replyComplete, looking at the whole buffer afresh, first does.
+func FuzzReplyScan(f *testing.F) {
+	for _, s := range []string{
+		"250 ok\r\n",
+		"250-a\r\n250-b\r\n250 c\r\n",
+		"250-a\n250 b\n354 go\r\n",
+		"25\r\n",
+		"250-" + strings.Repeat("x", 1000) + "\r\n250 y\r\n",
+		"",
+	} {
+		f.Add([]byte(s), []byte{1, 3, 7})
+		f.Add([]byte(s), []byte{255})
+	}
+	f.Fuzz(func(t *testing.T, data, steps []byte) {
+		var sc replyScan
+		n := 0
+		for i := 0; n < len(data); i++ {
+			step := 1
+			if len(steps) > 0 {
+				step = int(steps[i%len(steps)]) + 1
+			}
+			n = min(n+step, len(data))
+			b := data[:n]
+			want := replyComplete(b)
+			if got := sc.complete(b); got != want {
+				t.Fatalf("after %d of %q: replyScan says %v, replyComplete %v", n, data, got, want)
+			}
+			if want {
+				return
+			}
+		}
+	})
+}
+
 func FuzzParseEHLO(f *testing.F) {
 	for _, s := range []string{
 		"mx.example\nPIPELINING\nCHUNKING\nSIZE 1000\n8BITMIME\nSMTPUTF8\nENHANCEDSTATUSCODES\nSTARTTLS\nDSN\nAUTH PLAIN LOGIN\nAUTH=CRAM-MD5",

@@ -226,7 +226,12 @@ func (c *Client) ReadTx(ctx context.Context, tx *Tx) (*Outcome, error) {
 		if c.open == tx {
 			c.advance(ctx, tx)
 		}
-		c.readUntil(ctx, func() bool { return tx.done })
+		c.interruptible = true
+		c.readUntil(ctx, func() bool { return tx.done || c.takeInterrupt() })
+		c.interruptible = false
+		if !tx.done && c.state != StateClosed && len(c.pending) > 0 {
+			return nil, ErrInterrupted
+		}
 		if !tx.done {
 			if c.state != StateClosed {
 				// Only reachable if the reply queue lost track: fail safe.
@@ -471,6 +476,8 @@ func (k replyKind) op() Op {
 }
 
 // readOne reads the next owed reply and gives it to its transaction.
+// Within ReadTx, it first waits for the whole reply to arrive, a wait
+// that Interrupt may end (and then it reads nothing).
 func (c *Client) readOne(ctx context.Context) {
 	p := c.pending[0]
 	op := p.op()
@@ -488,7 +495,103 @@ func (c *Client) readOne(ctx context.Context) {
 		timeout = c.opts.Timeouts.DataEnd
 	}
 	c.setDeadline(ctx, timeout)
+	if c.interruptible && !c.waitArrived(ctx, op) {
+		return
+	}
 	c.consume(ctx, p, op)
+}
+
+// Interrupt ends a wait of ReadTx for the server: that ReadTx, or the
+// next one to wait if none is waiting now, returns ErrInterrupted,
+// having read nothing more than whole replies, so the session stays
+// usable. It is the one method that may be called from another
+// goroutine; the sender package uses it to have a session write a new
+// transaction while the replies of those in flight are on their way. It
+// ends a blocked read by setting a past deadline on the transport (as a
+// context's cancellation does), so a transport whose reads a deadline
+// cannot end makes the wait last until the next reply arrives.
+func (c *Client) Interrupt() {
+	c.intMu.Lock()
+	defer c.intMu.Unlock()
+	c.interrupted = true
+	if c.inWait {
+		c.t.SetDeadline(time.Unix(1, 0))
+	}
+}
+
+// takeInterrupt reports, and clears, an interruption.
+func (c *Client) takeInterrupt() bool {
+	c.intMu.Lock()
+	defer c.intMu.Unlock()
+	was := c.interrupted
+	c.interrupted = false
+	return was
+}
+
+// waitArrived waits until a whole reply is in the read buffer, without
+// consuming anything, so that a read Interrupt ends loses no half-read
+// reply (bufio.Reader.Peek keeps what it read; a TLS transport keeps a
+// half-read record across a timeout). It reports false if Interrupt
+// ended the wait, or the read failed (the session is then closed). A
+// reply longer than the read buffer is left to consume. Each octet is
+// looked at once however the reply trickles in (see replyScan).
+func (c *Client) waitArrived(ctx context.Context, op Op) bool {
+	var sc replyScan
+	for {
+		b, _ := c.r.Peek(c.r.Buffered())
+		if sc.complete(b) || len(b) >= c.r.Size() {
+			return true
+		}
+		c.intMu.Lock()
+		if c.interrupted {
+			c.intMu.Unlock()
+			return false
+		}
+		c.inWait = true
+		c.intMu.Unlock()
+		deadline := c.deadline
+		_, err := c.r.Peek(c.r.Buffered() + 1)
+		c.intMu.Lock()
+		c.inWait = false
+		poked := c.interrupted
+		c.intMu.Unlock()
+		if poked {
+			// The deadline set by Interrupt replaced the step's.
+			c.deadline = time.Time{}
+		}
+		if err == nil {
+			continue
+		}
+		if poked && isTimeout(err) && ctx.Err() == nil && (deadline.IsZero() || time.Now().Before(deadline)) {
+			return false
+		}
+		c.fail(ctx, ioError(ctx, op, err))
+		return false
+	}
+}
+
+// replyScan finds the end of the first reply in a buffer that only
+// grows at its end, resuming where the last look stopped: line is where
+// the line being read starts, next the first octet not yet searched for
+// its end. (replyComplete starts over at each look, which is linear only
+// when the buffer is looked at once.)
+type replyScan struct{ line, next int }
+
+// complete reports whether b starts with a whole reply, as
+// replyComplete does.
+func (sc *replyScan) complete(b []byte) bool {
+	for {
+		i := bytes.IndexByte(b[sc.next:], '\n')
+		if i < 0 {
+			sc.next = len(b)
+			return false
+		}
+		end := sc.next + i
+		if end-sc.line < 4 || b[sc.line+3] != '-' {
+			return true
+		}
+		sc.line, sc.next = end+1, end+1
+	}
 }
 
 // op is the step a pending reply answers.

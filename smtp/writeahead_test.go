@@ -117,55 +117,12 @@ func setWriteBuffer(c *net.TCPConn, n int) error {
 func TestWriteAheadManyRecipients(t *testing.T) {
 	const rcpts = 40
 	srv := fs.Start(t, trSteps(trHello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"),
-		fs.Func(func(c net.Conn) error {
-			r := bufio.NewReader(c)
-			var held []string
-			mails := 0
-			reply := func(s string) error {
-				if mails == 2 {
-					held = append(held, s)
-					return nil
-				}
-				_, err := io.WriteString(c, s)
-				return err
+		holdingServer(func(mails int, reply string) (now, later string) {
+			if mails == 2 {
+				return "", reply
 			}
-			for {
-				line, err := r.ReadString('\n')
-				if err != nil {
-					return err
-				}
-				line = strings.TrimSuffix(line, "\r\n")
-				f := strings.Fields(line)
-				switch {
-				case strings.HasPrefix(line, "MAIL FROM:"):
-					if mails++; mails == 3 {
-						if _, err := io.WriteString(c, strings.Join(held, "")); err != nil {
-							return err
-						}
-					}
-					err = reply("250 2.1.0 Ok\r\n")
-				case strings.HasPrefix(line, "RCPT TO:"):
-					err = reply("250 2.1.5 Ok\r\n")
-				case len(f) == 3 && f[0] == "BDAT" && f[2] == "LAST":
-					n, perr := strconv.ParseInt(f[1], 10, 64)
-					if perr != nil {
-						return perr
-					}
-					if _, err := io.CopyN(io.Discard, r, n); err != nil {
-						return err
-					}
-					err = reply(fmt.Sprintf("250 2.0.0 Ok: queued as Q%d\r\n", mails))
-				case line == "QUIT":
-					_, err = io.WriteString(c, "221 2.0.0 bye\r\n")
-					return err
-				default:
-					return fmt.Errorf("unexpected %q", line)
-				}
-				if err != nil {
-					return err
-				}
-			}
-		}))...)
+			return reply, ""
+		}, nil))...)
 	// A hang guard: a client that waits for the held replies ends here.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -195,4 +152,64 @@ func TestWriteAheadManyRecipients(t *testing.T) {
 	c.Close()
 	<-srv.Done()
 	require.NoError(t, srv.Err())
+}
+
+// holdingServer is the transaction loop of a CHUNKING server (MAIL, RCPT,
+// BDAT n LAST, QUIT) that may hold replies back: split says, for each
+// reply of the mails-th transaction, what to send now and what to hold
+// until the next transaction's MAIL arrives. last, if set, is called
+// once a transaction's last chunk has been read.
+func holdingServer(split func(mails int, reply string) (now, later string), last func(mails int)) fs.Step {
+	return fs.Func(func(c net.Conn) error {
+		r := bufio.NewReader(c)
+		var held []string
+		mails := 0
+		send := func(reply string) error {
+			now, later := split(mails, reply)
+			if later != "" {
+				held = append(held, later)
+			}
+			_, err := io.WriteString(c, now)
+			return err
+		}
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return err
+			}
+			line = strings.TrimSuffix(line, "\r\n")
+			f := strings.Fields(line)
+			switch {
+			case strings.HasPrefix(line, "MAIL FROM:"):
+				mails++
+				if _, err := io.WriteString(c, strings.Join(held, "")); err != nil {
+					return err
+				}
+				held = nil
+				err = send("250 2.1.0 Ok\r\n")
+			case strings.HasPrefix(line, "RCPT TO:"):
+				err = send("250 2.1.5 Ok\r\n")
+			case len(f) == 3 && f[0] == "BDAT" && f[2] == "LAST":
+				n, perr := strconv.ParseInt(f[1], 10, 64)
+				if perr != nil {
+					return perr
+				}
+				if _, err := io.CopyN(io.Discard, r, n); err != nil {
+					return err
+				}
+				err = send(fmt.Sprintf("250 2.0.0 Ok: queued as Q%d\r\n", mails))
+				if last != nil {
+					last(mails)
+				}
+			case line == "QUIT":
+				_, err = io.WriteString(c, "221 2.0.0 bye\r\n")
+				return err
+			default:
+				return fmt.Errorf("unexpected %q", line)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	})
 }
