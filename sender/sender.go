@@ -66,6 +66,11 @@ type Sender struct {
 	// attempt, the most recently used last: a new attempt wakes that
 	// one, so sessions beyond the load go idle and retire.
 	parked []*conn
+	// listeners are the sessions waiting for a reply with room in their
+	// window: a new attempt that finds no session parked interrupts one
+	// of them (smtp.Client.Interrupt), which writes it at once rather
+	// than after the reply.
+	listeners []*conn
 	// dialers are the sessions that have not yet looked for their first
 	// attempt (most are dialing): a session is started only while there
 	// are fewer of them than waiting attempts, and when the last waiting
@@ -373,11 +378,13 @@ func (s *Sender) await(ctx context.Context, at *attempt) result {
 			}
 		case stActive:
 			if at.state.CompareAndSwap(stActive, stWithdrawn) {
+				at.conn.Load().slow.Store(true)
 				at.conn.Load().withdrawn()
 				return result{err: ctx.Err()}
 			}
 		case stEOF:
 			if at.state.CompareAndSwap(stEOF, stAbandoned) {
+				at.conn.Load().slow.Store(true)
 				return result{err: &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindIO,
 					Message: "the caller's context ended after the message's commit point may have been written",
 					Err:     fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())}}
@@ -390,19 +397,30 @@ func (s *Sender) await(ctx context.Context, at *attempt) result {
 
 // enqueue puts at on the waiting list (first, for a replay) and gets a
 // session to take it: it wakes the most recently parked session, or
-// starts one if there is room. It refuses at after Shutdown, and while
+// starts one if there is room, or else interrupts a session that waits
+// for a reply with room in its window (a listener). It refuses at after Shutdown, and while
 // the sender fails fast, except for one attempt once the backoff has
 // passed: that one starts the probe.
 func (s *Sender) enqueue(at *attempt, first bool) error {
+	l, err := s.enqueueLocked(at, first)
+	if l != nil {
+		l.c.Interrupt() // not under mu: it sets a transport deadline
+	}
+	return err
+}
+
+// enqueueLocked is enqueue under mu; it returns the listening session to
+// interrupt, if any.
+func (s *Sender) enqueueLocked(at *attempt, first bool) (*conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return ErrClosed
+		return nil, ErrClosed
 	}
 	probe := false
 	if err := s.failFastLocked(); err != nil {
 		if s.probing || time.Now().Before(s.retryAt) {
-			return err
+			return nil, err
 		}
 		probe = true
 	}
@@ -423,10 +441,62 @@ func (s *Sender) enqueue(at *attempt, first bool) error {
 		s.parked = s.parked[:n-1]
 		a.parked = false
 		a.wake <- struct{}{} // one slot, empty while parked: never blocks
-		return nil
+		return nil, nil
 	}
-	s.spawnLocked(probe)
-	return nil
+	if s.spawnLocked(probe) {
+		return nil, nil
+	}
+	// No session can be started: rather than wait for a session's read
+	// to end, interrupt the most recent listener that has not waited
+	// listenFor already.
+	for i := len(s.listeners) - 1; i >= 0; i-- {
+		if a := s.listeners[i]; time.Since(a.listenSince) < listenFor {
+			s.listeners = slices.Delete(s.listeners, i, i+1)
+			a.listening = false
+			return a, nil
+		}
+	}
+	return nil, nil
+}
+
+// listenFor is how long a session waiting for a reply may be given a new
+// attempt: a server that has not answered for that long may have
+// stalled, and a new attempt is better off waiting for another session
+// (or a new one) than written behind it. Interactive replies take far
+// less; a server slower than this (a content filter before the final
+// reply) is served as before listeners: new attempts wait for the read.
+const listenFor = 200 * time.Millisecond
+
+// listen puts a on the listeners while it waits for a reply, unless an
+// attempt is waiting already (a should take it first: busy is true), or
+// a caller gave up on it (a server that kept a caller waiting past its
+// context is given no more while it may be stalled). It reports whether
+// it did.
+func (s *Sender) listen(a *conn) (listening, busy bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.head != nil {
+		return false, true
+	}
+	if a.slow.Load() {
+		return false, false
+	}
+	a.listening, a.listenSince = true, time.Now()
+	s.listeners = append(s.listeners, a)
+	return true, false
+}
+
+// unlisten takes a off the listeners, if an enqueue has not.
+func (s *Sender) unlisten(a *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !a.listening {
+		return
+	}
+	a.listening = false
+	if i := slices.Index(s.listeners, a); i >= 0 {
+		s.listeners = slices.Delete(s.listeners, i, i+1)
+	}
 }
 
 // unlinkLocked takes at off the waiting list, if it is on it.

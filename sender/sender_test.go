@@ -163,70 +163,100 @@ func TestWrongPasswordFailsFast(t *testing.T) {
 	assert.Equal(t, int64(1), s.Stats().Dials)
 }
 
-// gatedBody is a body whose first Read waits until gate is closed: a
-// message streamed from a slow source. It is not a Seeker.
+// gatedBody is a body whose first Read closes opened (if set) and waits
+// until gate is closed: a message streamed from a slow source. It is not
+// a Seeker.
 type gatedBody struct {
 	gate   <-chan struct{}
+	opened chan struct{}
 	r      io.Reader
-	opened bool
+	once   bool
 }
 
 func (b *gatedBody) Read(p []byte) (int, error) {
-	if !b.opened {
-		b.opened = true
+	if !b.once {
+		b.once = true
+		if b.opened != nil {
+			close(b.opened)
+		}
 		<-b.gate
 	}
 	return b.r.Read(p)
 }
 
 // TestNoHeadOfLineBehindSlowBody: two sessions, both busy; a Send whose
-// body is slow to read and a fast Send wait. When the sessions come free,
-// one takes the slow Send and blocks reading its body; the fast Send goes
-// to the other session, rather than waiting behind the slow body on the
-// first (a session takes one request at a time, just before writing it).
+// body is slow to read and a fast Send come. One session takes the slow
+// Send and blocks reading its body; the fast Send goes to the other
+// session, rather than waiting behind the slow body on the first (a
+// session takes one attempt at a time, just before writing it). With a
+// window of 1 both Sends wait until the sessions come free; with a window
+// of 4 a session waiting for its reply may take them at once (a new
+// attempt interrupts its wait), or not if that wait has lasted too long:
+// either way the fast Send is answered while the slow body is still
+// being read.
 func TestNoHeadOfLineBehindSlowBody(t *testing.T) {
-	busyGate := make(chan struct{})
-	var datas atomic.Int64
-	srv, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{Delay: func(stage string) time.Duration {
-		if stage == "DATA" && datas.Add(1) <= 2 {
-			<-busyGate // the first two messages hold their sessions
-		}
-		return 0
-	}}, sender.Config{Security: sender.InsecurePlaintext, MaxConns: 2, MaxInFlight: 4})
-	env := smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a hang guard
-	defer cancel()
-	slowGate := make(chan struct{})
-	var openGate sync.Once
-	t.Cleanup(func() { openGate.Do(func() { close(slowGate) }) }) // before the sender's Close
-	busy := make(chan error, 2)
-	for i := range 2 {
-		go func() { _, err := s.Send(ctx, env, strings.NewReader(msg(i))); busy <- err }()
-		require.Eventually(t, func() bool { return datas.Load() == int64(i+1) }, 10*time.Second, time.Millisecond)
+	for _, window := range []int{1, 4} {
+		t.Run(fmt.Sprintf("window=%d", window), func(t *testing.T) {
+			busyGate := make(chan struct{})
+			var datas atomic.Int64
+			srv, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{Delay: func(stage string) time.Duration {
+				if stage == "DATA" && datas.Add(1) <= 2 {
+					<-busyGate // the first two messages hold their sessions
+				}
+				return 0
+			}}, sender.Config{Security: sender.InsecurePlaintext, MaxConns: 2, MaxInFlight: window})
+			env := smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // a hang guard
+			defer cancel()
+			slowGate := make(chan struct{})
+			var openGate sync.Once
+			t.Cleanup(func() { openGate.Do(func() { close(slowGate) }) }) // before the sender's Close
+			busy := make(chan error, 2)
+			for i := range 2 {
+				go func() { _, err := s.Send(ctx, env, strings.NewReader(msg(i))); busy <- err }()
+				require.Eventually(t, func() bool { return datas.Load() == int64(i+1) }, 10*time.Second, time.Millisecond)
+			}
+			slowDone := make(chan error, 1)
+			opened := make(chan struct{})
+			go func() {
+				_, err := s.Send(ctx, env, &gatedBody{gate: slowGate, opened: opened, r: strings.NewReader(msg(10))})
+				slowDone <- err
+			}()
+			taken := func() bool {
+				select {
+				case <-opened:
+					return true
+				default:
+					return false
+				}
+			}
+			if window == 1 {
+				require.Eventually(t, func() bool { return s.Stats().Waiting == 1 }, 10*time.Second, time.Millisecond)
+			} else {
+				require.Eventually(t, func() bool { return s.Stats().Waiting == 1 || taken() }, 10*time.Second, time.Millisecond)
+			}
+			fastDone := make(chan error, 1)
+			go func() { _, err := s.Send(ctx, env, strings.NewReader(msg(11))); fastDone <- err }()
+			if window == 1 {
+				require.Eventually(t, func() bool { return s.Stats().Waiting == 2 }, 10*time.Second, time.Millisecond)
+				assert.False(t, taken(), "a session with no room took the slow Send")
+			}
+			close(busyGate)
+			select {
+			case err := <-fastDone:
+				require.NoError(t, err)
+			case err := <-slowDone:
+				t.Fatalf("the slow body was read before the fast Send was answered: %v", err)
+			case <-ctx.Done():
+				t.Fatal("the fast Send waited behind another caller's slow body")
+			}
+			openGate.Do(func() { close(slowGate) })
+			require.NoError(t, <-slowDone)
+			require.NoError(t, <-busy)
+			require.NoError(t, <-busy)
+			assert.EqualValues(t, 4, srv.Count())
+		})
 	}
-	slowDone := make(chan error, 1)
-	go func() {
-		_, err := s.Send(ctx, env, &gatedBody{gate: slowGate, r: strings.NewReader(msg(10))})
-		slowDone <- err
-	}()
-	require.Eventually(t, func() bool { return s.Stats().Waiting == 1 }, 10*time.Second, time.Millisecond)
-	fastDone := make(chan error, 1)
-	go func() { _, err := s.Send(ctx, env, strings.NewReader(msg(11))); fastDone <- err }()
-	require.Eventually(t, func() bool { return s.Stats().Waiting == 2 }, 10*time.Second, time.Millisecond)
-	close(busyGate)
-	select {
-	case err := <-fastDone:
-		require.NoError(t, err)
-	case err := <-slowDone:
-		t.Fatalf("the slow body was read before the fast Send was answered: %v", err)
-	case <-ctx.Done():
-		t.Fatal("the fast Send waited behind another caller's slow body")
-	}
-	openGate.Do(func() { close(slowGate) })
-	require.NoError(t, <-slowDone)
-	require.NoError(t, <-busy)
-	require.NoError(t, <-busy)
-	assert.EqualValues(t, 4, srv.Count())
 }
 
 // TestServerIdleTimeout: the server closes a session left idle for

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smtpkit/smtpkit/smtp"
@@ -47,6 +48,14 @@ type conn struct {
 	// enqueue that takes it off the list wakes it.
 	parked bool
 	wake   chan struct{}
+	// listening is set while the session is on the sender's listeners
+	// (guarded by Sender.mu): waiting in ReadTx for a reply, with room
+	// for more attempts, since listenSince.
+	listening   bool
+	listenSince time.Time
+	// slow is set (for good) once a caller withdrew or abandoned an
+	// attempt the session had taken: it listens no more.
+	slow atomic.Bool
 
 	// Answers reach their callers in batches (see watch.go): while
 	// batching is set they wait in batch (since batchSince), and go out
@@ -262,7 +271,12 @@ type answer struct {
 // serve sends them after it has looked for more work.
 func (a *conn) readReplies() {
 	a.batching = true
-	a.readOldest()
+	if !a.readOldest() {
+		// A new attempt waits: serve writes it, then comes back.
+		a.batching = false
+		a.deliver()
+		return
+	}
 	a.c.Poll()
 	for len(a.inflight) > 0 && a.inflight[0].tx.Done() {
 		a.readOldest()
@@ -340,18 +354,41 @@ func (a *conn) popOldest() *attempt {
 	return at
 }
 
-// readOldest reads the reply of the oldest transaction in flight.
-func (a *conn) readOldest() {
-	at := a.popOldest()
+// readOldest reads the reply of the oldest transaction in flight. While
+// the window has room, the wait for it is one a new attempt may
+// interrupt (see Sender.listeners): readOldest then reports false, the
+// transaction still in flight, as it does if an attempt already waits.
+func (a *conn) readOldest() bool {
+	at := a.inflight[0]
+	listening := false
+	if !at.tx.Done() && a.room() > 0 && a.open() {
+		var busy bool
+		if listening, busy = a.s.listen(a); busy {
+			return false
+		}
+	}
 	out, err := a.c.ReadTx(a.ctx, at.tx)
+	if listening {
+		a.s.unlisten(a)
+	}
+	if errors.Is(err, smtp.ErrInterrupted) {
+		return false
+	}
+	// (waiting, on a read or write within ReadTx, answers only
+	// transactions already done at the head: never at, which ReadTx
+	// leaves done only once it reads no more.)
+	a.popOldest()
 	a.settle(at, out, err)
+	return true
 }
 
 // readAll settles every transaction of a connection that broke: smtp
 // has settled them all, so ReadTx returns at once.
 func (a *conn) readAll() {
 	for len(a.inflight) > 0 {
-		a.readOldest()
+		at := a.popOldest()
+		out, err := a.c.ReadTx(a.ctx, at.tx)
+		a.settle(at, out, err)
 	}
 }
 
