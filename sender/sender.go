@@ -398,9 +398,9 @@ func (s *Sender) await(ctx context.Context, at *attempt) result {
 // enqueue puts at on the waiting list (first, for a replay) and gets a
 // session to take it: it wakes the most recently parked session, or
 // starts one if there is room, or else interrupts a session that waits
-// for a reply with room in its window (a listener). It refuses at after Shutdown, and while
-// the sender fails fast, except for one attempt once the backoff has
-// passed: that one starts the probe.
+// for a reply with room in its window (a listener). It refuses at after
+// Shutdown, and while the sender fails fast, except for one attempt once
+// the backoff has passed: that one starts the probe.
 func (s *Sender) enqueue(at *attempt, first bool) error {
 	l, err := s.enqueueLocked(at, first)
 	if l != nil {
