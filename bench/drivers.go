@@ -166,15 +166,11 @@ func (r *driverRunner) p50() float64 {
 }
 
 func (r *driverRunner) close() {
-	if r.s != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		r.s.Shutdown(ctx)
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if r.c.Quit(ctx) != nil {
+	if r.s != nil {
+		r.s.Shutdown(ctx)
+	} else if r.c.Quit(ctx) != nil {
 		r.c.Close()
 	}
 }
