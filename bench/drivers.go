@@ -20,7 +20,7 @@ import (
 // handed to in order (database/sql's rule: a released connection goes to
 // the longest waiting request), and by the sender's session goroutine
 // (the caller hands over its request and waits for the answer), with one
-// transaction in flight and with the default window.
+// transaction in flight and with a window of 32 (the default is 16).
 
 // The ways of driving a connection the drivers table compares.
 const (
@@ -28,7 +28,7 @@ const (
 	driveMutex   = "smtp.Client under a sync.Mutex (the caller drives, barging allowed)"
 	driveHandoff = "smtp.Client handed to the longest waiting caller (database/sql)"
 	driveSender1 = "sender, MaxInFlight 1 (the session goroutine drives)"
-	driveSender  = "sender, MaxInFlight 32 (the default)"
+	driveSender  = "sender, MaxInFlight 32"
 )
 
 // driverSpec is one row configuration of the drivers table.

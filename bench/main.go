@@ -4,7 +4,7 @@
 // and docs/benchmarks.svg.
 //
 //	go run ./bench                     # full run, every section
-//	go run ./bench -quick              # a shorter run of every section
+//	go run ./bench -quick              # a shorter run of every section; writes no docs
 //	go run ./bench -sections latency   # one section: throughput, latency, scale
 //	go run ./bench -json               # one JSON object per measurement on stdout
 //
@@ -111,8 +111,8 @@ func run() int {
 		clientList  = flag.String("clients", "", "comma-separated clients to measure (default all): "+strings.Join(clientNames(), ", "))
 		windowList  = flag.String("windows", "", "comma-separated windows: keep only the client configurations with these (1 = no window)")
 		memory      = flag.Bool("memory", true, "measure memory: idle sessions and a streamed 100 MiB body")
-		docsDir     = flag.String("docs", "", "`directory` for benchmarks.md and benchmarks.svg (default: docs/ of the module)")
-		noDocs      = flag.Bool("nodocs", false, "do not write the docs")
+		docsDir     = flag.String("docs", "", "`directory` for benchmarks.md and the charts (default: docs/ of the module; with -quick, none unless given)")
+		noDocs      = flag.Bool("nodocs", false, "do not write the docs (implied by -quick without -docs)")
 		timeout     = flag.Duration("timeout", 0, "give up after this long (default 60m, 8m with -quick)")
 		latClients  = flag.String("latclients", "", "comma-separated latency clients to measure, by the start of their table label (default all): "+strings.Join(latClientNames(), ", "))
 		latSecs     = flag.String("security", "", "comma-separated security settings of the latency section: tls, plain (default both)")
@@ -216,6 +216,10 @@ func run() int {
 		mode = "quick"
 	}
 	docs := *docsDir
+	if *quick && docs == "" {
+		// A quick run never rewrites the published docs.
+		*noDocs = true
+	}
 	if docs == "" && !*noDocs {
 		root, err := moduleRoot()
 		if err != nil {

@@ -426,7 +426,7 @@ go run ./bench -sections throughput  # msg/s per client, sink and RTT, and memor
 go run ./bench -sections latency     # open-loop Send latency against load, with the peers (about 11 min)
 go run ./bench -sections scale       # callers, message size, recipients, connections, who drives a connection (about 3 min)
 go run ./bench -sections latency -rtt 0 -security tls -latclients 'smtpkit-sender c4,wire-chunking'   # a part of the latency section
-go run ./bench -quick                # every section, shorter (about 3 min)
+go run ./bench -quick                # every section, shorter (about 3 min); writes no docs
 go run ./bench -json                 # one JSON object per measurement on stdout
 go run ./bench -quick -sections throughput -sinks go-smtp -rtt 0 -clients smtpkit-sender -cpuprofile cpu.out
 go test -bench . ./bench             # the throughput comparisons as Go benchmarks
