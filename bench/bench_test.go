@@ -123,7 +123,7 @@ func TestSmoke(t *testing.T) {
 						}
 						continue
 					}
-					r, err := newRunner(ctx, sc, addr)
+					r, err := sc.open(ctx, target{addr: addr, sec: secPlain, lab: l})
 					if err != nil {
 						t.Errorf("%v: connect: %v", sc, err)
 						continue
@@ -131,12 +131,12 @@ func TestSmoke(t *testing.T) {
 					// Twice, as the measurements and benchmarks do.
 					for range 2 {
 						q := newQuota(n)
-						if err := r.run(ctx, q); err != nil || q.done.Load() != n {
+						if err := closedLoop(ctx, r, sc.callers(), q, nil); err != nil || q.done.Load() != n {
 							t.Errorf("%v: %d of %d sent: %v", sc, q.done.Load(), n, err)
 						}
 						sent += n
 					}
-					r.close()
+					r.Close()
 				}
 				if sink == sinkGoSMTP {
 					if got := gosmtpCount(t, l) - before; got != int64(sent) {
@@ -168,7 +168,7 @@ func TestMeasure(t *testing.T) {
 	sinkAddr(t, l, sinkGoSMTP, 0)
 	tm := timing{Runs: 3, Window: 30 * time.Millisecond, Warm: 10 * time.Millisecond, MinMsgs: 3, MaxRun: time.Second, MaxMsgs: 100_000}
 	p := plan{Sinks: []string{sinkGoSMTP, sinkPostfix}, RTTs: []time.Duration{0, time.Millisecond}, Timing: tm,
-		Scenarios: []scenario{{clientSender, 1, 32}, {clientCore, 1, 32}, {clientWireChunking, 1, 32}, {clientNetSMTP, 1, 1}}}
+		Scenarios: []spec{{Client: clientSender, Conns: 1, Window: 32}, {Client: clientCore, Conns: 1, Window: 32}, {Client: clientWireChunking, Conns: 1, Window: 32}, {Client: clientNetSMTP, Conns: 1, Window: 1}}}
 	rep := &report{Mode: "test", Started: time.Now(), Machine: machine(), Plan: p,
 		Unavail: map[string]string{sinkPostfix: "not started in this test"}}
 	ctx := testCtx(t, time.Minute)
@@ -212,7 +212,7 @@ func TestMeasure(t *testing.T) {
 	var text bytes.Buffer
 	rep.printTables(&text)
 	md := string(rep.markdown())
-	for _, want := range []string{"## Targets", "go-smtp sink, RTT 0, W=32", "smtpkit-sender c1 w32", "## Where the time goes", "benchmarks.svg"} {
+	for _, want := range []string{"## Cost per message", "smtpkit-sender c1 w32", "## Where the time goes", "benchmarks.svg"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
 		}
@@ -251,7 +251,7 @@ func TestMemory(t *testing.T) {
 	ctx := testCtx(t, time.Minute)
 	addr := sinkAddr(t, l, sinkGoSMTP, 0)
 	for _, c := range []string{clientSender, clientCore, clientNetSMTP, clientGoSMTP} {
-		m := idleSessions(ctx, c, addr, 8)
+		m := idleSessions(ctx, c, target{addr: addr, sec: secPlain}, 8)
 		// Bytes includes the change in goroutine stacks, which the
 		// goroutines of earlier tests make noisy: check the heap part.
 		if m.err != nil || m.Alloc <= 0 {
@@ -260,7 +260,7 @@ func TestMemory(t *testing.T) {
 		t.Logf("%s", memLine(m))
 	}
 	for _, c := range []string{clientCore, clientSender, clientNetSMTP} {
-		m := streamBody(ctx, c, sinkGoSMTP, addr, 4<<20)
+		m := streamBody(ctx, c, sinkGoSMTP, target{addr: addr, sec: secPlain}, 4<<20)
 		if m.err != nil {
 			t.Errorf("stream %s: %v", c, m.err)
 		}
@@ -331,7 +331,7 @@ func BenchmarkThroughput(b *testing.B) {
 	}
 }
 
-func benchScenario(b *testing.B, sink string, rtt time.Duration, sc scenario) {
+func benchScenario(b *testing.B, sink string, rtt time.Duration, sc spec) {
 	l := testLab(b)
 	addr := sinkAddr(b, l, sink, rtt)
 	ctx := testCtx(b, 10*time.Minute)
@@ -347,19 +347,19 @@ func benchScenario(b *testing.B, sink string, rtt time.Duration, sc scenario) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 		return
 	}
-	r, err := newRunner(ctx, sc, addr)
+	r, err := sc.open(ctx, target{addr: addr, sec: secPlain, lab: l})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer r.close()
+	defer r.Close()
 	// Warm up: dial every session and fill the window once.
-	if err := r.run(ctx, newQuota(int64(sc.Conns*sc.Window*2+5))); err != nil {
+	if err := closedLoop(ctx, r, sc.callers(), newQuota(int64(sc.Conns*sc.Window*2+5)), nil); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	q := newQuota(int64(b.N))
-	if err := r.run(ctx, q); err != nil {
+	if err := closedLoop(ctx, r, sc.callers(), q, nil); err != nil {
 		b.Fatal(err)
 	}
 	b.StopTimer()
@@ -376,7 +376,7 @@ func BenchmarkIdleSession(b *testing.B) {
 			ctx := testCtx(b, 5*time.Minute)
 			var total float64
 			for range b.N {
-				m := idleSessions(ctx, c, addr, 32)
+				m := idleSessions(ctx, c, target{addr: addr, sec: secPlain}, 32)
 				if m.err != nil {
 					b.Fatal(m.err)
 				}
@@ -399,7 +399,7 @@ func BenchmarkStreamBody(b *testing.B) {
 				var peak float64
 				b.SetBytes(100 << 20)
 				for range b.N {
-					m := streamBody(ctx, c, sink, addr, 100<<20)
+					m := streamBody(ctx, c, sink, target{addr: addr, sec: secPlain}, 100<<20)
 					if m.err != nil {
 						b.Fatal(m.err)
 					}
@@ -422,7 +422,7 @@ func TestLatencyAndScale(t *testing.T) {
 		Samples: 20, MinDur: 50 * time.Millisecond, MaxDur: 200 * time.Millisecond, Timeout: 20 * time.Second, MaxOpen: 1000, RepeatLoad: 0.5, Repeats: 2}
 	var lines []string
 	lat := measureLatency(ctx, l, lp, func(s string) { lines = append(lines, s) }, func(any) {})
-	if why, ok := lat.Skipped[latNodemailer]; ok {
+	if why, ok := lat.Skipped[clientNodemailer]; ok {
 		t.Logf("nodemailer skipped: %s", why)
 	}
 	for _, s := range lat.Sats {
@@ -454,7 +454,7 @@ func TestLatencyAndScale(t *testing.T) {
 		}
 	}
 	md := string(lat.markdown("go test", time.Now(), machine())) + string(sc.markdown("go test", time.Now()))
-	for _, want := range []string{"<!-- bench:latency -->", "### Targets", "### TLS+AUTH, RTT 0 ms", latNetSMTP, latGoMailReuse, "<!-- /bench:scale -->", "### Callers waiting in Send", "### Who drives the connection", driveHandoff} {
+	for _, want := range []string{"<!-- bench:latency -->", "### Saturation", "### TLS+AUTH, RTT 0 ms", clientNetSMTPPerMsg, clientGoMailReuse, "<!-- /bench:scale -->", "### Callers waiting in Send", "### Who drives the connection", driveHandoff} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
 		}

@@ -1,19 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"slices"
-	"sync"
 	"time"
-
-	"github.com/smtpkit/smtpkit/sender"
-	"github.com/smtpkit/smtpkit/smtp"
 )
 
-// Who drives the connection, with one transaction at a time: the
-// measurement behind the sender's one-owner rule (issue 13, item 4). The
 // same smtp.Client is driven by the caller's own goroutine (the floor:
 // no other goroutine involved), by whichever caller holds a sync.Mutex
 // (the caller drives, the next to ask may barge in), by the caller it is
@@ -31,20 +23,21 @@ const (
 	driveSender  = "sender, MaxInFlight 32"
 )
 
-// driverSpec is one row configuration of the drivers table.
+// driverSpec is one row configuration of the drivers table: a client
+// and its callers.
 type driverSpec struct {
-	Drive   string
-	Callers int
+	Drive string
+	spec
 }
 
 // driverSpecs are the rows, at each RTT.
 var driverSpecs = []driverSpec{
-	{driveOwn, 1},
-	{driveSender1, 1},
-	{driveMutex, 3},
-	{driveHandoff, 3},
-	{driveSender1, 3},
-	{driveSender, 3},
+	{driveOwn, spec{Client: clientCore, Conns: 1, Window: 1, Callers: 1}},
+	{driveSender1, spec{Client: clientSender, Conns: 1, Window: 1, Callers: 1}},
+	{driveMutex, spec{Client: clientCoreMutex, Conns: 1, Window: 1, Callers: 3}},
+	{driveHandoff, spec{Client: clientCoreHandoff, Conns: 1, Window: 1, Callers: 3}},
+	{driveSender1, spec{Client: clientSender, Conns: 1, Window: 1, Callers: 3}},
+	{driveSender, spec{Client: clientSender, Conns: 1, Window: 32, Callers: 3}},
 }
 
 // driverRow is one line of the drivers table.
@@ -66,115 +59,6 @@ type driverRow struct {
 	err error
 }
 
-// driverRunner sends with the given driver; it records each Send's time.
-type driverRunner struct {
-	spec driverSpec
-	c    *smtp.Client   // the client the smtp.Client drivers share
-	s    *sender.Sender // the sender drivers' sender
-	mu   sync.Mutex     // driveMutex's lock
-	tok  chan struct{}  // driveHandoff's token: holding it is driving c
-
-	latMu sync.Mutex // guards lats
-	lats  []*durations
-}
-
-func newDriverRunner(ctx context.Context, spec driverSpec, addr string) (*driverRunner, error) {
-	r := &driverRunner{spec: spec, tok: make(chan struct{}, 1)}
-	r.tok <- struct{}{}
-	switch spec.Drive {
-	case driveSender1, driveSender:
-		w := 32
-		if spec.Drive == driveSender1 {
-			w = 1
-		}
-		s, err := sender.New(sender.Config{
-			Addr: addr, Security: sender.InsecurePlaintext, LocalName: "localhost",
-			MaxConns: 1, MaxInFlight: w, IdleTimeout: 10 * time.Minute,
-		})
-		if err != nil {
-			return nil, err
-		}
-		r.s = s
-		return r, nil
-	}
-	cr, err := newCoreRunner(ctx, scenario{Client: clientCore, Conns: 1, Window: 1}, addr)
-	if err != nil {
-		return nil, err
-	}
-	r.c = cr.c
-	return r, nil
-}
-
-func (r *driverRunner) run(ctx context.Context, q *quota) error {
-	return callersRun(q, r.spec.Callers, func() func() error {
-		body := bytes.NewReader(message)
-		env := smtp.Envelope{From: mailFrom, To: rcpts}
-		lat := &durations{}
-		r.latMu.Lock()
-		r.lats = append(r.lats, lat)
-		r.latMu.Unlock()
-		return func() error {
-			body.Reset(message)
-			t0 := time.Now()
-			var err error
-			switch r.spec.Drive {
-			case driveOwn:
-				_, err = r.c.Send(ctx, env, body)
-			case driveMutex:
-				r.mu.Lock()
-				_, err = r.c.Send(ctx, env, body)
-				r.mu.Unlock()
-			case driveHandoff:
-				// A channel's waiting receivers are served in
-				// order, and a send hands the token straight to
-				// the first of them.
-				select {
-				case <-r.tok:
-				case <-ctx.Done():
-					return ctx.Err()
-				}
-				_, err = r.c.Send(ctx, env, body)
-				r.tok <- struct{}{}
-			default:
-				_, err = r.s.Send(ctx, env, body)
-			}
-			lat.add(time.Since(t0))
-			return err
-		}
-	})
-}
-
-// durations is one caller's Send times (only its goroutine adds; they
-// are read once the run is over).
-type durations struct{ d []time.Duration }
-
-func (l *durations) add(d time.Duration) { l.d = append(l.d, d) }
-
-// p50 is the median Send time of every caller, in µs, or -1.
-func (r *driverRunner) p50() float64 {
-	r.latMu.Lock()
-	defer r.latMu.Unlock()
-	var all []time.Duration
-	for _, l := range r.lats {
-		all = append(all, l.d...)
-	}
-	if len(all) == 0 {
-		return -1
-	}
-	slices.Sort(all)
-	return float64(all[len(all)/2]) / 1e3
-}
-
-func (r *driverRunner) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if r.s != nil {
-		r.s.Shutdown(ctx)
-	} else if r.c.Quit(ctx) != nil {
-		r.c.Close()
-	}
-}
-
 // measureDrivers fills the drivers table at rtt: each row is measured
 // Runs times, interleaved with the others (the machine drifts), and the
 // median kept.
@@ -188,12 +72,8 @@ func measureDrivers(ctx context.Context, rep *scaleReport, addr string, rtt time
 			if ctx.Err() != nil || errs[i] != nil {
 				continue
 			}
-			var dr *driverRunner
-			smp, err := runOnceWith(ctx, scenario{Client: spec.Drive, Conns: 1, Window: 1}, tm, func(ctx context.Context) (runner, error) {
-				r, err := newDriverRunner(ctx, spec, addr)
-				dr = r
-				return r, err
-			})
+			var times sendTimes
+			smp, err := runOnce(ctx, spec.spec, target{addr: addr, sec: secPlain}, tm, &times)
 			if err != nil {
 				errs[i] = err
 				continue
@@ -204,7 +84,7 @@ func measureDrivers(ctx context.Context, rep *scaleReport, addr string, rtt time
 			if smp.switches >= 0 {
 				a.sws = append(a.sws, smp.switches)
 			}
-			if v := dr.p50(); v >= 0 {
+			if v := times.p50(); v >= 0 {
 				a.p50s = append(a.p50s, v)
 			}
 		}

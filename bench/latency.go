@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,20 +8,14 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net"
-	netsmtp "net/smtp"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	mail "github.com/wneessen/go-mail"
-
-	"github.com/smtpkit/smtpkit/sender"
-	"github.com/smtpkit/smtpkit/smtp"
+	"slices"
 )
 
 // The latency section: what a request handler calling Send feels. Sends
@@ -31,45 +24,23 @@ import (
 // doing), and the latency of each is measured from its scheduled
 // arrival, so a client that falls behind is charged for it.
 
-// The clients of the latency section, by the names the tables use.
-const (
-	latSender      = "smtpkit-sender"
-	latNetSMTP     = "net/smtp per message"
-	latGoMailDial  = "go-mail DialAndSend"
-	latGoMailReuse = "go-mail reused client"
-	latNodemailer  = "nodemailer pool"
-	latWire        = "wire-chunking" // the control: writes at once, no window
-)
-
 // latSpec is one client configuration of the latency section.
 type latSpec struct {
-	Client string
-	Conns  int  // connections of a pool; 0 for one per message
-	Window int  // smtpkit's MaxInFlight
-	Curve  bool // measured under open load; false: saturation only
-}
-
-func (s latSpec) label() string {
-	switch s.Client {
-	case latSender:
-		return fmt.Sprintf("%s c%d w%d", s.Client, s.Conns, s.Window)
-	case latNodemailer, latWire:
-		return fmt.Sprintf("%s c%d", s.Client, s.Conns)
-	}
-	return s.Client
+	spec
+	Curve bool // measured under open load; false: saturation only
 }
 
 // latSpecs are the clients of the latency section. smtpkit with one
 // connection is measured for saturation only: it is the same-connection
 // comparison for go-mail's reused client.
 var latSpecs = []latSpec{
-	{latSender, 4, 32, true},
-	{latSender, 1, 32, false},
-	{latNetSMTP, 0, 1, true},
-	{latGoMailDial, 0, 1, true},
-	{latGoMailReuse, 1, 1, true},
-	{latNodemailer, 4, 1, true},
-	{latWire, 4, 1, true},
+	{spec{Client: clientSender, Conns: 4, Window: 32}, true},
+	{spec{Client: clientSender, Conns: 1, Window: 32}, false},
+	{spec{Client: clientNetSMTPPerMsg, Window: 1}, true},
+	{spec{Client: clientGoMailDial, Window: 1}, true},
+	{spec{Client: clientGoMailReuse, Conns: 1, Window: 1}, true},
+	{spec{Client: clientNodemailer, Conns: 4, Window: 1}, true},
+	{spec{Client: clientWireChunking, Conns: 4, Window: 1}, true},
 }
 
 // Security settings of the latency section.
@@ -124,13 +95,6 @@ func quickLatPlan() latPlan {
 	return p
 }
 
-// latClient sends one benchmark message per call; it is safe for
-// concurrent use.
-type latClient interface {
-	send(ctx context.Context) error
-	close()
-}
-
 // sinkCPU returns the CPU time the sinks' helper has used, in ns, or -1.
 func (l *lab) sinkCPU() int64 {
 	v, err := l.peers.call("cpu")
@@ -144,262 +108,27 @@ func (l *lab) sinkCPU() int64 {
 	return n
 }
 
-// latTarget is where a latency client connects.
-type latTarget struct {
-	addr string      // the sink, or a delay line in front of it
-	sec  string      // secTLS or secPlain
-	tls  *tls.Config // trusts the sink's certificate; nil for plaintext
-	ca   string      // the certificate's file, for nodemailer
-}
-
 // latTargetFor starts the sink of sec and returns how to reach it at rtt.
-func (l *lab) latTargetFor(sec string, rtt time.Duration) (latTarget, error) {
+func (l *lab) latTargetFor(sec string, rtt time.Duration) (target, error) {
 	if sec == secPlain {
 		a, err := l.target(sinkGoSMTP, rtt)
-		return latTarget{addr: a, sec: sec}, err
+		return target{addr: a, sec: sec}, err
 	}
 	v, err := l.sink(sinkGoSMTPTLS)
 	if err != nil {
-		return latTarget{}, err
+		return target{}, err
 	}
 	addr, ca, _ := strings.Cut(v, " ")
 	pem, err := os.ReadFile(ca)
 	if err != nil {
-		return latTarget{}, err
+		return target{}, err
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return latTarget{}, errors.New("go-smtp-tls: no certificate in " + ca)
+		return target{}, errors.New("go-smtp-tls: no certificate in " + ca)
 	}
 	a, err := l.via(addr, rtt)
-	return latTarget{addr: a, sec: sec, ca: ca, tls: &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}}, err
-}
-
-func newLatClient(ctx context.Context, s latSpec, t latTarget) (latClient, error) {
-	switch s.Client {
-	case latSender:
-		return newSenderLat(s, t, nil)
-	case latNetSMTP:
-		return &netSMTPPerMsg{t: t}, nil
-	case latGoMailDial, latGoMailReuse:
-		return newGoMailLat(s.Client == latGoMailReuse, t)
-	case latWire:
-		return newWireLat(ctx, s, t)
-	}
-	return nil, fmt.Errorf("no Go latency client %q", s.Client)
-}
-
-// ---- smtpkit's sender
-
-type senderLat struct{ s *sender.Sender }
-
-// newSenderLat makes a sender for s at t; dial, when set, replaces its
-// dialing (the scale section gates it).
-func newSenderLat(s latSpec, t latTarget, cfg func(*sender.Config)) (*senderLat, error) {
-	c := sender.Config{Addr: t.addr, LocalName: "localhost", MaxConns: s.Conns, MaxInFlight: s.Window, IdleTimeout: 10 * time.Minute}
-	if t.tls != nil {
-		c.Security = sender.ImplicitTLS
-		c.TLSConfig = t.tls
-		c.Credentials = func(context.Context) (sender.Credentials, error) {
-			return sender.Credentials{Username: benchUser, Secret: benchPass}, nil
-		}
-	} else {
-		c.Security = sender.InsecurePlaintext
-	}
-	if cfg != nil {
-		cfg(&c)
-	}
-	snd, err := sender.New(c)
-	if err != nil {
-		return nil, err
-	}
-	return &senderLat{s: snd}, nil
-}
-
-func (c *senderLat) send(ctx context.Context) error {
-	_, err := c.s.Send(ctx, smtp.Envelope{From: mailFrom, To: rcpts}, bytes.NewReader(message))
-	return err
-}
-
-func (c *senderLat) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if c.s.Shutdown(ctx) != nil {
-		c.s.Close()
-	}
-}
-
-// ---- net/smtp, a new connection per message, as net/smtp.SendMail does
-
-type netSMTPPerMsg struct{ t latTarget }
-
-func (c *netSMTPPerMsg) send(ctx context.Context) error {
-	var conn net.Conn
-	var err error
-	if c.t.tls != nil {
-		d := tls.Dialer{Config: c.t.tls}
-		conn, err = d.DialContext(ctx, "tcp", c.t.addr)
-	} else {
-		conn, err = dial(ctx, c.t.addr)
-	}
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	cl, err := netsmtp.NewClient(conn, "localhost")
-	if err != nil {
-		return err
-	}
-	if err := cl.Hello("localhost"); err != nil {
-		return err
-	}
-	if c.t.tls != nil {
-		if err := cl.Auth(netsmtp.PlainAuth("", benchUser, benchPass, "localhost")); err != nil {
-			return err
-		}
-	}
-	if err := netSMTPSend(cl, writeMessage); err != nil {
-		return err
-	}
-	return cl.Quit()
-}
-
-func (c *netSMTPPerMsg) close() {}
-
-// ---- github.com/wneessen/go-mail: DialAndSend per message, or one
-// client reused (its Send serialises callers on a mutex; a semaphore
-// in front lets a waiting caller give up when its ctx ends)
-
-type goMailLat struct {
-	c     *mail.Client
-	reuse bool
-	sem   chan struct{} // holds the reused client; owns dialed
-	// dialed says whether the reused client is connected; guarded by
-	// sem.
-	dialed bool
-}
-
-// goMailText is the benchmark message's body, without its header
-// (go-mail writes its own).
-var goMailText = func() string {
-	_, body, _ := strings.Cut(string(message), "\r\n\r\n")
-	return body
-}()
-
-func newGoMailLat(reuse bool, t latTarget) (*goMailLat, error) {
-	host, port, err := net.SplitHostPort(t.addr)
-	if err != nil {
-		return nil, err
-	}
-	var p int
-	fmt.Sscan(port, &p)
-	opts := []mail.Option{mail.WithPort(p), mail.WithHELO("localhost"), mail.WithTimeout(30 * time.Second)}
-	if t.tls != nil {
-		opts = append(opts, mail.WithSSL(), mail.WithTLSConfig(t.tls), mail.WithSMTPAuth(mail.SMTPAuthPlain),
-			mail.WithUsername(benchUser), mail.WithPassword(benchPass))
-	} else {
-		opts = append(opts, mail.WithTLSPolicy(mail.NoTLS))
-	}
-	c, err := mail.NewClient(host, opts...)
-	if err != nil {
-		return nil, err
-	}
-	g := &goMailLat{c: c, reuse: reuse, sem: make(chan struct{}, 1)}
-	return g, nil
-}
-
-func goMailMsg() (*mail.Msg, error) {
-	m := mail.NewMsg()
-	if err := m.From(mailFrom); err != nil {
-		return nil, err
-	}
-	if err := m.To(rcptTo); err != nil {
-		return nil, err
-	}
-	m.Subject("smtpkit benchmark message")
-	m.SetBodyString(mail.TypeTextPlain, goMailText)
-	return m, nil
-}
-
-func (g *goMailLat) send(ctx context.Context) error {
-	m, err := goMailMsg()
-	if err != nil {
-		return err
-	}
-	if !g.reuse {
-		return g.c.DialAndSendWithContext(ctx, m)
-	}
-	select {
-	case g.sem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-g.sem }()
-	if !g.dialed {
-		if err := g.c.DialWithContext(ctx); err != nil {
-			return err
-		}
-		g.dialed = true
-	}
-	if err := g.c.Send(m); err != nil {
-		g.c.Close()
-		g.dialed = false
-		return err
-	}
-	return nil
-}
-
-func (g *goMailLat) close() {
-	if g.reuse {
-		g.sem <- struct{}{}
-		if g.dialed {
-			g.c.Close()
-		}
-		<-g.sem
-	}
-}
-
-// ---- closed loop (saturation) and open loop (latency at a load)
-
-// latRunner runs a latency client as a runner: callers goroutines send
-// one message after another.
-type latRunner struct {
-	c       latClient
-	callers int
-	q       *quota // of the last run
-}
-
-func (r *latRunner) run(ctx context.Context, q *quota) error {
-	r.q = q
-	return callersRun(q, r.callers, func() func() error {
-		return func() error { return r.c.send(ctx) }
-	})
-}
-
-func (r *latRunner) close() { r.c.close() }
-
-// satCallers is how many callers measure a client's saturation: twice
-// what a pool's windows hold, and for clients that dial per message,
-// 64 at once.
-func satCallers(s latSpec) int {
-	switch s.Client {
-	case latSender:
-		return 2*s.Conns*s.Window + s.Conns
-	case latWire:
-		// One pending Send per caller: 32 in flight per connection, as
-		// smtpkit's window.
-		return 32 * s.Conns
-	case latGoMailReuse:
-		return 4
-	case latNodemailer:
-		return 4 * s.Conns
-	}
-	return 64
+	return target{addr: a, sec: sec, ca: ca, tls: &tls.Config{RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS12}}, err
 }
 
 // loadResult is one open-loop run.
@@ -429,10 +158,14 @@ func (r loadResult) quantile(q float64) (time.Duration, bool) {
 	return r.Lat[i], true
 }
 
+// loopSleep is the open loop's wait for the next arrival (a test makes
+// it oversleep).
+var loopSleep = time.Sleep
+
 // openLoop offers rate Sends a second to c for dur, each on its own
 // goroutine with its own ctx (timeout from its scheduled arrival), and
 // waits for every one to end.
-func openLoop(ctx context.Context, c latClient, rate float64, dur, timeout time.Duration, maxOpen int, seed uint64) loadResult {
+func openLoop(ctx context.Context, c client, rate float64, dur, timeout time.Duration, maxOpen int, seed uint64) loadResult {
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 	res := loadResult{Rate: rate, Lat: make([]time.Duration, 0, int(rate*dur.Seconds()*1.2)+16)}
 	var mu sync.Mutex // guards res
@@ -449,7 +182,7 @@ func openLoop(ctx context.Context, c latClient, rate float64, dur, timeout time.
 	start := time.Now()
 	for at := time.Duration(0); at < dur && ctx.Err() == nil; at += time.Duration(rng.ExpFloat64() / rate * 1e9) {
 		if d := at - time.Since(start); d > 20*time.Microsecond {
-			time.Sleep(d)
+			loopSleep(d)
 		}
 		due := start.Add(at)
 		res.MaxLate = max(res.MaxLate, time.Since(due))
@@ -463,7 +196,7 @@ func openLoop(ctx context.Context, c latClient, rate float64, dur, timeout time.
 			defer wg.Done()
 			defer open.Add(-1)
 			sctx, cancel := context.WithDeadline(ctx, due.Add(timeout))
-			err := c.send(sctx)
+			err := c.Send(sctx)
 			cancel()
 			el := time.Since(due)
 			if err != nil {
@@ -558,21 +291,15 @@ func ms(d time.Duration) float64 { return round(float64(d)/1e6, 3) }
 func measureLatency(ctx context.Context, l *lab, p latPlan, text func(string), emit func(any)) *latReport {
 	rep := &latReport{Plan: p, Skipped: map[string]string{}}
 	start := time.Now()
-	var nodeDir string
-	var nodeErr error
-	if slices.ContainsFunc(p.Specs, func(s latSpec) bool { return s.Client == latNodemailer }) {
-		nodeDir, nodeErr = nodemailerDir()
-		if nodeErr != nil {
-			rep.Skipped[latNodemailer] = nodeErr.Error()
-			text(fmt.Sprintf("latency: %s skipped: %v", latNodemailer, nodeErr))
+	defer func() { rep.Took = time.Since(start) }()
+	if slices.ContainsFunc(p.Specs, func(s latSpec) bool { return s.Client == clientNodemailer }) {
+		if _, err := nodemailerDir(); err != nil {
+			rep.Skipped[clientNodemailer] = err.Error()
+			text(fmt.Sprintf("latency: %s skipped: %v", clientNodemailer, err))
 		}
 	}
 	seed := uint64(1)
 	for _, sec := range p.Secs {
-		loads := p.TLSLoads
-		if sec == secPlain {
-			loads = p.PlainLoad
-		}
 		for _, rtt := range p.RTTs {
 			t, err := l.latTargetFor(sec, rtt)
 			if err != nil {
@@ -582,117 +309,124 @@ func measureLatency(ctx context.Context, l *lab, p latPlan, text func(string), e
 			}
 			for _, s := range p.Specs {
 				if ctx.Err() != nil {
-					rep.Took = time.Since(start)
 					return rep
 				}
-				if s.Client == latNodemailer && nodeErr != nil {
+				if _, skipped := rep.Skipped[s.Client]; skipped {
 					continue
 				}
-				// The control is offered smtpkit's rates: the same load.
-				base := 0.0
-				if s.Client == latWire {
-					for _, o := range p.Specs {
-						if v, ok := rep.sat(o, sec, rtt); ok && o.Client == latSender && o.Curve {
-							base = v.Rate
-							break
-						}
-					}
-				}
-				sat, points := measureLatClient(ctx, l, p, s, t, rtt, loads, base, nodeDir, &seed)
-				text(satLine(sat))
-				rep.Sats = append(rep.Sats, sat)
-				if sat.err == nil {
-					emit(sat)
-				}
-				for _, pt := range points {
-					text(pointLine(pt))
-					rep.Points = append(rep.Points, pt)
-					if pt.err == nil {
-						emit(pt)
-					}
-				}
+				sat, points := measureLatClient(ctx, l, p, s, t, rtt, rep.base(s, sec, rtt), &seed)
+				rep.add(sat, points, text, emit)
 			}
 		}
 	}
-	rep.Took = time.Since(start)
 	return rep
 }
 
-// measureLatClient measures one client's saturation at t, then its
-// latency at each load: a fraction of base when base > 0, else of its
-// own saturation.
-func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t latTarget, rtt time.Duration, loads []float64, base float64, nodeDir string, seed *uint64) (latSat, []latPoint) {
-	sat := latSat{Client: s.label(), Sec: t.sec, RTTms: float64(rtt) / 1e6, spec: s, rtt: rtt}
-	var points []latPoint
-	if s.Client == latNodemailer {
-		np, err := startNodePool(ctx, nodeDir, s, t)
-		if err != nil {
-			sat.err = err
-			return sat, nil
-		}
-		defer np.close()
-		for range p.Sat.Runs {
-			r, err := np.saturate(satCallers(s), p.Sat)
-			if err != nil {
-				sat.err = err
-				return sat, nil
-			}
-			sat.Rates = append(sat.Rates, round(r, 1))
-		}
-		sat.Rate, sat.CPUus, sat.SinkCPUus = median(sat.Rates), -1, -1
-		if !s.Curve {
-			return sat, nil
-		}
-		points = p.measureLoads(s, t.sec, rtt, sat.Rate, loads, seed, func(rate float64, dur time.Duration, seed uint64) (loadResult, error) {
-			return np.open(rate, dur, p.Timeout, seed)
-		})
-		return sat, points
+// base is the rate the loads of s are fractions of: the control is
+// offered smtpkit's rates (the same load); 0 for the client's own.
+func (r *latReport) base(s latSpec, sec string, rtt time.Duration) float64 {
+	if s.Client != clientWireChunking {
+		return 0
 	}
-	sc := scenario{Client: s.label(), Conns: max(s.Conns, 1), Window: s.Window}
+	for _, o := range r.Plan.Specs {
+		if v, ok := r.sat(o, sec, rtt); ok && o.Client == clientSender && o.Curve {
+			return v.Rate
+		}
+	}
+	return 0
+}
+
+// add records one client's results.
+func (r *latReport) add(sat latSat, points []latPoint, text func(string), emit func(any)) {
+	text(satLine(sat))
+	r.Sats = append(r.Sats, sat)
+	if sat.err == nil {
+		emit(sat)
+	}
+	for _, pt := range points {
+		text(pointLine(pt))
+		r.Points = append(r.Points, pt)
+		if pt.err == nil {
+			emit(pt)
+		}
+	}
+}
+
+// measureLatClient measures one client's saturation at t (closed loop),
+// then its latency at each load (open loop): a fraction of base when
+// base > 0, else of its own saturation.
+func measureLatClient(ctx context.Context, l *lab, p latPlan, s latSpec, t target, rtt time.Duration, base float64, seed *uint64) (latSat, []latPoint) {
+	sat := latSat{Client: s.label(), Sec: t.sec, RTTms: float64(rtt) / 1e6, spec: s, rtt: rtt}
+	c, err := s.open(ctx, t)
+	if err != nil {
+		sat.err = err
+		return sat, nil
+	}
+	defer c.Close()
+	offer := func(rate float64, dur time.Duration, seed uint64) (loadResult, error) {
+		return openLoop(ctx, c, rate, dur, p.Timeout, p.MaxOpen, seed), nil
+	}
+	if r, ok := c.(remote); ok {
+		sat.err = remoteSaturation(r, s, p.Sat, &sat)
+		offer = func(rate float64, dur time.Duration, seed uint64) (loadResult, error) {
+			return r.openLoop(rate, dur, p.Timeout, seed)
+		}
+	} else {
+		sat.err = saturation(ctx, l, s, t, p.Sat, &sat)
+	}
+	if sat.err != nil || !s.Curve {
+		return sat, nil
+	}
+	if _, ok := c.(remote); !ok {
+		// Warm up (pools dial) at a quarter of saturation.
+		openLoop(ctx, c, sat.Rate/4, 200*time.Millisecond, p.Timeout, p.MaxOpen, 0)
+	}
+	if base <= 0 {
+		base = sat.Rate
+	}
+	loads := p.TLSLoads
+	if t.sec == secPlain {
+		loads = p.PlainLoad
+	}
+	return sat, p.measureLoads(s, t.sec, rtt, base, loads, seed, offer)
+}
+
+// saturation measures s's saturation at t with tm.Runs closed-loop
+// runs, each with a client of its own, and the CPU time per message of
+// the client and of the sinks.
+func saturation(ctx context.Context, l *lab, s latSpec, t target, tm timing, sat *latSat) error {
 	var cpus, sinkCPUs []float64
-	for range p.Sat.Runs {
-		var lr *latRunner
+	for range tm.Runs {
 		sink0 := l.sinkCPU()
-		smp, err := runOnceWith(ctx, sc, p.Sat, func(ctx context.Context) (runner, error) {
-			c, err := newLatClient(ctx, s, t)
-			if err != nil {
-				return nil, err
-			}
-			lr = &latRunner{c: c, callers: satCallers(s)}
-			return lr, nil
-		})
+		smp, err := runOnce(ctx, s.spec, t, tm, nil)
 		if err != nil {
-			sat.err = err
-			return sat, nil
+			return err
 		}
 		sat.Rates = append(sat.Rates, round(smp.rate, 1))
 		cpus = append(cpus, smp.cpu/1e3)
-		if sink1 := l.sinkCPU(); sink0 >= 0 && sink1 >= 0 && lr.q != nil && lr.q.done.Load() > 0 {
-			sinkCPUs = append(sinkCPUs, float64(sink1-sink0)/1e3/float64(lr.q.done.Load()))
+		if sink1 := l.sinkCPU(); sink0 >= 0 && sink1 >= 0 && smp.total > 0 {
+			sinkCPUs = append(sinkCPUs, float64(sink1-sink0)/1e3/float64(smp.total))
 		}
 	}
 	sat.Rate, sat.CPUus, sat.SinkCPUus = median(sat.Rates), round(median(cpus), 1), -1
 	if len(sinkCPUs) > 0 {
 		sat.SinkCPUus = round(median(sinkCPUs), 1)
 	}
-	if !s.Curve {
-		return sat, nil
+	return nil
+}
+
+// remoteSaturation is saturation for a client whose loops run in
+// another process; its CPU time is not counted.
+func remoteSaturation(r remote, s latSpec, tm timing, sat *latSat) error {
+	for range tm.Runs {
+		v, err := r.saturate(s.callers(), tm)
+		if err != nil {
+			return err
+		}
+		sat.Rates = append(sat.Rates, round(v, 1))
 	}
-	c, err := newLatClient(ctx, s, t)
-	if err != nil {
-		sat.err = err
-		return sat, nil
-	}
-	defer c.close()
-	// Warm up (pools dial) at a quarter of saturation.
-	openLoop(ctx, c, sat.Rate/4, 200*time.Millisecond, p.Timeout, p.MaxOpen, 0)
-	if base <= 0 {
-		base = sat.Rate
-	}
-	points = p.measureLoads(s, t.sec, rtt, base, loads, seed, func(rate float64, dur time.Duration, seed uint64) (loadResult, error) {
-		return openLoop(ctx, c, rate, dur, p.Timeout, p.MaxOpen, seed), nil
-	})
-	return sat, points
+	sat.Rate, sat.CPUus, sat.SinkCPUus = median(sat.Rates), -1, -1
+	return nil
 }
 
 // measureLoads offers each fraction in loads of the saturation rate sat

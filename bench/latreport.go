@@ -33,8 +33,9 @@ func extractRegion(doc []byte, name string) []byte {
 }
 
 // spliceRegion puts region (markers included) in place of doc's region
-// of that name, or before the section "## Where the time goes" (at the
-// end when there is none).
+// of that name, or where it belongs when doc has none: the Targets
+// before "## Setup" (or the first section), the others before "## Where
+// the time goes" (at the end when there is none).
 func spliceRegion(doc []byte, name string, region []byte) []byte {
 	if len(region) == 0 {
 		return doc
@@ -44,7 +45,12 @@ func spliceRegion(doc []byte, name string, region []byte) []byte {
 		return slicesConcat(doc[:i], region, doc[i+len(old):])
 	}
 	at := bytes.Index(doc, []byte("## Where the time goes"))
-	if at < 0 {
+	if name == "targets" {
+		if at = bytes.Index(doc, []byte("## Setup")); at < 0 {
+			at = bytes.Index(doc, []byte("\n## ")) + 1
+		}
+	}
+	if at <= 0 {
 		return slicesConcat(doc, []byte("\n"), region)
 	}
 	return slicesConcat(doc[:at], region, []byte("\n"), doc[at:])
@@ -64,121 +70,6 @@ var latencyAnalysis string
 //go:embed analysis-scale.md
 var scaleAnalysis string
 
-// latTarget is one target of issue 13.
-type latGoal struct {
-	Name, Measured, Goal, Met string
-}
-
-func metText(ok bool, why string) string {
-	if ok {
-		return "met"
-	}
-	return "MISSED: " + why
-}
-
-// goals evaluates the targets of the latency and scale sections; either
-// report may be nil.
-func goals(lat *latReport, sc *scaleReport) []latGoal {
-	var out []latGoal
-	const rtt = 10 * time.Millisecond
-	pool := latSpec{latSender, 4, 32, true}
-	one := latSpec{latSender, 1, 32, false}
-	if lat != nil {
-		g := latGoal{Name: "p99 Send latency at 50 % of saturation, TLS+AUTH, RTT 10 ms", Goal: "≤ 3 RTT + 5 ms = 35 ms"}
-		if p, ok := lat.point(pool, secTLS, rtt, 0.5); ok {
-			g.Measured = fmt.Sprintf("%s ms (%s, %s msg/s)", fmtLat(p.P99ms), pool.label(), fmtInt(p.Offered))
-			if w, ok := lat.point(latSpec{latWire, 4, 1, true}, secTLS, rtt, 0.5); ok {
-				g.Measured += fmt.Sprintf("; the wire control at the same load: %s ms", fmtLat(w.P99ms))
-			}
-			g.Met = metText(p.P99ms >= 0 && p.P99ms <= 35, "over 35 ms")
-		} else {
-			g.Measured, g.Met = "-", "not measured"
-		}
-		out = append(out, g)
-		g = latGoal{Name: "same, against net/smtp per message at 50 % of its saturation", Goal: "≤ 1/10 of net/smtp's p99"}
-		p, ok1 := lat.point(pool, secTLS, rtt, 0.5)
-		n, ok2 := lat.point(latSpec{latNetSMTP, 0, 1, true}, secTLS, rtt, 0.5)
-		if ok1 && ok2 && p.P99ms >= 0 && n.P99ms != 0 {
-			nv := n.P99ms
-			if nv < 0 {
-				g.Measured = fmt.Sprintf("%s ms against net/smtp's p99: failures (%d of %d)", fmtLat(p.P99ms), n.Failed, n.N)
-				g.Met = "met"
-			} else {
-				g.Measured = fmt.Sprintf("%s ms against %s ms (%s msg/s): 1/%.1f", fmtLat(p.P99ms), fmtLat(nv), fmtInt(n.Offered), nv/p.P99ms)
-				g.Met = metText(p.P99ms*10 <= nv, fmt.Sprintf("1/%.1f", nv/p.P99ms))
-			}
-		} else {
-			g.Measured, g.Met = "-", "not measured"
-		}
-		out = append(out, g)
-		for _, c := range []struct {
-			mine, theirs latSpec
-		}{{pool, latSpec{latNodemailer, 4, 1, true}}, {one, latSpec{latGoMailReuse, 1, 1, true}}} {
-			g := latGoal{Name: fmt.Sprintf("saturation, TLS+AUTH, RTT 10 ms: %s against %s", c.mine.label(), c.theirs.label()), Goal: "≥ 10×"}
-			a, ok1 := lat.sat(c.mine, secTLS, rtt)
-			b, ok2 := lat.sat(c.theirs, secTLS, rtt)
-			if ok1 && ok2 && b.Rate > 0 {
-				g.Measured = fmt.Sprintf("%s against %s msg/s: %.0f×", fmtInt(a.Rate), fmtInt(b.Rate), a.Rate/b.Rate)
-				g.Met = metText(a.Rate >= 10*b.Rate, "under 10×")
-			} else {
-				g.Measured, g.Met = "-", "not measured"
-				if why, ok := lat.Skipped[c.theirs.Client]; ok {
-					g.Met = "not measured: " + why
-				}
-			}
-			out = append(out, g)
-		}
-		g = latGoal{Name: "TLS+AUTH cost against plaintext, RTT 0, " + one.label() + " (saturation)", Goal: "≤ 15 %"}
-		a, ok1 := lat.sat(one, secTLS, 0)
-		b, ok2 := lat.sat(one, secPlain, 0)
-		if ok1 && ok2 && b.Rate > 0 {
-			cost := 100 * (1 - a.Rate/b.Rate)
-			g.Measured = fmt.Sprintf("%s against %s msg/s: %.0f %% less", fmtInt(a.Rate), fmtInt(b.Rate), cost)
-			if a.CPUus >= 0 && a.SinkCPUus >= 0 && b.CPUus > 0 && b.SinkCPUus > 0 {
-				ta, tb := a.CPUus+a.SinkCPUus, b.CPUus+b.SinkCPUus
-				g.Measured += fmt.Sprintf(" (CPU per message, client and sink: %.0f against %.0f µs, %+.0f %%)", ta, tb, 100*(ta/tb-1))
-			}
-			g.Met = metText(cost <= 15, fmt.Sprintf("by %.0f points", cost-15))
-		} else {
-			g.Measured, g.Met = "-", "not measured"
-		}
-		out = append(out, g)
-	}
-	if sc != nil {
-		var small, big *callerRow
-		for i := range sc.Callers {
-			r := &sc.Callers[i]
-			if r.err != nil {
-				continue
-			}
-			if r.Callers == 100 {
-				small = r
-			}
-			if r.Callers == 100_000 {
-				big = r
-			}
-		}
-		g := latGoal{Name: "memory per caller waiting in Send, 100,000 callers, beyond its goroutine", Goal: "≤ 1 KiB"}
-		if big != nil {
-			g.Measured = fmt.Sprintf("%s (heap %s; counting the used part of the stack instead of the stack allocated: %s)", fmtBytes(big.BeyondB), fmtBytes(big.HeapB), fmtBytes(big.BeyondUsedB))
-			g.Met = metText(big.BeyondB <= 1024, "over 1 KiB")
-		} else {
-			g.Measured, g.Met = "-", "not measured"
-		}
-		out = append(out, g)
-		g = latGoal{Name: "time per Send, 100,000 callers against 100", Goal: "at most 20 % more"}
-		if big != nil && small != nil && small.PerSendUs > 0 {
-			d := 100 * (big.PerSendUs/small.PerSendUs - 1)
-			g.Measured = fmt.Sprintf("%.2f against %.2f µs: %+.0f %%", big.PerSendUs, small.PerSendUs, d)
-			g.Met = metText(d <= 20, fmt.Sprintf("%+.0f %%", d))
-		} else {
-			g.Measured, g.Met = "-", "not measured"
-		}
-		out = append(out, g)
-	}
-	return out
-}
-
 // latencyMarkdown renders the latency region.
 func (r *latReport) markdown(cmd string, started time.Time, machine string) []byte {
 	var b bytes.Buffer
@@ -190,16 +81,13 @@ func (r *latReport) markdown(cmd string, started time.Time, machine string) []by
 	p("![p99 Send latency against offered load, one line per client](benchmarks-latency.svg)\n\n")
 	p("- Sink: the go-smtp server with implicit TLS (RSA 2048 certificate, TLS 1.3) and AUTH PLAIN required, started in the helper process; for plaintext, the go-smtp sink of the throughput tables, without AUTH (AUTH is never sent in plaintext). Round trips from the same delay line. Every client sends the benchmark message of %s octets to one recipient; go-mail and nodemailer render their own MIME message from the same text.\n", fmtInt(float64(len(message))))
 	p("- Clients: `%s` (`sender.Sender`, MaxConns 4, MaxInFlight 32; with one connection for the saturation comparisons); `%s` (dial, TLS, EHLO, AUTH, MAIL, RCPT, DATA, QUIT for every message, as `net/smtp.SendMail` does); `%s` (github.com/wneessen/go-mail v0.8.1, `DialAndSendWithContext` per message); `%s` (one go-mail client dialed once, `Send` under its mutex, a semaphore in front so that a waiting caller can give up; go-mail sends NOOP before each message, and NOOP and RSET after it); `%s` (nodemailer %s, `pool: true`, `maxConnections: 4`, `maxMessages: 100`, its default, driven from Node by bench/nodemailer/pool.js); and a control, `%s c4`, which writes each Send's pre-rendered MAIL, RCPT and `BDAT n LAST` at once on the least busy of four connections (no window, no waiting for a read to end) while a reader goroutine per connection answers: the least a client can add to the round trip. The control is offered smtpkit's rates (its *load* is a fraction of smtpkit's saturation), so that what it shows beyond one RTT is the sink, the delay line and the machine at the same load.\n",
-		latSender, latNetSMTP, latGoMailDial, latGoMailReuse, latNodemailer, "10.6.1", latWire)
+		clientSender, clientNetSMTPPerMsg, clientGoMailDial, clientGoMailReuse, clientNodemailer, "10.6.1", clientWireChunking)
 	p("- Saturation: closed loop, callers sending one message after another (smtpkit 2×C×W+C callers, the wire control 32×C, per-message clients 64, go-mail's reused client 4, nodemailer 4×C), median of %d runs of %v. Open loop: Sends arrive at a fraction of that rate with exponential gaps, each on its own goroutine (in Node, its own promise) with its own ctx of %v from its scheduled arrival; latency runs from the scheduled arrival to the answer, so a client that falls behind (or a timer that fires late) is charged for it. A point lasts long enough for %d Sends, between %v and %v; the load of the targets (50 %%) is offered %d times and the run with the median p99 is shown, with every run's p99. Failed Sends (errors, timeouts, more than %d unanswered) count as slower than any answered one: a percentile that falls on them reads `fail`. With fewer than 1,000 Sends, p99.9 is the slowest. *Generator late* is the most an arrival was started after its time in that run: the measuring process's own scheduling delay (timer slack, and on a shared machine, waiting for a CPU), which any latency of the run may include.\n\n",
 		r.Plan.Sat.Runs, r.Plan.Sat.Window, r.Plan.Timeout, r.Plan.Samples, r.Plan.MinDur, r.Plan.MaxDur, max(1, r.Plan.Repeats), r.Plan.MaxOpen)
 	p("- Run this section alone with `go run ./bench -sections latency` (about 11 minutes; with `-quick`, RTT 0 and 10 ms and three loads, about 2; `-rtt`, `-security tls` or `plain` and `-latclients` pick a part, e.g. `-rtt 0 -security tls -latclients 'smtpkit-sender c4,wire-chunking'`). nodemailer needs Node.js 20 or later and `npm ci --prefix bench/nodemailer`.\n\n")
 	for c, why := range r.Skipped {
 		p("**%s was not measured**: %s.\n\n", c, why)
 	}
-
-	p("### Targets\n\n")
-	goalTable(&b, goals(r, nil))
 
 	p("### Saturation\n\nmsg/s, closed loop, median of %d runs.\n\n", r.Plan.Sat.Runs)
 	rttHeader(&b, []string{"client", "security"}, r.Plan.RTTs)
@@ -218,7 +106,7 @@ func (r *latReport) markdown(cmd string, started time.Time, machine string) []by
 	}
 	p("\nCPU time per message at saturation, RTT 0 (user and system, µs): the client is the measuring process (nodemailer runs in Node and is not counted), the sink the helper process that runs the sinks, counted over whole runs (connecting included).\n\n| client | client, TLS+AUTH | client, plaintext | sink, TLS+AUTH | sink, plaintext |\n|---|---:|---:|---:|---:|\n")
 	for _, s := range r.Plan.Specs {
-		if s.Client == latNodemailer {
+		if s.Client == clientNodemailer {
 			continue
 		}
 		p("| %s |", s.label())
@@ -280,8 +168,6 @@ func (s *scaleReport) markdown(cmd string, started time.Time) []byte {
 	p("%s## Scale\n\n", begin)
 	p("Generated by `%s` on %s (took %s), on the same shared machine; tables unedited. smtpkit's sender throughout. Run this section alone with `go run ./bench -sections scale` (about 3 minutes).\n\n", cmd, started.UTC().Format("2006-01-02 15:04 MST"), s.Took.Round(time.Second))
 	if len(s.Callers) > 0 {
-		p("### Targets\n\n")
-		goalTable(&b, goals(nil, s))
 		p("### Callers waiting in Send (MaxConns 4, MaxInFlight 32, go-smtp sink, RTT 0, plaintext)\n\n")
 		p("Memory, per caller: N goroutines parked on a channel, against N callers blocked in `Send` while the sender's dials are held back; each holds a body reader made beforehand. Live heap after GC plus the stack memory allocated (`MemStats.StackInuse`); in brackets, with the used part of the stacks instead (as the collector scans them). The callers enter one at a time, each once `Stats().Waiting` counts the one before, so their order in the queue is known; then the dials go ahead: wait is the time from then to each answer, displacement how many places an answer came from its caller's place in the queue (MaxConns × MaxInFlight = 128 are answered in batches). Time per Send: with the sessions open, bursts of N callers started at once, at least three and until at least %s messages; the median burst's time per Send is shown.\n\n", fmtInt(float64(s.Plan.CallerMsgs)))
 		p("| callers | bare goroutine | caller in Send | beyond the goroutine | of which heap | µs per Send | messages | wait p50 ms | wait p99 ms | displacement p99 | displacement max |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
@@ -357,14 +243,6 @@ func (s *scaleReport) markdown(cmd string, started time.Time) []byte {
 	return b.Bytes()
 }
 
-func goalTable(b *bytes.Buffer, gs []latGoal) {
-	fmt.Fprintf(b, "| target | measured | goal | result |\n|---|---|---|---|\n")
-	for _, g := range gs {
-		fmt.Fprintf(b, "| %s | %s | %s | %s |\n", g.Name, g.Measured, g.Goal, g.Met)
-	}
-	fmt.Fprintln(b)
-}
-
 func pct(a, b float64) float64 {
 	if b == 0 {
 		return 0
@@ -433,19 +311,19 @@ func (r *latReport) svg() ([]byte, error) {
 			if _, ok := colors[label]; !ok {
 				colors[label] = palette[si%len(palette)]
 				w, dash := 1.5, ""
-				if s.Client == latSender {
+				if s.Client == clientSender {
 					w = 2.5
 				}
-				if s.Client == latWire {
+				if s.Client == clientWireChunking {
 					dash = "6 3"
 				}
-				d.Legend = append(d.Legend, chartLegend{Color: colors[label], Width: w, Dash: dash, Label: label + map[bool]string{true: " (control)"}[s.Client == latWire]})
+				d.Legend = append(d.Legend, chartLegend{Color: colors[label], Width: w, Dash: dash, Label: label + map[bool]string{true: " (control)"}[s.Client == clientWireChunking]})
 			}
 			line.Label, line.Color, line.Width = label, colors[label], 1.5
-			if s.Client == latSender {
+			if s.Client == clientSender {
 				line.Width = 2.5
 			}
-			if s.Client == latWire {
+			if s.Client == clientWireChunking {
 				line.Dash = "6 3"
 			}
 			p.Lines = append(p.Lines, line)

@@ -193,7 +193,7 @@ type measurement struct {
 	AllocsPerMsg *float64 `json:"allocs_per_msg"`
 	BytesPerMsg  *float64 `json:"bytes_per_msg"`
 
-	sc    scenario
+	sc    spec
 	rtt   time.Duration
 	rates []float64 // every run's msg/s
 	// reads and writes are the client process's read and write system
@@ -206,7 +206,8 @@ type measurement struct {
 
 // sample is one run.
 type sample struct {
-	msgs   int64
+	msgs   int64 // in the measured stretch
+	total  int64 // in the whole run
 	rate   float64
 	allocs float64 // per message; < 0 when not measured
 	bytes  float64
@@ -220,7 +221,7 @@ type sample struct {
 
 // measure runs sc against sink at rtt tm.Runs times and keeps the
 // medians.
-func (l *lab) measure(ctx context.Context, sc scenario, sink string, rtt time.Duration, tm timing) measurement {
+func (l *lab) measure(ctx context.Context, sc spec, sink string, rtt time.Duration, tm timing) measurement {
 	m := measurement{Client: sc.Client, Sink: sink, RTTms: float64(rtt) / float64(time.Millisecond),
 		Conns: sc.Conns, Window: sc.Window, sc: sc, rtt: rtt}
 	addr, err := l.target(sink, rtt)
@@ -228,28 +229,11 @@ func (l *lab) measure(ctx context.Context, sc scenario, sink string, rtt time.Du
 		m.err = err
 		return m
 	}
-	var samples []sample
-	var sourceN int64
-	for i := range tm.Runs {
-		var s sample
-		var err error
-		if sc.Client == clientSource {
-			if i == 0 {
-				// A first, unmeasured run sizes the others.
-				if sourceN, err = l.calibrateSource(ctx, sc, addr, rtt, tm); err != nil {
-					m.err = err
-					return m
-				}
-			}
-			s, err = l.runSource(ctx, sc, addr, sourceN)
-		} else {
-			s, err = runOnce(ctx, sc, addr, tm)
-		}
-		if err != nil {
-			m.err = fmt.Errorf("run %d: %w", i+1, err)
-			return m
-		}
-		samples = append(samples, s)
+	t := target{addr: addr, sec: secPlain, lab: l}
+	samples, err := runSamples(ctx, sc, t, rtt, tm)
+	if err != nil {
+		m.err = err
+		return m
 	}
 	rates := make([]float64, len(samples))
 	for i, s := range samples {
@@ -269,26 +253,28 @@ func (l *lab) measure(ctx context.Context, sc scenario, sink string, rtt time.Du
 	return m
 }
 
-// runOnce connects a client, warms it up, measures a stretch of steady
-// sending, and disconnects. Connection set-up and the filling and
-// draining of pipelines fall outside the measured stretch.
-func runOnce(parent context.Context, sc scenario, addr string, tm timing) (sample, error) {
-	return runOnceWith(parent, sc, tm, func(ctx context.Context) (runner, error) { return newRunner(ctx, sc, addr) })
+// runOnce connects the client of s to t, warms it up, measures a
+// stretch of steady sending in a closed loop, and disconnects.
+// Connection set-up and the filling and draining of pipelines fall
+// outside the measured stretch. times, when set, collects every Send's
+// time.
+func runOnce(parent context.Context, s spec, t target, tm timing, times *sendTimes) (sample, error) {
+	return runOnceWith(parent, s, tm, times, func(ctx context.Context) (client, error) { return s.open(ctx, t) })
 }
 
-// runOnceWith is runOnce with the runner made by connect.
-func runOnceWith(parent context.Context, sc scenario, tm timing, connect func(context.Context) (runner, error)) (sample, error) {
+// runOnceWith is runOnce with the client made by connect.
+func runOnceWith(parent context.Context, s spec, tm timing, times *sendTimes, connect func(context.Context) (client, error)) (sample, error) {
 	ctx, cancel := context.WithTimeout(parent, tm.Warm+tm.MaxRun+60*time.Second)
 	defer cancel()
-	r, err := connect(ctx)
+	c, err := connect(ctx)
 	if err != nil {
 		return sample{}, fmt.Errorf("connecting: %w", err)
 	}
-	defer r.close()
+	defer c.Close()
 	q := newQuota(tm.MaxMsgs)
 	errc := make(chan error, 1)
 	go func() {
-		err := r.run(ctx, q)
+		err := closedLoop(ctx, c, s.callers(), q, times)
 		if err != nil {
 			q.stop.Store(true)
 		}
@@ -300,19 +286,41 @@ func runOnceWith(parent context.Context, sc scenario, tm timing, connect func(co
 	}
 	ended := func() bool { return q.stop.Load() || q.done.Load() >= tm.MaxMsgs }
 
+	if err := warmUp(q, tm, s.warmMsgs(), ended); err != nil {
+		finish()
+		return sample{}, err
+	}
+	smp := stretch(q, tm, ended)
+	if err := finish(); err != nil {
+		return sample{}, err
+	}
+	if smp.msgs <= 0 {
+		return sample{}, errors.New("no message completed in the measured stretch")
+	}
+	smp.total = q.done.Load()
+	return smp, nil
+}
+
+// warmUp waits until warm messages are done, or at least one and tm.Warm
+// has passed.
+func warmUp(q *quota, tm timing, warm int64, ended func() bool) error {
 	start := time.Now()
-	warmMsgs := int64(sc.Conns*sc.Window*2 + 10)
 	for !ended() {
 		d := q.done.Load()
-		if d >= warmMsgs || (d >= 1 && time.Since(start) >= tm.Warm) {
+		if d >= warm || (d >= 1 && time.Since(start) >= tm.Warm) {
 			break
 		}
 		if time.Since(start) > tm.Warm+tm.MaxRun {
-			finish()
-			return sample{}, errors.New("no message got through during the warm-up")
+			return errors.New("no message got through during the warm-up")
 		}
 		time.Sleep(time.Millisecond)
 	}
+	return nil
+}
+
+// stretch measures the messages done for tm.Window (at least
+// tm.MinMsgs, at most tm.MaxRun) and what they cost the process.
+func stretch(q *quota, tm timing, ended func() bool) sample {
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	r0, w0, ioOK := syscallCounts()
@@ -332,23 +340,14 @@ func runOnceWith(parent context.Context, sc scenario, tm timing, connect func(co
 	cpu1, _ := cpuTime()
 	sw1, _ := ctxSwitches()
 	runtime.ReadMemStats(&m1)
-	if err := finish(); err != nil {
-		return sample{}, err
-	}
 	n := c1 - c0
+	s := sample{msgs: n, reads: -1, writes: -1, cpu: -1, switches: -1}
 	if n <= 0 {
-		return sample{}, errors.New("no message completed in the measured stretch")
+		return s
 	}
-	s := sample{
-		msgs:     n,
-		rate:     float64(n) / t1.Sub(t0).Seconds(),
-		allocs:   float64(m1.Mallocs-m0.Mallocs) / float64(n),
-		bytes:    float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n),
-		reads:    -1,
-		writes:   -1,
-		cpu:      -1,
-		switches: -1,
-	}
+	s.rate = float64(n) / t1.Sub(t0).Seconds()
+	s.allocs = float64(m1.Mallocs-m0.Mallocs) / float64(n)
+	s.bytes = float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n)
 	if swOK {
 		s.switches = float64(sw1-sw0) / float64(n)
 	}
@@ -359,17 +358,54 @@ func runOnceWith(parent context.Context, sc scenario, tm timing, connect func(co
 		s.reads = float64(r1-r0) / float64(n)
 		s.writes = float64(w1-w0) / float64(n)
 	}
-	return s, nil
+	return s
 }
 
-// calibrateSource runs smtp-source briefly and returns how many
-// messages make a run of about tm.Window.
-func (l *lab) calibrateSource(ctx context.Context, sc scenario, addr string, rtt time.Duration, tm timing) (int64, error) {
+// runSamples measures sc at t tm.Runs times: a batcher (smtp-source)
+// by timed batches, sized by a first, unmeasured one; any other client
+// by runOnce.
+func runSamples(ctx context.Context, sc spec, t target, rtt time.Duration, tm timing) ([]sample, error) {
+	c, err := sc.open(ctx, t)
+	if err != nil {
+		return nil, fmt.Errorf("connecting: %w", err)
+	}
+	b, isBatch := c.(batcher)
+	if !isBatch {
+		c.Close()
+	} else {
+		defer c.Close()
+	}
+	var samples []sample
+	var n int64
+	for i := range tm.Runs {
+		var s sample
+		var err error
+		switch {
+		case !isBatch:
+			s, err = runOnce(ctx, sc, t, tm, nil)
+		case i == 0:
+			if n, err = calibrateBatch(ctx, b, sc, rtt, tm); err == nil {
+				s, err = runBatch(ctx, b, n)
+			}
+		default:
+			s, err = runBatch(ctx, b, n)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("run %d: %w", i+1, err)
+		}
+		samples = append(samples, s)
+	}
+	return samples, nil
+}
+
+// calibrateBatch runs a batch briefly and returns how many messages
+// make a run of about tm.Window.
+func calibrateBatch(ctx context.Context, b batcher, sc spec, rtt time.Duration, tm timing) (int64, error) {
 	n := int64(500 * sc.Conns)
 	if rtt > 0 {
 		n = int64(max(2, int(tm.Warm/(4*rtt)))) * int64(sc.Conns)
 	}
-	s, err := l.runSource(ctx, sc, addr, n)
+	s, err := runBatch(ctx, b, n)
 	if err != nil {
 		return 0, err
 	}
@@ -377,12 +413,8 @@ func (l *lab) calibrateSource(ctx context.Context, sc scenario, addr string, rtt
 	return min(max(want, tm.MinMsgs, int64(2*sc.Conns)), tm.MaxMsgs), nil
 }
 
-func (l *lab) runSource(ctx context.Context, sc scenario, addr string, n int64) (sample, error) {
-	path, err := l.sourcePath()
-	if err != nil {
-		return sample{}, err
-	}
-	el, err := sourceRun(ctx, path, addr, sc.Conns, n)
+func runBatch(ctx context.Context, b batcher, n int64) (sample, error) {
+	el, err := b.batch(ctx, n)
 	if err != nil {
 		return sample{}, err
 	}

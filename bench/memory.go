@@ -6,13 +6,8 @@ import (
 	"io"
 	"runtime"
 	"runtime/metrics"
-	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/smtpkit/smtpkit/sender"
-	"github.com/smtpkit/smtpkit/smtp"
-	"github.com/smtpkit/smtpkit/transport"
 )
 
 // memResult is one memory measurement.
@@ -43,99 +38,40 @@ func settledMem() (heap, stack uint64) {
 	return ms.HeapAlloc, stack
 }
 
-// idleSessions opens n sessions of client to addr, lets them go idle,
+// idleSessions opens n sessions of client to t, lets them go idle,
 // and returns the heap plus goroutine stacks they hold, per session
-// (Bytes) and the heap alone (Alloc).
-func idleSessions(ctx context.Context, client, addr string, n int) memResult {
-	res := memResult{What: "idle-session", Client: client}
+// (Bytes) and the heap alone (Alloc): one client of n sessions where it
+// has a pool (a sessioner), else n clients of one session each.
+func idleSessions(ctx context.Context, name string, t target, n int) memResult {
+	res := memResult{What: "idle-session", Client: name}
 	h0, s0 := settledMem()
-	var closers []func()
+	var clients []client
 	defer func() {
-		for _, c := range closers {
-			c()
+		for _, c := range clients {
+			c.Close()
 		}
 	}()
-	switch client {
-	case clientCore:
-		for range n {
-			t, err := transport.Dial(ctx, addr)
-			if err != nil {
-				res.err = err
-				return res
-			}
-			c, err := smtp.Connect(ctx, t, "localhost", &smtp.Options{InsecureAllowPlaintext: true})
-			if err != nil {
-				res.err = err
-				return res
-			}
-			closers = append(closers, func() { c.Close() })
-		}
-	case clientSender:
-		s, err := sender.New(sender.Config{Addr: addr, Security: sender.InsecurePlaintext, LocalName: "localhost",
-			MaxConns: n, MaxInFlight: 1, IdleTimeout: 10 * time.Minute})
+	for len(clients) < n {
+		c, err := spec{Client: name, Conns: n, Window: 1}.open(ctx, t)
 		if err != nil {
 			res.err = err
 			return res
 		}
-		closers = append(closers, func() { s.Close() })
-		// Concurrent sends make the sender dial: repeat until all n
-		// sessions exist, then wait for them to be idle.
-		for try := 0; s.Stats().Open < n && try < 50; try++ {
-			var wg sync.WaitGroup
-			var failed atomic.Value
-			for range n {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					body := &bodyReader{data: message}
-					if _, err := s.Send(ctx, smtp.Envelope{From: mailFrom, To: rcpts}, body); err != nil {
-						failed.Store(err)
-					}
-				}()
-			}
-			wg.Wait()
-			if err, ok := failed.Load().(error); ok {
+		clients = append(clients, c)
+		if p, ok := c.(sessioner); ok {
+			if err := p.idle(ctx, n); err != nil {
 				res.err = err
 				return res
 			}
+			break
 		}
-		for deadline := time.Now().Add(5 * time.Second); s.Stats().Idle < s.Stats().Open && time.Now().Before(deadline); {
-			time.Sleep(time.Millisecond)
-		}
-		if open := s.Stats().Open; open != n {
-			res.err = fmt.Errorf("the sender opened %d sessions, not %d", open, n)
-			return res
-		}
-	case clientNetSMTP:
-		for range n {
-			r, err := newNetSMTPRunner(ctx, addr)
-			if err != nil {
-				res.err = err
-				return res
-			}
-			c := r.c // not r: the runner itself is not part of a session
-			closers = append(closers, func() { c.Close() })
-		}
-	case clientGoSMTP:
-		for range n {
-			r, err := newGoSMTPRunner(ctx, addr)
-			if err != nil {
-				res.err = err
-				return res
-			}
-			c := r.c // not r: the runner itself is not part of a session
-			closers = append(closers, func() { c.Close() })
-		}
-	default:
-		res.err = fmt.Errorf("no idle-session measurement for %s", client)
-		return res
 	}
 	h1, s1 := settledMem()
 	res.Alloc = (float64(h1) - float64(h0)) / float64(n)
 	// Clients without goroutines of their own move the scanned stack by
 	// a few octets either way: no less than zero.
 	res.Bytes = res.Alloc + max(0, (float64(s1)-float64(s0))/float64(n))
-	runtime.KeepAlive(closers)
+	runtime.KeepAlive(clients)
 	return res
 }
 
@@ -222,64 +158,34 @@ func (h *heapSampler) finish() uint64 {
 	return h.peak.Load()
 }
 
-// streamBody sends one message of size octets with client to addr and
+// streamBody sends one message of size octets with client to t (after
+// one message of the benchmark's, so that the session is open) and
 // returns the peak heap above what was live before (Bytes) and the
 // octets allocated meanwhile (Alloc).
-func streamBody(ctx context.Context, client, sink, addr string, size int64) memResult {
-	res := memResult{What: "stream-body", Client: client, Sink: sink, Size: size}
+func streamBody(ctx context.Context, name, sink string, t target, size int64) memResult {
+	res := memResult{What: "stream-body", Client: name, Sink: sink, Size: size}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	env := smtp.Envelope{From: mailFrom, To: rcpts}
-	var send func() error
-	var closeFn func()
-	switch client {
-	case clientCore:
-		t, err := transport.Dial(ctx, addr)
-		if err != nil {
-			res.err = err
-			return res
-		}
-		c, err := smtp.Connect(ctx, t, "localhost", &smtp.Options{InsecureAllowPlaintext: true})
-		if err != nil {
-			res.err = err
-			return res
-		}
-		send = func() error { _, err := c.Send(ctx, env, newGenBody(size)); return err }
-		closeFn = func() { c.Quit(ctx) }
-	case clientSender:
-		s, err := sender.New(sender.Config{Addr: addr, Security: sender.InsecurePlaintext, LocalName: "localhost", MaxConns: 1})
-		if err != nil {
-			res.err = err
-			return res
-		}
-		// Dial before measuring.
-		if _, err := s.Send(ctx, env, &bodyReader{data: message}); err != nil {
-			s.Close()
-			res.err = err
-			return res
-		}
-		send = func() error { _, err := s.Send(ctx, env, newGenBody(size)); return err }
-		closeFn = func() { s.Shutdown(ctx) }
-	case clientNetSMTP:
-		r, err := newNetSMTPRunner(ctx, addr)
-		if err != nil {
-			res.err = err
-			return res
-		}
-		send = func() error {
-			return netSMTPSend(r.c, func(w io.Writer) error { _, err := io.Copy(w, newGenBody(size)); return err })
-		}
-		closeFn = func() { r.c.Quit() }
-	default:
-		res.err = fmt.Errorf("no streaming measurement for %s", client)
+	c, err := spec{Client: name, Conns: 1}.open(ctx, t)
+	if err != nil {
+		res.err = err
 		return res
 	}
-	defer closeFn()
+	defer c.Close()
+	st, ok := c.(streamer)
+	if !ok {
+		res.err = fmt.Errorf("no streaming measurement for %s", name)
+		return res
+	}
+	if err := st.sendBody(ctx, &bodyReader{data: message}); err != nil {
+		res.err = err
+		return res
+	}
 	h0, _ := settledMem()
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
 	hs := startHeapSampler()
-	err := send()
+	err = st.sendBody(ctx, newGenBody(size))
 	peak := hs.finish()
 	runtime.ReadMemStats(&m1)
 	if err != nil {

@@ -48,7 +48,13 @@ type nodePool struct {
 	out *bufio.Reader
 }
 
-func startNodePool(ctx context.Context, dir string, s latSpec, t latTarget) (*nodePool, error) {
+// openNodemailer starts pool.js for s at t. Its Send is not used: the
+// pool runs its closed and open loops in Node (see remote).
+func openNodemailer(ctx context.Context, s spec, t target) (client, error) {
+	dir, err := nodemailerDir()
+	if err != nil {
+		return nil, err
+	}
 	host, port, err := net.SplitHostPort(t.addr)
 	if err != nil {
 		return nil, err
@@ -114,8 +120,9 @@ func (n *nodePool) saturate(callers int, tm timing) (float64, error) {
 	return float64(r.Sent) / (r.Ms / 1000), nil
 }
 
-// open offers rate messages a second for dur, as openLoop does in Go.
-func (n *nodePool) open(rate float64, dur, timeout time.Duration, seed uint64) (loadResult, error) {
+// openLoop offers rate messages a second for dur, as openLoop does in
+// Go.
+func (n *nodePool) openLoop(rate float64, dur, timeout time.Duration, seed uint64) (loadResult, error) {
 	var r struct {
 		Lat        []float64
 		Failed     int
@@ -134,7 +141,9 @@ func (n *nodePool) open(rate float64, dur, timeout time.Duration, seed uint64) (
 	return res, nil
 }
 
-func (n *nodePool) close() {
+func (n *nodePool) Send(context.Context) error { return errNoSend }
+
+func (n *nodePool) Close() {
 	n.in.Close()
 	done := make(chan struct{})
 	go func() {

@@ -31,7 +31,7 @@ type report struct {
 }
 
 // find returns the measurement of sc on sink at rtt, if it succeeded.
-func (r *report) find(sink string, rtt time.Duration, sc scenario) (measurement, bool) {
+func (r *report) find(sink string, rtt time.Duration, sc spec) (measurement, bool) {
 	for _, m := range r.Results {
 		if m.Sink == sink && m.rtt == rtt && m.sc == sc && m.err == nil {
 			return m, true
@@ -176,14 +176,18 @@ func (r *report) printTables(w io.Writer) {
 		}
 		tw.Flush()
 	}
+	printGoals(w, throughputGoals(r))
+}
+
+// printGoals writes the measured goals as a text table.
+func printGoals(w io.Writer, gs []goal) {
 	fmt.Fprintln(w, "\ntargets")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprint(tw, "target\tmeasured\tagainst\tratio\tgoal\tmet\n")
-	for _, t := range r.targets() {
-		if t.Met == "not measured" {
-			continue
+	fmt.Fprint(tw, "target\tmeasured\tgoal\tresult\n")
+	for _, g := range gs {
+		if g.Met != "not measured" {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", g.Name, g.Measured, g.Goal, g.Met)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, t.Measured, t.Against, t.Ratio, t.Goal, t.Met)
 	}
 	tw.Flush()
 }
@@ -198,118 +202,6 @@ func memLine(m memResult) string {
 	default:
 		return fmt.Sprintf("%s body\t%s\t%s\tpeak heap +%s, %s allocated while streaming", fmtBytes(float64(m.Size)), m.Client, m.Sink, fmtBytes(m.Bytes), fmtBytes(m.Alloc))
 	}
-}
-
-// target is one row of the target table, evaluated.
-type target struct {
-	Name, Measured, Against, Ratio, Goal, Met string
-	Core                                      string // the same ratio for smtp.Client driven directly
-}
-
-func (r *report) targets() []target {
-	var out []target
-	rate := func(sink string, rtt time.Duration, sc scenario) (float64, bool) {
-		m, ok := r.find(sink, rtt, sc)
-		return m.MsgsPerS, ok && m.MsgsPerS > 0
-	}
-	snd := func(c, w int) scenario { return scenario{clientSender, c, w} }
-	core := func(w int) scenario { return scenario{clientCore, 1, w} }
-	chunk := func(w int) scenario { return scenario{clientWireChunking, 1, w} }
-	data := scenario{clientWireData, 1, 1}
-	ratioRow := func(name, sink string, rtt time.Duration, ours, coreSc, ref scenario, goal float64, goalText string) {
-		t := target{Name: name, Goal: goalText}
-		a, okA := rate(sink, rtt, ours)
-		b, okB := rate(sink, rtt, ref)
-		t.Against = ref.label()
-		if !okA || !okB {
-			t.Measured, t.Ratio, t.Met = "-", "-", "not measured"
-			out = append(out, t)
-			return
-		}
-		t.Measured = fmtInt(a) + " (" + ours.label() + ")"
-		t.Against = fmtInt(b) + " (" + ref.label() + ")"
-		ratio := a / b
-		if goal >= 1.5 {
-			t.Ratio = fmt.Sprintf("%.2f×", ratio)
-		} else {
-			t.Ratio = fmt.Sprintf("%.0f %%", 100*ratio)
-		}
-		if goal == 0 {
-			t.Met = "-"
-		} else if ratio >= goal {
-			t.Met = "met"
-		} else if goal >= 1.5 {
-			t.Met = fmt.Sprintf("MISSED (%.2f× short)", goal-ratio)
-		} else {
-			pts := math.Round(100 * (goal - ratio))
-			t.Met = fmt.Sprintf("MISSED by %.0f point", pts)
-			if pts != 1 {
-				t.Met += "s"
-			}
-		}
-		if c, ok := rate(sink, rtt, coreSc); ok && coreSc != ref {
-			if goal >= 1.5 {
-				t.Core = fmt.Sprintf("%.2f×", c/b)
-			} else {
-				t.Core = fmt.Sprintf("%.0f %%", 100*c/b)
-			}
-		}
-		out = append(out, t)
-	}
-	ms10 := 10 * time.Millisecond
-	ratioRow("go-smtp sink, RTT 0, W=32", sinkGoSMTP, 0, snd(1, 32), core(32), chunk(32), 0.8, "≥ 80 % of wire limit")
-	ratioRow("go-smtp sink, RTT 10 ms, W=32", sinkGoSMTP, ms10, snd(1, 32), core(32), chunk(32), 0.9, "≥ 90 % of wire limit")
-	ratioRow("go-smtp sink, RTT 10 ms, W=128", sinkGoSMTP, ms10, snd(1, 128), core(128), chunk(128), 0.8, "≥ 80 % of wire limit")
-	ratioRow("smtp-sink, RTT 10 ms (DATA)", sinkSMTPSink, ms10, snd(1, 32), core(32), data, 0.9, "≥ 90 % of wire limit")
-	ratioRow("smtp-sink, RTT 0 (DATA)", sinkSMTPSink, 0, snd(1, 32), core(32), scenario{clientSource, 1, 1}, 2, "≥ 2× smtp-source")
-	ratioRow("smtp-sink, RTT 0 (DATA), vs wire limit", sinkSMTPSink, 0, snd(1, 32), core(32), data, 0, "(for information)")
-	ratioRow("actor cost, go-smtp sink, RTT 0, no window", sinkGoSMTP, 0, snd(1, 1), core(1), core(1), 0.9, "≥ 90 % of smtp.Client")
-	ratioRow("actor cost, go-smtp sink, RTT 0, W=32", sinkGoSMTP, 0, snd(1, 32), core(32), core(32), 0.9, "≥ 90 % of smtp.Client")
-	ratioRow("actor cost, smtp-sink, RTT 0, W=32", sinkSMTPSink, 0, snd(1, 32), core(32), core(32), 0.9, "≥ 90 % of smtp.Client")
-
-	for _, sink := range r.Plan.Sinks {
-		ref, ok := r.find(sink, 0, scenario{clientNetSMTP, 1, 1})
-		if !ok || ref.AllocsPerMsg == nil {
-			continue
-		}
-		for _, sc := range []scenario{snd(1, 32), snd(1, 1), core(1), core(32)} {
-			m, ok := r.find(sink, 0, sc)
-			if !ok || m.AllocsPerMsg == nil {
-				continue
-			}
-			t := target{Name: fmt.Sprintf("allocs/msg, %s, RTT 0", sinkTitle(sink)), Goal: "≤ net/smtp",
-				Measured: fmt.Sprintf("%.1f (%s)", *m.AllocsPerMsg, sc.label()),
-				Against:  fmt.Sprintf("%.1f (net/smtp)", *ref.AllocsPerMsg),
-				Ratio:    fmt.Sprintf("%.2f×", *m.AllocsPerMsg / *ref.AllocsPerMsg)}
-			if *m.AllocsPerMsg <= *ref.AllocsPerMsg {
-				t.Met = "met"
-			} else {
-				t.Met = fmt.Sprintf("MISSED by %.1f allocs", *m.AllocsPerMsg-*ref.AllocsPerMsg)
-			}
-			out = append(out, t)
-		}
-	}
-	for _, m := range r.Memory {
-		if m.err != nil || (m.Client != clientSender && m.Client != clientCore) {
-			continue
-		}
-		t := target{Name: fmt.Sprintf("%s, %s", m.What, m.Client), Against: "-", Ratio: "-"}
-		limit := 64.0 * 1024
-		t.Goal = "< 64 KiB"
-		if m.What == "stream-body" {
-			limit = 1 << 20
-			t.Goal = "< 1 MiB heap"
-			t.Name = fmt.Sprintf("%s body, %s, %s", fmtBytes(float64(m.Size)), m.Client, sinkTitle(m.Sink))
-		}
-		t.Measured = fmtBytes(m.Bytes)
-		if m.Bytes < limit {
-			t.Met = "met"
-		} else {
-			t.Met = "MISSED by " + fmtBytes(m.Bytes-limit)
-		}
-		out = append(out, t)
-	}
-	return out
 }
 
 //go:embed analysis.md
@@ -343,17 +235,6 @@ func (r *report) markdown() []byte {
 	if r.Profiling {
 		p("This run was profiled (-cpuprofile), which slows it a little.\n\n")
 	}
-
-	p("## Targets\n\n")
-	p("| target | smtpkit-sender | against | ratio | smtp.Client directly | goal | result |\n|---|---|---|---|---|---|---|\n")
-	for _, t := range r.targets() {
-		core := t.Core
-		if core == "" {
-			core = "-"
-		}
-		p("| %s | %s | %s | %s | %s | %s | %s |\n", t.Name, t.Measured, t.Against, t.Ratio, core, t.Goal, t.Met)
-	}
-	p("\n")
 
 	p("## Throughput\n\nmsg/s, median of %d runs (± is half the range of the runs, relative to the median).\n\n", r.Plan.Timing.Runs)
 	for _, sink := range r.Plan.Sinks {
@@ -551,7 +432,7 @@ func (r *report) svg() ([]byte, error) {
 	}
 	colors := map[string]string{}
 	var legend []chartLegend
-	style := func(sc scenario) (float64, string) {
+	style := func(sc spec) (float64, string) {
 		switch sc.Client {
 		case clientSender:
 			return 2.5, ""

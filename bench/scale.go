@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/smtpkit/smtpkit/sender"
-	"github.com/smtpkit/smtpkit/smtp"
 	"github.com/smtpkit/smtpkit/transport"
 )
 
@@ -195,7 +193,7 @@ func measureScale(ctx context.Context, l *lab, p scalePlan, text func(string), e
 }
 
 // measureConns fills the connections table.
-func measureConns(ctx context.Context, rep *scaleReport, t latTarget, text func(string), emit func(any)) {
+func measureConns(ctx context.Context, rep *scaleReport, t target, text func(string), emit func(any)) {
 	for _, c := range rep.Plan.Conns {
 		if ctx.Err() != nil {
 			return
@@ -203,14 +201,8 @@ func measureConns(ctx context.Context, rep *scaleReport, t latTarget, text func(
 		r := connRow{Conns: c}
 		// smtpkit, then the wire client with as many connections.
 		var rates [2]float64
-		for i, s := range []latSpec{{Client: latSender, Conns: c, Window: 32}, {Client: latWire, Conns: c, Window: 1}} {
-			smp, err := runOnceWith(ctx, scenario{Client: s.Client, Conns: c, Window: 32}, rep.Plan.Timing, func(ctx context.Context) (runner, error) {
-				lc, err := newLatClient(ctx, s, t)
-				if err != nil {
-					return nil, err
-				}
-				return &latRunner{c: lc, callers: satCallers(s)}, nil
-			})
+		for i, s := range []spec{{Client: clientSender, Conns: c, Window: 32}, {Client: clientWireChunking, Conns: c, Window: 1}} {
+			smp, err := runOnce(ctx, s, t, rep.Plan.Timing, nil)
 			if err != nil {
 				r.err = err
 				break
@@ -250,52 +242,13 @@ func memNow() (heap, stackUsed, stackAlloc float64) {
 }
 
 // measureCallers measures n callers blocked in Send on a sender with
-// MaxConns 4. First the memory each holds while it waits: the callers
-// enter one at a time (each waits until Stats counts it), so their
-// order on the waiting list is known, while the sessions' dials are
-// held back; then the dials go ahead, and the order of the answers
-// against the order of arrival shows how FIFO the sender is. Then, with
-// the sessions open, bursts of n callers at once until msgs have been
-// sent: the time per Send.
+// MaxConns 4: the memory each holds while it waits, with the sessions'
+// dials held back (see waiters), then, the dials let go, how FIFO the
+// sender is; then, with the sessions open, bursts of n callers at once
+// until msgs have been sent: the time per Send.
 func measureCallers(ctx context.Context, addr string, n, msgs int) callerRow {
-	row := callerRow{Callers: n}
-	spec := latSpec{Client: latSender, Conns: 4, Window: 32}
-	env := smtp.Envelope{From: mailFrom, To: rcpts}
-
-	// Each caller's body reader is made in advance: it is the caller's,
-	// not the sender's.
-	bodies := make([]*bytes.Reader, n)
-	for i := range bodies {
-		bodies[i] = bytes.NewReader(message)
-	}
-	// A bare goroutine, parked on a channel. The runtime keeps the
-	// descriptors of exited goroutines for reuse: park n goroutines twice
-	// and measure the second time, so that neither this nor the callers
-	// below count new descriptors.
-	var wg sync.WaitGroup
-	var bare [3]float64
-	for range 2 {
-		gate := make(chan struct{})
-		h0, u0, a0 := memNow()
-		for i := range n {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				<-gate
-				runtime.KeepAlive(bodies[i])
-			}()
-		}
-		h1, u1, a1 := memNow()
-		close(gate)
-		wg.Wait()
-		bare = [3]float64{h1 - h0, u1 - u0, a1 - a0}
-	}
-	row.GoroutineB = (bare[0] + bare[2]) / float64(n)
-	row.GoroutineUsedB = (bare[0] + bare[1]) / float64(n)
-
-	// The same number blocked in Send, the sessions' dials held.
 	open := make(chan struct{})
-	sl, err := newSenderLat(spec, latTarget{addr: addr, sec: secPlain}, func(c *sender.Config) {
+	snd, err := newSender(target{addr: addr, sec: secPlain}, 4, 32, func(c *sender.Config) {
 		c.Dial = func(ctx context.Context) (transport.Transport, error) {
 			select {
 			case <-open:
@@ -307,23 +260,48 @@ func measureCallers(ctx context.Context, addr string, n, msgs int) callerRow {
 		c.DialTimeout = 10 * time.Minute
 	})
 	if err != nil {
-		row.err = err
-		return row
+		return callerRow{Callers: n, err: err}
 	}
-	defer sl.close()
+	sl := newSenderClient(snd, target{})
+	defer sl.Close()
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
+	row := waiters(sctx, sl, n, func() int { return snd.Stats().Waiting }, func() { close(open) })
+	if row.err != nil {
+		return row
+	}
+	row.Msgs, row.PerSendUs, row.err = bursts(sctx, sl, n, msgs)
+	return row
+}
+
+// waiters measures n callers blocked in c's Send, against n bare
+// goroutines parked on a channel. The callers enter one at a time, each
+// once queued counts the one before, so their order in the queue is
+// known; release then lets c answer them: the wait from then to each
+// answer, and how many places each answer came from its caller's place.
+func waiters(ctx context.Context, c client, n int, queued func() int, release func()) callerRow {
+	row := callerRow{Callers: n}
+	// Each caller's send function (its body reader) is made in advance:
+	// it is the caller's, not the client's.
+	sends := make([]func(context.Context) error, n)
+	for i := range sends {
+		sends[i] = callerOf(c)
+	}
+	bare := bareGoroutines(n, func(i int) { runtime.KeepAlive(sends[i]) })
+	row.GoroutineB = (bare[0] + bare[2]) / float64(n)
+	row.GoroutineUsedB = (bare[0] + bare[1]) / float64(n)
+
+	var wg sync.WaitGroup
 	h0, u0, a0 := memNow()
-	var failed atomic.Int64
-	var out atomic.Int64
+	var failed, out atomic.Int64
 	waits := make([]time.Duration, n)
 	displaced := make([]float64, n)
-	var t0 time.Time // set before open is closed
+	var t0 time.Time // set before release
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := sl.s.Send(sctx, env, bodies[i])
+			err := sends[i](ctx)
 			done := out.Add(1) - 1
 			waits[i] = time.Since(t0)
 			displaced[i] = float64(max(done-int64(i), int64(i)-done))
@@ -331,21 +309,21 @@ func measureCallers(ctx context.Context, addr string, n, msgs int) callerRow {
 				failed.Add(1)
 			}
 		}()
-		// Wait until it is on the waiting list.
-		for spin := 0; sl.s.Stats().Waiting <= i; spin++ {
+		// Wait until it is queued.
+		for spin := 0; queued() <= i; spin++ {
 			if spin > 1_000_000 || ctx.Err() != nil {
-				close(open)
+				release()
 				wg.Wait()
-				row.err = fmt.Errorf("caller %d never waited (Stats.Waiting %d)", i, sl.s.Stats().Waiting)
+				row.err = fmt.Errorf("caller %d never waited (%d queued)", i, queued())
 				return row
 			}
 			runtime.Gosched()
 		}
 	}
-	row.Waiting = sl.s.Stats().Waiting
+	row.Waiting = queued()
 	h1, u1, a1 := memNow()
 	t0 = time.Now()
-	close(open)
+	release()
 	wg.Wait()
 	if f := failed.Load(); f > 0 {
 		row.err = fmt.Errorf("%d of %d Sends failed", f, n)
@@ -362,11 +340,52 @@ func measureCallers(ctx context.Context, addr string, n, msgs int) callerRow {
 	row.P99WaitMs = ms(waits[len(waits)*99/100])
 	row.P99Displaced = displaced[len(displaced)*99/100]
 	row.MaxDisplaced = displaced[len(displaced)-1]
+	return row
+}
 
-	// Bursts of n callers on the open sessions, at least three: the
-	// time per Send is the median burst's (one burst can meet a
-	// collection or another process on the machine).
+// callerOf returns a send function for one caller of c.
+func callerOf(c client) func(context.Context) error {
+	if m, ok := c.(callerMaker); ok {
+		return m.newCaller()
+	}
+	return c.Send
+}
+
+// bareGoroutines parks n goroutines on a channel, each running keep,
+// and returns what they hold: heap, used stack and stack allocated. The
+// runtime keeps the descriptors of exited goroutines for reuse: it parks
+// them twice and measures the second time, so that neither this nor the
+// callers measured after count new descriptors.
+func bareGoroutines(n int, keep func(i int)) [3]float64 {
+	var wg sync.WaitGroup
+	var bare [3]float64
+	for range 2 {
+		gate := make(chan struct{})
+		h0, u0, a0 := memNow()
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-gate
+				keep(i)
+			}()
+		}
+		h1, u1, a1 := memNow()
+		close(gate)
+		wg.Wait()
+		bare = [3]float64{h1 - h0, u1 - u0, a1 - a0}
+	}
+	return bare
+}
+
+// bursts starts n callers of c at once, at least three times and until
+// msgs have been sent, and returns the messages and the median burst's
+// time per Send in µs (one burst can meet a collection or another
+// process on the machine).
+func bursts(ctx context.Context, c client, n, msgs int) (int, float64, error) {
 	var perSend []float64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
 	sent := 0
 	for sent < msgs || len(perSend) < 3 {
 		start := time.Now()
@@ -374,7 +393,7 @@ func measureCallers(ctx context.Context, addr string, n, msgs int) callerRow {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				if _, err := sl.s.Send(sctx, env, bytes.NewReader(message)); err != nil {
+				if err := c.Send(ctx); err != nil {
 					failed.Add(1)
 				}
 			}()
@@ -383,17 +402,13 @@ func measureCallers(ctx context.Context, addr string, n, msgs int) callerRow {
 		perSend = append(perSend, float64(time.Since(start))/float64(n)/1e3)
 		sent += n
 		if f := failed.Load(); f > 0 {
-			row.err = fmt.Errorf("%d Sends failed", f)
-			return row
+			return sent, 0, fmt.Errorf("%d Sends failed", f)
 		}
 		if ctx.Err() != nil {
-			row.err = ctx.Err()
-			return row
+			return sent, 0, ctx.Err()
 		}
 	}
-	row.Msgs = sent
-	row.PerSendUs = round(median(perSend), 2)
-	return row
+	return sent, round(median(perSend), 2), nil
 }
 
 // measureSize sends messages of size octets with the sender (one
@@ -423,14 +438,8 @@ func measureSize(ctx context.Context, addr string, size int, tm timing) sizeRow 
 			}
 		}
 	}()
-	smp, err := runOnceWith(ctx, scenario{Client: clientSender, Conns: 1, Window: 32}, tm, func(context.Context) (runner, error) {
-		r, err := newSenderRunner(scenario{Client: clientSender, Conns: 1, Window: 32}, addr)
-		if err != nil {
-			return nil, err
-		}
-		r.msg, r.to = msg, rcpts
-		return r, nil
-	})
+	t := target{addr: addr, sec: secPlain, msg: msg}
+	smp, err := runOnce(ctx, spec{Client: clientSender, Conns: 1, Window: 32}, t, tm, nil)
 	close(stop)
 	<-sampled
 	if err != nil {
@@ -440,9 +449,7 @@ func measureSize(ctx context.Context, addr string, size int, tm timing) sizeRow 
 	row.MsgsPerS = round(smp.rate, 1)
 	row.MBPerS = round(smp.rate*float64(size)/1e6, 1)
 	row.HeapB = max(0, float64(peak)-float64(h0))
-	wsmp, err := runOnceWith(ctx, scenario{Client: clientWireChunking, Conns: 1, Window: w}, tm, func(ctx context.Context) (runner, error) {
-		return newWireRunnerFor(ctx, addr, true, w, msg, rcpts)
-	})
+	wsmp, err := runOnce(ctx, spec{Client: clientWireChunking, Conns: 1, Window: w}, t, tm, nil)
 	if err != nil {
 		row.err = fmt.Errorf("wire: %w", err)
 		return row
@@ -459,16 +466,9 @@ func measureRcpts(ctx context.Context, addr string, k int, rtt time.Duration, tm
 	for i := range to {
 		to[i] = "sink" + strconv.Itoa(i) + "@localhost"
 	}
-	sc := scenario{Client: clientSender, Conns: 1, Window: 32}
 	for _, partial := range []bool{false, true} {
-		smp, err := runOnceWith(ctx, sc, tm, func(context.Context) (runner, error) {
-			r, err := newSenderRunner(sc, addr)
-			if err != nil {
-				return nil, err
-			}
-			r.msg, r.to, r.partial = message, to, partial
-			return r, nil
-		})
+		t := target{addr: addr, sec: secPlain, to: to, partial: partial}
+		smp, err := runOnce(ctx, spec{Client: clientSender, Conns: 1, Window: 32}, t, tm, nil)
 		if err != nil {
 			row.err = err
 			return row
@@ -479,9 +479,7 @@ func measureRcpts(ctx context.Context, addr string, k int, rtt time.Duration, tm
 			row.MsgsPerS = round(smp.rate, 1)
 		}
 	}
-	wsmp, err := runOnceWith(ctx, scenario{Client: clientWireChunking, Conns: 1, Window: 32}, tm, func(ctx context.Context) (runner, error) {
-		return newWireRunnerFor(ctx, addr, true, 32, message, to)
-	})
+	wsmp, err := runOnce(ctx, spec{Client: clientWireChunking, Conns: 1, Window: 32}, target{addr: addr, sec: secPlain, to: to}, tm, nil)
 	if err != nil {
 		row.err = errors.Join(errors.New("wire"), err)
 		return row
