@@ -4,7 +4,6 @@ import (
 	"bytes"
 	_ "embed"
 	"fmt"
-	"math"
 	"strings"
 	"time"
 )
@@ -258,82 +257,33 @@ func fmtRateF(v float64) string {
 	return fmtInt(v)
 }
 
-// svg renders p99 latency against offered load, one panel per RTT,
-// TLS+AUTH only, one line per client, both axes logarithmic.
+// svg renders the latency chart: p99 latency against offered load,
+// one panel per RTT, TLS+AUTH only, one line per client, both axes
+// logarithmic.
 func (r *latReport) svg() ([]byte, error) {
-	const (
-		panelW, panelH = 330.0, 300.0
-		left, top      = 70.0, 60.0
-		gap            = 90.0
-	)
-	xlo, xhi, ylo, yhi := math.Inf(1), math.Inf(-1), math.Inf(1), math.Inf(-1)
-	for _, pt := range r.Points {
-		if pt.err == nil && pt.Sec == secTLS && pt.P99ms > 0 {
-			xlo, xhi = math.Min(xlo, pt.Offered), math.Max(xhi, pt.Offered)
-			ylo, yhi = math.Min(ylo, pt.P99ms), math.Max(yhi, pt.P99ms)
-		}
-	}
-	if math.IsInf(xlo, 1) {
-		xlo, xhi, ylo, yhi = 1, 10000, 1, 1000
-	}
-	xa, xb := math.Floor(math.Log10(xlo)), math.Ceil(math.Log10(xhi))
-	ya, yb := math.Floor(math.Log10(ylo)), math.Ceil(math.Log10(yhi))
-	xb, yb = max(xb, xa+1), max(yb, ya+1)
-	d := chartData{Title: "p99 Send latency against offered load, TLS + AUTH (" + fmtInt(float64(len(message))) + "-octet messages)"}
-	colors := map[string]string{}
-	for i, rtt := range r.Plan.RTTs {
-		p := chartPanel{Title: "RTT " + fmtRTT(rtt), X: left + float64(i)*(panelW+gap), Y: top, W: panelW, H: panelH,
-			XLabel: "offered load, msg/s (log scale)", YLabel: "p99 latency, ms (log scale)"}
-		xOf := func(v float64) float64 { return p.X + (math.Log10(v)-xa)/(xb-xa)*p.W }
-		yOf := func(v float64) float64 { return p.Y + p.H - (math.Log10(v)-ya)/(yb-ya)*p.H }
-		for e := xa; e <= xb; e++ {
-			p.XTicks = append(p.XTicks, chartTick{X: xOf(math.Pow(10, e)), Label: fmtInt(math.Pow(10, e))})
-		}
-		for e := ya; e <= yb; e++ {
-			p.YTicks = append(p.YTicks, chartTick{Y: yOf(math.Pow(10, e)), Label: trimZeros(fmt.Sprintf("%.3f", math.Pow(10, e)))})
-		}
-		for si, s := range r.Plan.Specs {
+	c := chart{Title: "p99 Send latency against offered load, TLS + AUTH (" + fmtInt(float64(len(message))) + "-octet messages)",
+		XLabel: "offered load, msg/s (log scale)", YLabel: "p99 latency, ms (log scale)", PanelW: 330, XLog: true}
+	for _, rtt := range r.Plan.RTTs {
+		p := panel{Title: "RTT " + fmtRTT(rtt)}
+		for _, s := range r.Plan.Specs {
 			if !s.Curve {
 				continue
 			}
-			var line chartLine
-			for _, load := range r.Plan.TLSLoads {
-				pt, ok := r.point(s, secTLS, rtt, load)
-				if !ok || pt.P99ms <= 0 {
-					continue
-				}
-				line.add(xOf(pt.Offered), yOf(pt.P99ms))
-			}
-			if len(line.Dots) == 0 {
-				continue
-			}
-			label := s.label()
-			if _, ok := colors[label]; !ok {
-				colors[label] = palette[si%len(palette)]
-				w, dash := 1.5, ""
-				if s.Client == clientSender {
-					w = 2.5
-				}
-				if s.Client == clientWireChunking {
-					dash = "6 3"
-				}
-				d.Legend = append(d.Legend, chartLegend{Color: colors[label], Width: w, Dash: dash, Label: label + map[bool]string{true: " (control)"}[s.Client == clientWireChunking]})
-			}
-			line.Label, line.Color, line.Width = label, colors[label], 1.5
-			if s.Client == clientSender {
+			line := series{Label: s.label(), Width: 1.5}
+			switch s.Client {
+			case clientSender:
 				line.Width = 2.5
+			case clientWireChunking:
+				line.Dash, line.Legend = "6 3", s.label()+" (control)"
 			}
-			if s.Client == clientWireChunking {
-				line.Dash = "6 3"
+			for _, load := range r.Plan.TLSLoads {
+				if pt, ok := r.point(s, secTLS, rtt, load); ok && pt.P99ms > 0 {
+					line.Points = append(line.Points, chartPoint{pt.Offered, pt.P99ms})
+				}
 			}
-			p.Lines = append(p.Lines, line)
+			p.Series = append(p.Series, line)
 		}
-		if len(p.Lines) == 0 {
-			p.Empty = "not measured"
-		}
-		d.Panels = append(d.Panels, p)
+		c.Panels = append(c.Panels, p)
 	}
-	d.Width = left + float64(len(d.Panels))*(panelW+gap) - gap + 30
-	d.placeLegend(left, top+panelH+60)
-	return d.render()
+	return c.render()
 }

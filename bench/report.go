@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
-	"text/template"
 	"time"
 )
 
@@ -331,82 +330,48 @@ func machine() string {
 	return fmt.Sprintf("%s, %d CPUs (GOMAXPROCS %d)%s, %s %s/%s", cpu, runtime.NumCPU(), runtime.GOMAXPROCS(0), kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
-// ---- the chart
-
-type chartLine struct {
-	Label  string
-	Color  string
-	Width  float64
-	Dash   string
-	Points string // "x,y x,y ..."
-	Dots   []chartPoint
-}
-
-type chartPoint struct{ X, Y float64 }
-
-type chartTick struct {
-	X, Y  float64
-	Label string
-}
-
-type chartPanel struct {
-	Title          string
-	X, Y, W, H     float64 // plot area
-	XTicks, YTicks []chartTick
-	Lines          []chartLine
-	Empty          string
-	XLabel, YLabel string
-}
-
-type chartLegend struct {
-	X, Y  float64
-	Color string
-	Width float64
-	Dash  string
-	Label string
-}
-
-type chartData struct {
-	Width, Height float64
-	Title         string
-	Panels        []chartPanel
-	Legend        []chartLegend
-}
-
-var palette = []string{
-	"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
-	"#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173",
-}
-
-const chartTemplate = `<svg xmlns="http://www.w3.org/2000/svg" width="{{.Width}}" height="{{.Height}}" viewBox="0 0 {{.Width}} {{.Height}}" font-family="sans-serif" font-size="11">
-<rect width="100%" height="100%" fill="#fff"/>
-<text x="{{half .Width}}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{{html .Title}}</text>
-{{range .Panels}}<g>
-<text x="{{add .X (half .W)}}" y="{{add .Y -12}}" text-anchor="middle" font-size="13" font-weight="bold">{{html .Title}}</text>
-<rect x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}" fill="none" stroke="#999"/>
-{{$p := .}}{{range .YTicks}}<line x1="{{$p.X}}" x2="{{add $p.X $p.W}}" y1="{{.Y}}" y2="{{.Y}}" stroke="#e4e4e4"/>
-<text x="{{add $p.X -5}}" y="{{add .Y 4}}" text-anchor="end">{{html .Label}}</text>
-{{end}}{{range .XTicks}}<line x1="{{.X}}" x2="{{.X}}" y1="{{$p.Y}}" y2="{{add $p.Y $p.H}}" stroke="#e4e4e4"/>
-<text x="{{.X}}" y="{{add $p.Y (add $p.H 16)}}" text-anchor="middle">{{html .Label}}</text>
-{{end}}<text x="{{add .X (half .W)}}" y="{{add .Y (add .H 34)}}" text-anchor="middle">{{html .XLabel}}</text>
-<text transform="translate({{add .X -48}},{{add .Y (half .H)}}) rotate(-90)" text-anchor="middle">{{html .YLabel}}</text>
-{{if .Empty}}<text x="{{add .X (half .W)}}" y="{{add .Y (half .H)}}" text-anchor="middle" fill="#999">{{html .Empty}}</text>
-{{end}}{{range .Lines}}<polyline fill="none" stroke="{{.Color}}" stroke-width="{{.Width}}"{{if .Dash}} stroke-dasharray="{{.Dash}}"{{end}} points="{{.Points}}"><title>{{html .Label}}</title></polyline>
-{{$l := .}}{{range .Dots}}<circle cx="{{.X}}" cy="{{.Y}}" r="2.5" fill="{{$l.Color}}"/>
-{{end}}{{end}}</g>
-{{end}}{{range .Legend}}<line x1="{{.X}}" x2="{{add .X 24}}" y1="{{.Y}}" y2="{{.Y}}" stroke="{{.Color}}" stroke-width="{{.Width}}"{{if .Dash}} stroke-dasharray="{{.Dash}}"{{end}}/>
-<text x="{{add .X 30}}" y="{{add .Y 4}}">{{html .Label}}</text>
-{{end}}</svg>
-`
-
-// svg renders the chart: for each sink, msg/s against RTT, one line per
-// client, on a log scale (the clients span three orders of magnitude).
+// svg renders the throughput chart: for each sink, msg/s against RTT,
+// one line per client, on a log scale (the clients span three orders
+// of magnitude).
 func (r *report) svg() ([]byte, error) {
-	const (
-		panelW, panelH = 360.0, 300.0
-		left, top      = 70.0, 60.0
-		gap            = 90.0
-	)
+	c := chart{Title: "SMTP throughput against round-trip time (" + fmtInt(float64(len(message))) + "-octet messages)",
+		XLabel: "round-trip time (delay line)", YLabel: "messages per second (log scale)", PanelW: 360}
+	for _, rtt := range r.Plan.RTTs {
+		c.XCats = append(c.XCats, fmtRTT(rtt))
+	}
+	for _, sink := range r.chartSinks() {
+		p := panel{Title: sinkTitle(sink)}
+		for _, sc := range r.Plan.Scenarios {
+			if !sc.supports(sink) {
+				continue
+			}
+			s := series{Label: sc.label(), Width: 1.2, Dash: "2 3"}
+			switch sc.Client {
+			case clientSender:
+				s.Width, s.Dash = 2.5, ""
+			case clientCore:
+				s.Width, s.Dash = 1.5, ""
+			case clientWireChunking, clientWireData:
+				s.Width, s.Dash = 1.5, "6 3"
+			}
+			for j, rtt := range r.Plan.RTTs {
+				if m, ok := r.find(sink, rtt, sc); ok && m.MsgsPerS > 0 {
+					s.Points = append(s.Points, chartPoint{float64(j), m.MsgsPerS})
+				}
+			}
+			p.Series = append(p.Series, s)
+		}
+		if why, ok := r.Unavail[sink]; ok && len(why) < 60 {
+			p.Empty = "not measured: " + why
+		}
+		c.Panels = append(c.Panels, p)
+	}
+	return c.render()
+}
+
+// chartSinks are the sinks the chart shows: those that ran, or all
+// when none did.
+func (r *report) chartSinks() []string {
 	var sinks []string
 	for _, s := range r.Plan.Sinks {
 		if _, ok := r.Unavail[s]; !ok {
@@ -414,129 +379,9 @@ func (r *report) svg() ([]byte, error) {
 		}
 	}
 	if len(sinks) == 0 {
-		sinks = r.Plan.Sinks
+		return r.Plan.Sinks
 	}
-	// One scale for every panel, so they compare at a glance.
-	lo, hi := math.Inf(1), math.Inf(-1)
-	for _, m := range r.Results {
-		if m.err == nil && m.MsgsPerS > 0 {
-			lo, hi = math.Min(lo, m.MsgsPerS), math.Max(hi, m.MsgsPerS)
-		}
-	}
-	if math.IsInf(lo, 1) {
-		lo, hi = 10, 10000
-	}
-	decLo, decHi := math.Floor(math.Log10(lo)), math.Ceil(math.Log10(hi))
-	if decHi <= decLo {
-		decHi = decLo + 1
-	}
-	colors := map[string]string{}
-	var legend []chartLegend
-	style := func(sc spec) (float64, string) {
-		switch sc.Client {
-		case clientSender:
-			return 2.5, ""
-		case clientCore:
-			return 1.5, ""
-		case clientWireChunking, clientWireData:
-			return 1.5, "6 3"
-		}
-		return 1.2, "2 3"
-	}
-	d := chartData{Title: "SMTP throughput against round-trip time (" + fmtInt(float64(len(message))) + "-octet messages)"}
-	for i, sink := range sinks {
-		p := chartPanel{Title: sinkTitle(sink), X: left + float64(i)*(panelW+gap), Y: top, W: panelW, H: panelH,
-			XLabel: "round-trip time (delay line)", YLabel: "messages per second (log scale)"}
-		rtts := r.Plan.RTTs
-		xOf := func(j int) float64 {
-			if len(rtts) == 1 {
-				return p.X + p.W/2
-			}
-			return p.X + 20 + float64(j)*(p.W-40)/float64(len(rtts)-1)
-		}
-		yOf := func(v float64) float64 {
-			return p.Y + p.H - (math.Log10(v)-decLo)/(decHi-decLo)*p.H
-		}
-		for j, rtt := range rtts {
-			p.XTicks = append(p.XTicks, chartTick{X: xOf(j), Label: fmtRTT(rtt)})
-		}
-		for e := decLo; e <= decHi; e++ {
-			p.YTicks = append(p.YTicks, chartTick{Y: yOf(math.Pow(10, e)), Label: fmtInt(math.Pow(10, e))})
-		}
-		for _, sc := range r.Plan.Scenarios {
-			if !sc.supports(sink) {
-				continue
-			}
-			var line chartLine
-			for j, rtt := range rtts {
-				m, ok := r.find(sink, rtt, sc)
-				if !ok || m.MsgsPerS <= 0 {
-					continue
-				}
-				line.add(xOf(j), yOf(m.MsgsPerS))
-			}
-			if len(line.Dots) == 0 {
-				continue
-			}
-			label := sc.label()
-			if _, ok := colors[label]; !ok {
-				colors[label] = palette[len(colors)%len(palette)]
-				w, dash := style(sc)
-				legend = append(legend, chartLegend{Color: colors[label], Width: w, Dash: dash, Label: label})
-			}
-			line.Label, line.Color = label, colors[label]
-			line.Width, line.Dash = style(sc)
-			p.Lines = append(p.Lines, line)
-		}
-		if len(p.Lines) == 0 {
-			p.Empty = "not measured"
-			if why, ok := r.Unavail[sink]; ok && len(why) < 60 {
-				p.Empty += ": " + why
-			}
-		}
-		d.Panels = append(d.Panels, p)
-	}
-	d.Width = left + float64(len(sinks))*(panelW+gap) - gap + 30
-	d.Legend = legend
-	d.placeLegend(left, top+panelH+60)
-	return d.render()
-}
-
-// add appends a point, rounded to a tenth, to the line.
-func (l *chartLine) add(x, y float64) {
-	pt := chartPoint{X: round(x, 1), Y: round(y, 1)}
-	l.Dots = append(l.Dots, pt)
-	if l.Points != "" {
-		l.Points += " "
-	}
-	l.Points += fmt.Sprintf("%g,%g", pt.X, pt.Y)
-}
-
-// placeLegend sets out the legend in rows from (left, top), 250 wide
-// each, and sets the chart's height to hold them.
-func (d *chartData) placeLegend(left, top float64) {
-	perRow := max(1, int(d.Width-left)/250)
-	for i := range d.Legend {
-		d.Legend[i].X = left + float64(i%perRow)*250
-		d.Legend[i].Y = top + float64(i/perRow)*18
-	}
-	d.Height = top + float64((len(d.Legend)+perRow-1)/perRow)*18 + 20
-}
-
-// render executes the chart template.
-func (d chartData) render() ([]byte, error) {
-	t, err := template.New("chart").Funcs(template.FuncMap{
-		"half": func(v float64) float64 { return v / 2 },
-		"add":  func(a, b float64) float64 { return a + b },
-	}).Parse(chartTemplate)
-	if err != nil {
-		return nil, err
-	}
-	var b bytes.Buffer
-	if err := t.Execute(&b, d); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
+	return sinks
 }
 
 // rttHeader writes the head of a Markdown table: the columns named
