@@ -175,7 +175,6 @@ func (r *report) printTables(w io.Writer) {
 		}
 		tw.Flush()
 	}
-	printGoals(w, throughputGoals(r))
 }
 
 // printGoals writes the measured goals as a text table.
