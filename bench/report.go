@@ -304,7 +304,7 @@ go run ./bench                       # every section, about 22 min: writes docs/
 go run ./bench -sections throughput  # msg/s per client, sink and RTT, and memory (about 9 min)
 go run ./bench -sections latency     # open-loop Send latency against load, with the peers (about 11 min)
 go run ./bench -sections scale       # callers, message size, recipients, connections, who drives a connection (about 3 min)
-go run ./bench -sections latency -rtt 0 -security tls -latclients 'smtpkit-sender c4,wire-chunking'   # a part of the latency section
+go run ./bench -sections latency -rtt 0 -security tls -clients 'smtpkit-sender c4,wire-chunking'      # a part of the latency section
 go run ./bench -quick                # every section, shorter (about 3 min); writes no docs
 go run ./bench -json                 # one JSON object per measurement on stdout
 go run ./bench -quick -sections throughput -sinks go-smtp -rtt 0 -clients smtpkit-sender -cpuprofile cpu.out
