@@ -224,25 +224,32 @@ func TestMeasure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dec := xml.NewDecoder(bytes.NewReader(svg))
-	polylines := 0
-	for {
-		tok, err := dec.Token()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("SVG is not well-formed XML: %v\n%s", err, svg)
-		}
-		if se, ok := tok.(xml.StartElement); ok && se.Name.Local == "polyline" {
-			polylines++
-		}
-	}
+	polylines := countPolylines(t, svg)
 	if polylines != len(p.Scenarios) {
 		t.Errorf("SVG has %d lines, want %d", polylines, len(p.Scenarios))
 	}
 	if testing.Verbose() {
 		t.Logf("tables:\n%s", text.String())
+	}
+}
+
+// countPolylines returns the lines of an SVG chart, failing t when it
+// is not well-formed.
+func countPolylines(t *testing.T, svg []byte) int {
+	t.Helper()
+	dec := xml.NewDecoder(bytes.NewReader(svg))
+	n := 0
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			return n
+		}
+		if err != nil {
+			t.Fatalf("SVG is not well-formed XML: %v\n%s", err, svg)
+		}
+		if se, ok := tok.(xml.StartElement); ok && se.Name.Local == "polyline" {
+			n++
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"time"
@@ -115,4 +116,26 @@ func driverLine(r driverRow) string {
 		return fmt.Sprintf("scale drive RTT %-6s %d callers  %s: error: %v", fmtRTT(r.rtt), r.Callers, r.Drive, r.err)
 	}
 	return fmt.Sprintf("scale drive RTT %-6s %d callers  %9.1f msg/s  %6.1f µs CPU  %5.2f switches  Send p50 %7.1f µs  %s", fmtRTT(r.rtt), r.Callers, r.MsgsPerS, r.CPUus, r.Switches, r.P50us, r.Drive)
+}
+
+// driversMD writes the drivers table.
+func (s *scaleReport) driversMD(b *bytes.Buffer) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
+	if len(s.Drivers) > 0 {
+		p("### Who drives the connection (one connection, go-smtp sink, plaintext)\n\n")
+		p("The same one connection driven five ways, with one transaction at a time unless said: by the caller's own goroutine (`smtp.Client.Send`: no other goroutine involved, the floor); by whichever of three callers holds a `sync.Mutex` (the caller drives; the one that just finished may take it again at once); handed to the longest waiting of three callers (database/sql's rule for a released connection); and by the sender's session goroutine, to which each caller hands its request. Closed loop; each row run %d times, interleaved with the others, medians shown. *Switches* are the measuring process's context switches per message (getrusage, every thread): a goroutine woken on another thread costs one or two. *Send p50* is the median time one `Send` took.\n\n", s.Plan.DriverTiming.Runs)
+		p("| RTT | driver | callers | msg/s | of the caller's own | µs CPU per message | switches per message | Send p50 µs |\n|---:|---|---:|---:|---:|---:|---:|---:|\n")
+		var own float64
+		for _, r := range s.Drivers {
+			if r.err != nil {
+				p("| %s | %s | %d | error: %v |\n", fmtRTT(r.rtt), r.Drive, r.Callers, r.err)
+				continue
+			}
+			if r.Drive == driveOwn {
+				own = r.MsgsPerS
+			}
+			p("| %s | %s | %d | %s | %.0f %% | %.1f | %.2f | %.1f |\n", fmtRTT(r.rtt), r.Drive, r.Callers, fmtInt(r.MsgsPerS), pct(r.MsgsPerS, own), r.CPUus, r.Switches, r.P50us)
+		}
+		p("\n")
+	}
 }

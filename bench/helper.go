@@ -132,25 +132,31 @@ func (h *peerHost) do(args []string) (string, error) {
 		}
 		return "", nil
 	case "cpuprofile":
-		if len(args) != 2 || h.profile != nil {
-			return "", errors.New("usage: cpuprofile FILE (once)")
-		}
-		f, err := os.Create(args[1])
-		if err != nil {
-			return "", err
-		}
-		if err := pprof.StartCPUProfile(f); err != nil {
-			f.Close()
-			return "", err
-		}
-		h.profile = f
-		h.tb.Cleanup(func() {
-			pprof.StopCPUProfile()
-			f.Close()
-		})
-		return "", nil
+		return h.cpuProfile(args)
 	}
 	return "", fmt.Errorf("unknown command %q", args[0])
+}
+
+// cpuProfile starts a CPU profile of this process into the file named
+// by args[1], stopped when the helper ends.
+func (h *peerHost) cpuProfile(args []string) (string, error) {
+	if len(args) != 2 || h.profile != nil {
+		return "", errors.New("usage: cpuprofile FILE (once)")
+	}
+	f, err := os.Create(args[1])
+	if err != nil {
+		return "", err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return "", err
+	}
+	h.profile = f
+	h.tb.Cleanup(func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	})
+	return "", nil
 }
 
 // echo starts a loopback echo server, for measuring a line's round trip.

@@ -214,7 +214,21 @@ func (r *report) markdown() []byte {
 		r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Mode, r.Took.Round(time.Second))
 	p("Numbers from a shared or busy machine are noisy; re-run on a quiet one to compare.\n\n")
 	p("![msg/s against round-trip time, one line per client](benchmarks.svg)\n\n")
+	r.setupMD(&b)
+	r.throughputMD(&b)
+	r.costMD(&b)
+	r.memoryMD(&b)
+	p("## Where the time goes\n\n")
+	p("%s\n", strings.TrimSpace(analysis))
+	p("\n## How to run\n\n")
+	p("```\n%s\n```\n\n", strings.TrimSpace(howToRun))
+	p("`go run ./bench -h` lists every flag. Postfix (smtpd, smtp-sink, smtp-source) is needed for those sinks; a sink that cannot start is reported and skipped. `.ci/run` installs it. The nodemailer client needs Node.js 20 or later and `npm ci --prefix bench/nodemailer`; without them it is skipped, and the run says how to install them.\n")
+	return b.Bytes()
+}
 
+// setupMD writes the Setup section.
+func (r *report) setupMD(b *bytes.Buffer) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("## Setup\n\n")
 	p("- Machine: %s.\n", r.Machine)
 	p("- Every message is %s octets with one recipient, over plain TCP on loopback; smtpkit runs in its insecure plaintext mode (`smtp.Options{InsecureAllowPlaintext: true}`, `sender.InsecurePlaintext`). smtp-source sends a payload of 980 octets plus its own headers (about the same size).\n", fmtInt(float64(len(message))))
@@ -233,7 +247,11 @@ func (r *report) markdown() []byte {
 	if r.Profiling {
 		p("This run was profiled (-cpuprofile), which slows it a little.\n\n")
 	}
+}
 
+// throughputMD writes the msg/s tables.
+func (r *report) throughputMD(b *bytes.Buffer) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("## Throughput\n\nmsg/s, median of %d runs (± is half the range of the runs, relative to the median).\n\n", r.Plan.Timing.Runs)
 	for _, sink := range r.Plan.Sinks {
 		if why, ok := r.Unavail[sink]; ok {
@@ -241,7 +259,7 @@ func (r *report) markdown() []byte {
 			continue
 		}
 		p("### %s\n\n", sinkTitle(sink))
-		rttHeader(&b, []string{"client"}, r.Plan.RTTs)
+		rttHeader(b, []string{"client"}, r.Plan.RTTs)
 		for _, sc := range r.Plan.Scenarios {
 			if !sc.supports(sink) {
 				continue
@@ -259,7 +277,11 @@ func (r *report) markdown() []byte {
 		}
 		p("\n")
 	}
+}
 
+// costMD writes the cost per message tables.
+func (r *report) costMD(b *bytes.Buffer) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("## Cost per message\n\nIn the client's process, at RTT 0: heap allocations and bytes allocated (`runtime.MemStats`), CPU time (user and system, `getrusage`) and read and write system calls (`/proc/self/io`; they include the Go runtime's own) per message. CPU per message is less sensitive than msg/s to other load on the machine.\n\n")
 	for _, sink := range r.Plan.Sinks {
 		if _, ok := r.Unavail[sink]; ok {
@@ -279,7 +301,11 @@ func (r *report) markdown() []byte {
 		}
 		p("\n")
 	}
+}
 
+// memoryMD writes the memory table.
+func (r *report) memoryMD(b *bytes.Buffer) {
+	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	if len(r.Memory) > 0 {
 		p("## Memory\n\n| measurement | client | sink | result |\n|---|---|---|---|\n")
 		for _, m := range r.Memory {
@@ -288,13 +314,6 @@ func (r *report) markdown() []byte {
 		}
 		p("\nAn idle session is measured over 32 sessions to the go-smtp sink: live heap after GC plus the goroutine stack in use (as the collector scans it), divided by 32; kernel socket buffers are not counted. A streamed body is generated line by line, so the heap figure is the client's own: the peak of live and not-yet-collected heap objects, sampled every millisecond, above what was live before.\n\n")
 	}
-
-	p("## Where the time goes\n\n")
-	p("%s\n", strings.TrimSpace(analysis))
-	p("\n## How to run\n\n")
-	p("```\n%s\n```\n\n", strings.TrimSpace(howToRun))
-	p("`go run ./bench -h` lists every flag. Postfix (smtpd, smtp-sink, smtp-source) is needed for those sinks; a sink that cannot start is reported and skipped. `.ci/run` installs it. The nodemailer client needs Node.js 20 or later and `npm ci --prefix bench/nodemailer`; without them it is skipped, and the run says how to install them.\n")
-	return b.Bytes()
 }
 
 // howToRun is the command summary of docs/benchmarks.md. The minutes
