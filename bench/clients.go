@@ -220,11 +220,15 @@ func (c *senderClient) idle(ctx context.Context, n int) error {
 	return nil
 }
 
-func (c *senderClient) Close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+func (c *senderClient) Close() { closeGently(10*time.Second, c.s.Shutdown, c.s.Close) }
+
+// closeGently ends a client with gently (Shutdown, QUIT) within d, and
+// with abort when that fails.
+func closeGently(d time.Duration, gently func(context.Context) error, abort func() error) {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	if c.s.Shutdown(ctx) != nil {
-		c.s.Close()
+	if gently(ctx) != nil {
+		abort()
 	}
 }
 
@@ -301,13 +305,7 @@ func (c *coreClient) sendBody(ctx context.Context, body io.Reader) error {
 	return err
 }
 
-func (c *coreClient) Close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if c.c.Quit(ctx) != nil {
-		c.c.Close()
-	}
-}
+func (c *coreClient) Close() { closeGently(5*time.Second, c.c.Quit, c.c.Close) }
 
 func (r *coreWindow) loop(ctx context.Context, q *quota) error {
 	// A ring of the transactions in flight, oldest at head.

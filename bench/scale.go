@@ -139,40 +139,27 @@ func measureScale(ctx context.Context, l *lab, p scalePlan, text func(string), e
 		return rep
 	}
 	for _, size := range p.Sizes {
-		if ctx.Err() != nil {
+		if !scaleRow(ctx, &rep.Sizes, func() sizeRow { return measureSize(ctx, plain.addr, size, p.Timing) }, sizeLine, text, emit) {
 			return rep
 		}
-		r := measureSize(ctx, plain.addr, size, p.Timing)
-		text(fmt.Sprintf("scale size %9s  %8.1f msg/s  %7.1f MB/s  wire %8.1f msg/s  heap +%s  %v", fmtBytes(float64(size)), r.MsgsPerS, r.MBPerS, r.WireMsgsS, fmtBytes(r.HeapB), errText(r.err)))
-		rep.Sizes = append(rep.Sizes, r)
-		emit(r)
 	}
-	for _, rtt := range p.RcptRTTs {
-		t, err := l.latTargetFor(secPlain, rtt)
-		if err != nil {
-			text("scale: " + err.Error())
-			continue
-		}
+	rcpts := func(t target, rtt time.Duration) bool {
 		for _, k := range p.Rcpts {
-			if ctx.Err() != nil {
-				return rep
+			if !scaleRow(ctx, &rep.Rcpts, func() rcptRow { return measureRcpts(ctx, t.addr, k, rtt, p.Timing) }, rcptLine, text, emit) {
+				return false
 			}
-			r := measureRcpts(ctx, t.addr, k, rtt, p.Timing)
-			text(fmt.Sprintf("scale rcpts %5d  RTT %6s  %8.1f msg/s  AllowPartial %8.1f msg/s  wire %8.1f msg/s  %v", k, fmtRTT(rtt), r.MsgsPerS, r.PartialMsgsS, r.WireMsgsS, errText(r.err)))
-			rep.Rcpts = append(rep.Rcpts, r)
-			emit(r)
 		}
+		return true
 	}
-	for _, rtt := range p.DriverRTTs {
-		t, err := l.latTargetFor(secPlain, rtt)
-		if err != nil {
-			text("scale: " + err.Error())
-			continue
-		}
+	drivers := func(t target, rtt time.Duration) bool {
 		if ctx.Err() != nil {
-			return rep
+			return false
 		}
 		measureDrivers(ctx, rep, t.addr, rtt, text, emit)
+		return true
+	}
+	if !atRTTs(l, p.RcptRTTs, text, rcpts) || !atRTTs(l, p.DriverRTTs, text, drivers) {
+		return rep
 	}
 	if t, err := l.latTargetFor(secTLS, 10*time.Millisecond); err != nil {
 		text("scale: " + err.Error())
@@ -183,15 +170,48 @@ func measureScale(ctx context.Context, l *lab, p scalePlan, text func(string), e
 	// heap of descriptors kept for reuse, which would change the garbage
 	// collector's pace for the rows after them.
 	for _, n := range p.Callers {
-		if ctx.Err() != nil {
-			return rep
+		if !scaleRow(ctx, &rep.Callers, func() callerRow { return measureCallers(ctx, plain.addr, n, p.CallerMsgs) }, callerLine, text, emit) {
+			break
 		}
-		r := measureCallers(ctx, plain.addr, n, p.CallerMsgs)
-		text(callerLine(r))
-		rep.Callers = append(rep.Callers, r)
-		emit(r)
 	}
 	return rep
+}
+
+// atRTTs calls f with the plaintext sink at each of rtts, until f
+// reports false (then it does too).
+func atRTTs(l *lab, rtts []time.Duration, text func(string), f func(t target, rtt time.Duration) bool) bool {
+	for _, rtt := range rtts {
+		t, err := l.latTargetFor(secPlain, rtt)
+		if err != nil {
+			text("scale: " + err.Error())
+			continue
+		}
+		if !f(t, rtt) {
+			return false
+		}
+	}
+	return true
+}
+
+// scaleRow measures one row, unless ctx has ended (then it reports
+// false), adds it to rows and reports it.
+func scaleRow[R any](ctx context.Context, rows *[]R, measure func() R, line func(R) string, text func(string), emit func(any)) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	r := measure()
+	text(line(r))
+	*rows = append(*rows, r)
+	emit(r)
+	return true
+}
+
+func sizeLine(r sizeRow) string {
+	return fmt.Sprintf("scale size %9s  %8.1f msg/s  %7.1f MB/s  wire %8.1f msg/s  heap +%s  %v", fmtBytes(float64(r.Size)), r.MsgsPerS, r.MBPerS, r.WireMsgsS, fmtBytes(r.HeapB), errText(r.err))
+}
+
+func rcptLine(r rcptRow) string {
+	return fmt.Sprintf("scale rcpts %5d  RTT %6s  %8.1f msg/s  AllowPartial %8.1f msg/s  wire %8.1f msg/s  %v", r.Rcpts, fmtRTT(time.Duration(r.RTTms*1e6)), r.MsgsPerS, r.PartialMsgsS, r.WireMsgsS, errText(r.err))
 }
 
 // measureConns fills the connections table.
@@ -501,58 +521,52 @@ func (s *scaleReport) markdown(cmd string, started time.Time) []byte {
 		p("### Callers waiting in Send (MaxConns 4, MaxInFlight 32, go-smtp sink, RTT 0, plaintext)\n\n")
 		p("Memory, per caller: N goroutines parked on a channel, against N callers blocked in `Send` while the sender's dials are held back; each holds a body reader made beforehand. Live heap after GC plus the stack memory allocated (`MemStats.StackInuse`); in brackets, with the used part of the stacks instead (as the collector scans them). The callers enter one at a time, each once `Stats().Waiting` counts the one before, so their order in the queue is known; then the dials go ahead: wait is the time from then to each answer, displacement how many places an answer came from its caller's place in the queue (MaxConns × MaxInFlight = 128 are answered in batches). Time per Send: with the sessions open, bursts of N callers started at once, at least three and until at least %s messages; the median burst's time per Send is shown.\n\n", fmtInt(float64(s.Plan.CallerMsgs)))
 		p("| callers | bare goroutine | caller in Send | beyond the goroutine | of which heap | µs per Send | messages | wait p50 ms | wait p99 ms | displacement p99 | displacement max |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-		for _, r := range s.Callers {
-			if r.err != nil {
-				p("| %s | error: %v |\n", fmtInt(float64(r.Callers)), r.err)
-				continue
-			}
-			p("| %s | %s (%s) | %s (%s) | %s (%s) | %s | %.2f | %s | %.1f | %.1f | %s | %s |\n", fmtInt(float64(r.Callers)),
+		mdRows(&b, s.Callers, func(r callerRow) (string, string, error) {
+			return fmtInt(float64(r.Callers)), fmt.Sprintf("%s (%s) | %s (%s) | %s (%s) | %s | %.2f | %s | %.1f | %.1f | %s | %s",
 				fmtBytes(r.GoroutineB), fmtBytes(r.GoroutineUsedB), fmtBytes(r.WaitingB), fmtBytes(r.WaitingUsedB), fmtBytes(r.BeyondB), fmtBytes(r.BeyondUsedB), fmtBytes(r.HeapB),
-				r.PerSendUs, fmtInt(float64(r.Msgs)), r.P50WaitMs, r.P99WaitMs, fmtInt(r.P99Displaced), fmtInt(r.MaxDisplaced))
-		}
-		p("\n")
+				r.PerSendUs, fmtInt(float64(r.Msgs)), r.P50WaitMs, r.P99WaitMs, fmtInt(r.P99Displaced), fmtInt(r.MaxDisplaced)), r.err
+		})
 	}
 	if len(s.Sizes) > 0 {
 		p("### Message size (one connection, W=32, go-smtp sink, RTT 0, plaintext)\n\nThe wire limit is the wire-chunking client with the same message (window 32, fewer above 2 MiB so that its pre-rendered window stays under 64 MiB). Heap held: the most of the live heap (after a forced collection, twice during the measured stretch) above what was live before, while 65 callers sent through the sender (the message itself is allocated before, and shared).\n\n")
 		p("| size | msg/s | MB/s | wire msg/s | wire MB/s | of wire limit | live heap held |\n|---:|---:|---:|---:|---:|---:|---:|\n")
-		for _, r := range s.Sizes {
-			if r.err != nil {
-				p("| %s | error: %v |\n", fmtBytes(float64(r.Size)), r.err)
-				continue
-			}
-			p("| %s | %s | %.1f | %s | %.1f | %.0f %% | %s |\n", fmtBytes(float64(r.Size)), fmtRateF(r.MsgsPerS), r.MBPerS, fmtRateF(r.WireMsgsS), r.WireMsgsS*float64(r.Size)/1e6, pct(r.MsgsPerS, r.WireMsgsS), fmtBytes(r.HeapB))
-		}
-		p("\n")
+		mdRows(&b, s.Sizes, func(r sizeRow) (string, string, error) {
+			return fmtBytes(float64(r.Size)), fmt.Sprintf("%s | %.1f | %s | %.1f | %.0f %% | %s", fmtRateF(r.MsgsPerS), r.MBPerS, fmtRateF(r.WireMsgsS), r.WireMsgsS*float64(r.Size)/1e6, pct(r.MsgsPerS, r.WireMsgsS), fmtBytes(r.HeapB)), r.err
+		})
 	}
 	if len(s.Rcpts) > 0 {
 		p("### Recipients per message (one connection, W=32, go-smtp sink, plaintext)\n\nRCPT commands are pipelined. The wire client writes MAIL, every RCPT and `BDAT n LAST` without waiting; smtpkit, all-or-nothing by default, sends the body's LAST chunk only once every RCPT is accepted when there is more than one recipient, and the next message's MAIL cannot precede it; with `Envelope.AllowPartial` nothing waits.\n\n")
 		p("| recipients | RTT | msg/s | ms per message | AllowPartial msg/s | wire msg/s | of wire limit | AllowPartial, of wire limit |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-		for _, r := range s.Rcpts {
-			if r.err != nil {
-				p("| %d | %g ms | error: %v |\n", r.Rcpts, r.RTTms, r.err)
-				continue
-			}
-			p("| %s | %g ms | %s | %.3f | %s | %s | %.0f %% | %.0f %% |\n", fmtInt(float64(r.Rcpts)), r.RTTms, fmtRateF(r.MsgsPerS), 1000/r.MsgsPerS, fmtRateF(r.PartialMsgsS),
-				fmtRateF(r.WireMsgsS), pct(r.MsgsPerS, r.WireMsgsS), pct(r.PartialMsgsS, r.WireMsgsS))
-		}
-		p("\n")
+		mdRows(&b, s.Rcpts, func(r rcptRow) (string, string, error) {
+			return fmt.Sprintf("%s | %g ms", fmtInt(float64(r.Rcpts)), r.RTTms), fmt.Sprintf("%s | %.3f | %s | %s | %.0f %% | %.0f %%", fmtRateF(r.MsgsPerS), 1000/r.MsgsPerS, fmtRateF(r.PartialMsgsS),
+				fmtRateF(r.WireMsgsS), pct(r.MsgsPerS, r.WireMsgsS), pct(r.PartialMsgsS, r.WireMsgsS)), r.err
+		})
 	}
 	if len(s.Conns) > 0 {
 		p("### Connections (W=32, TLS+AUTH sink, RTT 10 ms)\n\nThe wire client (the latency section's control) with as many connections and 32 callers per connection (so 32 transactions in flight on each, as smtpkit's window) shows what the sink, the line and the CPUs let through.\n\n| connections | msg/s | per connection | against connections × the first row | wire msg/s | of wire |\n|---:|---:|---:|---:|---:|---:|\n")
 		var base float64
-		for _, r := range s.Conns {
-			if r.err != nil {
-				p("| %d | error: %v |\n", r.Conns, r.err)
-				continue
-			}
-			if base == 0 {
+		mdRows(&b, s.Conns, func(r connRow) (string, string, error) {
+			if r.err == nil && base == 0 {
 				base = r.MsgsPerS / float64(r.Conns)
 			}
-			p("| %d | %s | %s | %.0f %% | %s | %.0f %% |\n", r.Conns, fmtInt(r.MsgsPerS), fmtInt(r.MsgsPerS/float64(r.Conns)), pct(r.MsgsPerS, base*float64(r.Conns)), fmtInt(r.WireMsgsS), pct(r.MsgsPerS, r.WireMsgsS))
-		}
-		p("\n")
+			return strconv.Itoa(r.Conns), fmt.Sprintf("%s | %s | %.0f %% | %s | %.0f %%", fmtInt(r.MsgsPerS), fmtInt(r.MsgsPerS/float64(r.Conns)), pct(r.MsgsPerS, base*float64(r.Conns)), fmtInt(r.WireMsgsS), pct(r.MsgsPerS, r.WireMsgsS)), r.err
+		})
 	}
 	s.driversMD(&b)
 	p("%s\n\n%s", strings.TrimSpace(scaleAnalysis), end)
 	return b.Bytes()
+}
+
+// mdRows writes a Markdown table line per row: its first cell (or
+// cells) and the rest, or the first and its error; then a blank line.
+func mdRows[R any](b *bytes.Buffer, rows []R, cells func(R) (first, rest string, err error)) {
+	for _, r := range rows {
+		first, rest, err := cells(r)
+		if err != nil {
+			fmt.Fprintf(b, "| %s | error: %v |\n", first, err)
+			continue
+		}
+		fmt.Fprintf(b, "| %s | %s |\n", first, rest)
+	}
+	b.WriteString("\n")
 }
