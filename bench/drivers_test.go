@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -245,6 +246,75 @@ func TestWaitersMeasuresMemoryPerWaiter(t *testing.T) {
 	msgs, perSend, err := bursts(context.Background(), &fakeClient{}, 50, 120)
 	if err != nil || msgs < 150 || perSend <= 0 {
 		t.Errorf("bursts: %d messages, %v µs per Send, %v", msgs, perSend, err)
+	}
+}
+
+// memClient is a pool whose idle sessions hold hold octets each, and
+// which reads a streamed body through a buffer of buf octets, or whole.
+type memClient struct {
+	fakeClient
+	held  [][]byte
+	hold  int
+	buf   int
+	whole []byte
+}
+
+func (m *memClient) idle(_ context.Context, n int) error {
+	for range n {
+		m.held = append(m.held, make([]byte, m.hold))
+	}
+	return nil
+}
+
+func (m *memClient) sendBody(_ context.Context, body io.Reader) error {
+	if m.buf == 0 {
+		b, err := io.ReadAll(body)
+		m.whole = b
+		return err
+	}
+	_, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{body}, make([]byte, m.buf))
+	return err
+}
+
+// sessionlessClient has no pool: the memory driver opens one a session.
+type sessionlessClient struct {
+	fakeClient
+	held []byte
+}
+
+func TestIdleSessionsMeasuresPerSession(t *testing.T) {
+	const n, per = 16, 32 << 10
+	res := idleSessionsWith(context.Background(), "fake", n, func(context.Context) (client, error) {
+		return &sessionlessClient{held: make([]byte, per)}, nil
+	})
+	if res.err != nil || res.Alloc < per || res.Alloc > per+4096 {
+		t.Errorf("one client a session: %+v, want about %d B each", res, per)
+	}
+	opened := 0
+	res = idleSessionsWith(context.Background(), "fake pool", n, func(context.Context) (client, error) {
+		opened++
+		return &memClient{hold: per}, nil
+	})
+	if res.err != nil || opened != 1 || res.Alloc < per || res.Alloc > per+4096 {
+		t.Errorf("a pool: opened %d, %+v, want about %d B a session", opened, res, per)
+	}
+}
+
+func TestStreamBodyMeasuresPeakHeap(t *testing.T) {
+	const size = 8 << 20
+	open := func(m *memClient) func(context.Context) (client, error) {
+		return func(context.Context) (client, error) { return m, nil }
+	}
+	res := streamBodyWith(context.Background(), "fake", "none", size, open(&memClient{buf: 4096}))
+	if res.err != nil || res.Bytes >= 1<<20 {
+		t.Errorf("streamed: %+v, want under 1 MiB", res)
+	}
+	res = streamBodyWith(context.Background(), "fake", "none", size, open(&memClient{}))
+	if res.err != nil || res.Bytes < size {
+		t.Errorf("read whole: %+v, want at least %d B", res, size)
+	}
+	if r := streamBodyWith(context.Background(), "fake", "none", size, func(context.Context) (client, error) { return &fakeClient{}, nil }); r.err == nil {
+		t.Error("no error for a client that cannot stream a body")
 	}
 }
 

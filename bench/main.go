@@ -1,12 +1,24 @@
 // Command bench measures how smtpkit compares with the SMTP clients in
 // use today, on loopback, against sinks it starts itself, at round-trip
 // times added by a userspace delay line, and writes docs/benchmarks.md
-// and docs/benchmarks.svg.
+// and its charts.
 //
-//	go run ./bench                     # full run, every section
+//	go run ./bench                     # full run, every section; writes the docs
 //	go run ./bench -quick              # a shorter run of every section; writes no docs
 //	go run ./bench -sections latency   # one section: throughput, latency, scale
+//	go run ./bench -clients 'smtpkit-sender c4,wire-chunking'   # some clients, in every section
 //	go run ./bench -json               # one JSON object per measurement on stdout
+//
+// Its shape: a client (client.go) is one interface, Send and Close,
+// registered once by name in clientDefs (clients.go for smtpkit's own,
+// peers.go and nodemailer.go for the others, wire.go for the wire
+// control); the drivers run clients: the closed loop (closedLoop,
+// runOnce), the open loop (openLoop), the waiting callers (waiters) and
+// the memory figures (idleSessions, streamBody). run.go reads the flags
+// and runs the sections, each a function from the run's env to its
+// tables, its part of the docs and its goals (goals.go), which make one
+// Targets table. The prose of the docs cites those tables by name and
+// types no figure (prose_test.go).
 //
 // The same comparisons run as Go benchmarks with go test -bench . ./bench.
 package main

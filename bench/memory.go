@@ -43,6 +43,13 @@ func settledMem() (heap, stack uint64) {
 // (Bytes) and the heap alone (Alloc): one client of n sessions where it
 // has a pool (a sessioner), else n clients of one session each.
 func idleSessions(ctx context.Context, name string, t target, n int) memResult {
+	return idleSessionsWith(ctx, name, n, func(ctx context.Context) (client, error) {
+		return spec{Client: name, Conns: n, Window: 1}.open(ctx, t)
+	})
+}
+
+// idleSessionsWith is idleSessions with the clients made by open.
+func idleSessionsWith(ctx context.Context, name string, n int, open func(context.Context) (client, error)) memResult {
 	res := memResult{What: "idle-session", Client: name}
 	h0, s0 := settledMem()
 	var clients []client
@@ -52,7 +59,7 @@ func idleSessions(ctx context.Context, name string, t target, n int) memResult {
 		}
 	}()
 	for len(clients) < n {
-		c, err := spec{Client: name, Conns: n, Window: 1}.open(ctx, t)
+		c, err := open(ctx)
 		if err != nil {
 			res.err = err
 			return res
@@ -163,10 +170,17 @@ func (h *heapSampler) finish() uint64 {
 // returns the peak heap above what was live before (Bytes) and the
 // octets allocated meanwhile (Alloc).
 func streamBody(ctx context.Context, name, sink string, t target, size int64) memResult {
+	return streamBodyWith(ctx, name, sink, size, func(ctx context.Context) (client, error) {
+		return spec{Client: name, Conns: 1}.open(ctx, t)
+	})
+}
+
+// streamBodyWith is streamBody with the client made by open.
+func streamBodyWith(ctx context.Context, name, sink string, size int64, open func(context.Context) (client, error)) memResult {
 	res := memResult{What: "stream-body", Client: name, Sink: sink, Size: size}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	c, err := spec{Client: name, Conns: 1}.open(ctx, t)
+	c, err := open(ctx)
 	if err != nil {
 		res.err = err
 		return res
