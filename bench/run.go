@@ -172,7 +172,7 @@ func defineFlags(fs *flag.FlagSet) flagValues {
 		window:      fs.Duration("window", 0, "measured stretch of each throughput run (default 1s, 500ms with -quick)"),
 		rtts:        fs.String("rtt", "", "comma-separated round-trip times in ms of the throughput and latency sections (default 0,1,2,10 and 0,2,10; 0,10 with -quick)"),
 		sinks:       fs.String("sinks", "", "comma-separated sinks of the throughput section: go-smtp, smtp-sink, postfix (default all; go-smtp,smtp-sink with -quick)"),
-		clients:     fs.String("clients", "", "comma-separated clients to measure in every section, by name or by the start of their table label (e.g. 'smtpkit-sender c4'; default all): "+strings.Join(clientNames(), ", ")),
+		clients:     fs.String("clients", "", "comma-separated clients to measure in every section, by name or by the start of their table label (e.g. 'smtpkit-sender c4'; default all): "+clientHelp()),
 		memory:      fs.Bool("memory", true, "measure memory: idle sessions and a streamed 100 MiB body"),
 		docs:        fs.String("docs", "", "`directory` for benchmarks.md and the charts (default: docs/ of the module, except with -quick)"),
 		noDocs:      fs.Bool("nodocs", false, "do not write the docs"),
@@ -180,6 +180,14 @@ func defineFlags(fs *flag.FlagSet) flagValues {
 		secs:        fs.String("security", "", "comma-separated security settings of the latency section: tls, plain (default both)"),
 		sectionList: fs.String("sections", strings.Join(sectionNames(), ","), "comma-separated sections to run: "+sectionHelp()),
 	}
+}
+
+func clientHelp() string {
+	var out []string
+	for _, d := range clientDefs {
+		out = append(out, d.name+" ("+d.about+")")
+	}
+	return strings.Join(out, ", ")
 }
 
 func sectionHelp() string {

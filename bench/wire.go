@@ -273,8 +273,8 @@ type wireStream struct {
 	wireTxs
 	chunking bool
 	window   int
-	ahead    []byte // window BDAT transactions, back to back
-	mu       sync.Mutex
+	ahead    []byte     // window BDAT transactions, back to back
+	mu       sync.Mutex // serialises Send
 }
 
 // Send sends one message and reads its replies.
