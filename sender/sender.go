@@ -28,6 +28,13 @@ var ErrOutcomeUnknown = smtp.ErrOutcomeUnknown
 // ErrClosed is returned by Send after Shutdown or Close.
 var ErrClosed = errors.New("sender: closed")
 
+// ErrFailingFast is wrapped by the error a Send returns at once, without
+// trying, while sessions keep failing (see Config.MaxDialFailures). The
+// error is an [*smtp.Error] with its cause's own Op, Kind, Code, Enhanced
+// code and text, and it wraps the cause: it classifies as the cause
+// does.
+var ErrFailingFast = errors.New("sender: failing fast")
+
 // Sender sends messages over a bounded set of SMTP sessions, each owned
 // by one goroutine. It is safe for concurrent use; share one per server.
 //
@@ -62,15 +69,15 @@ type Sender struct {
 	// replay goes first). nwaiting counts them.
 	head, tail *attempt
 	nwaiting   int
-	// parked are the sessions with nothing in flight, waiting for an
-	// attempt, the most recently used last: a new attempt wakes that
-	// one, so sessions beyond the load go idle and retire.
+	// parked are the sessions whose writer waits for an attempt, with
+	// room in its window, the most recently parked last: a new attempt
+	// wakes the most recent one with nothing in flight, else starts a
+	// session, else wakes the most recent one with transactions in
+	// flight whose server is not silent (it writes the attempt behind
+	// them at once). Sessions beyond the load go idle and retire.
 	parked []*conn
-	// listeners are the sessions waiting for a reply with room in their
-	// window: a new attempt that finds no session parked interrupts one
-	// of them (smtp.Client.Interrupt), which writes it at once rather
-	// than after the reply.
-	listeners []*conn
+	// conns are every session goroutine's conn.
+	conns []*conn
 	// dialers are the sessions that have not yet looked for their first
 	// attempt (most are dialing): a session is started only while there
 	// are fewer of them than waiting attempts, and when the last waiting
@@ -158,6 +165,9 @@ type request struct {
 	// server answered them with 421, or their connection was lost while
 	// they were the oldest in flight, before their commit point.
 	refusals int
+	// stateRetried is set once the request was written again after a 503
+	// (a server in the wrong state): that happens once.
+	stateRetried bool
 }
 
 // An attempt is one try at writing a request on a session: the caller
@@ -220,6 +230,9 @@ type result struct {
 	own bool
 	// wrote: the attempt's transaction was written (in part or whole).
 	wrote bool
+	// state503: the server answered 503 to its MAIL, RCPT or DATA; it
+	// may be written again once, on another session.
+	state503 bool
 }
 
 // body is a request's message body as the smtp core reads it: it counts
@@ -349,6 +362,12 @@ func (s *Sender) send(ctx context.Context, env smtp.Envelope, body io.Reader) (*
 		if r.own {
 			req.refusals++
 		}
+		if r.state503 {
+			if req.stateRetried {
+				return nil, r.err
+			}
+			req.stateRetried = true
+		}
 		switch {
 		case req.refusals >= s.cfg.MaxAttempts, !req.body.rewind():
 			return nil, r.err
@@ -378,13 +397,11 @@ func (s *Sender) await(ctx context.Context, at *attempt) result {
 			}
 		case stActive:
 			if at.state.CompareAndSwap(stActive, stWithdrawn) {
-				at.conn.Load().slow.Store(true)
 				at.conn.Load().withdrawn()
 				return result{err: ctx.Err()}
 			}
 		case stEOF:
 			if at.state.CompareAndSwap(stEOF, stAbandoned) {
-				at.conn.Load().slow.Store(true)
 				return result{err: &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindIO,
 					Message: "the caller's context ended after the message's commit point may have been written",
 					Err:     fmt.Errorf("%w: %w", ErrOutcomeUnknown, ctx.Err())}}
@@ -396,31 +413,22 @@ func (s *Sender) await(ctx context.Context, at *attempt) result {
 }
 
 // enqueue puts at on the waiting list (first, for a replay) and gets a
-// session to take it: it wakes the most recently parked session, or
-// starts one if there is room, or else interrupts a session that waits
-// for a reply with room in its window (a listener). It refuses at after
-// Shutdown, and while the sender fails fast, except for one attempt once
-// the backoff has passed: that one starts the probe.
+// session to take it: it wakes the most recently parked session with
+// nothing in flight, or starts one if there is room, or else wakes the
+// most recently parked session with room in its window whose server is
+// not silent. It refuses at after Shutdown, and while the sender fails
+// fast, except for one attempt once the backoff has passed: that one
+// starts the probe.
 func (s *Sender) enqueue(at *attempt, first bool) error {
-	l, err := s.enqueueLocked(at, first)
-	if l != nil {
-		l.c.Interrupt() // not under mu: it sets a transport deadline
-	}
-	return err
-}
-
-// enqueueLocked is enqueue under mu; it returns the listening session to
-// interrupt, if any.
-func (s *Sender) enqueueLocked(at *attempt, first bool) (*conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return nil, ErrClosed
+		return ErrClosed
 	}
 	probe := false
 	if err := s.failFastLocked(); err != nil {
 		if s.probing || time.Now().Before(s.retryAt) {
-			return nil, err
+			return err
 		}
 		probe = true
 	}
@@ -435,68 +443,43 @@ func (s *Sender) enqueueLocked(at *attempt, first bool) (*conn, error) {
 	at.listed = true
 	s.nwaiting++
 	s.stats.waiting.Store(int64(s.nwaiting))
-	if n := len(s.parked); n > 0 {
-		a := s.parked[n-1]
-		s.parked[n-1] = nil
-		s.parked = s.parked[:n-1]
-		a.parked = false
-		a.wake <- struct{}{} // one slot, empty while parked: never blocks
-		return nil, nil
+	if s.wakeParkedLocked(true) || s.lookingLocked() || s.spawnLocked(probe) {
+		return nil
 	}
-	if s.spawnLocked(probe) {
-		return nil, nil
-	}
-	// No session can be started: rather than wait for a session's read
-	// to end, interrupt the most recent listener that has not waited
-	// listenFor already.
-	for i := len(s.listeners) - 1; i >= 0; i-- {
-		if a := s.listeners[i]; time.Since(a.listenSince) < listenFor {
-			s.listeners = slices.Delete(s.listeners, i, i+1)
-			a.listening = false
-			return a, nil
+	s.wakeParkedLocked(false)
+	return nil
+}
+
+// lookingLocked reports whether a session with nothing in flight will
+// look at the waiting list before it parks (its writer is between two
+// looks, flushing): it takes the attempt then, and no second connection
+// is dialed for a caller that sends again as soon as it is answered.
+func (s *Sender) lookingLocked() bool {
+	for _, a := range s.conns {
+		if a.looking && a.nflight.Load() == 0 {
+			return true
 		}
 	}
-	return nil, nil
+	return false
 }
 
-// listenFor is how long a session waiting for a reply may be given a new
-// attempt: a server that has not answered for that long may have
-// stalled, and a new attempt is better off waiting for another session
-// (or a new one) than written behind it. Interactive replies take far
-// less; a server slower than this (a content filter before the final
-// reply) is served as before listeners: new attempts wait for the read.
-const listenFor = 200 * time.Millisecond
-
-// listen puts a on the listeners while it waits for a reply, unless an
-// attempt is waiting already (a should take it first: busy is true), or
-// a caller gave up on it (a server that kept a caller waiting past its
-// context is given no more while it may be stalled). It reports whether
-// it did.
-func (s *Sender) listen(a *conn) (listening, busy bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.head != nil {
-		return false, true
+// wakeParkedLocked wakes the most recently parked session that is idle
+// (nothing in flight), or, with idle false, one with transactions in
+// flight whose server is not silent. It reports whether it woke one.
+func (s *Sender) wakeParkedLocked(idle bool) bool {
+	for i := len(s.parked) - 1; i >= 0; i-- {
+		a := s.parked[i]
+		busy := a.nflight.Load() > 0
+		if busy == idle || busy && a.silent() {
+			continue
+		}
+		s.parked = slices.Delete(s.parked, i, i+1)
+		a.parked = false
+		a.looking = true
+		a.wake <- struct{}{} // one slot, empty while parked: never blocks
+		return true
 	}
-	if a.slow.Load() {
-		return false, false
-	}
-	a.listening, a.listenSince = true, time.Now()
-	s.listeners = append(s.listeners, a)
-	return true, false
-}
-
-// unlisten takes a off the listeners, if an enqueue has not.
-func (s *Sender) unlisten(a *conn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !a.listening {
-		return
-	}
-	a.listening = false
-	if i := slices.Index(s.listeners, a); i >= 0 {
-		s.listeners = slices.Delete(s.listeners, i, i+1)
-	}
+	return false
 }
 
 // unlinkLocked takes at off the waiting list, if it is on it.
@@ -542,8 +525,8 @@ func (s *Sender) dialedLocked(a *conn) {
 }
 
 // next takes the oldest waiting attempt for session a, or returns nil.
-// With park set and nothing waiting, it parks a instead: the next
-// enqueue wakes it. Attempts are taken one at a time, each just before
+// With park set and nothing waiting, it parks a instead: an enqueue
+// wakes it. Attempts are taken one at a time, each just before
 // it is written, so none waits bound to a session whose write blocks
 // while another session could take it. An attempt taken here may have
 // been withdrawn by its caller meanwhile; take tells.
@@ -553,13 +536,23 @@ func (s *Sender) next(a *conn, park bool) *attempt {
 	s.dialedLocked(a)
 	if at := s.head; at != nil {
 		s.unlinkLocked(at)
+		a.looking = false
 		return at
 	}
+	a.looking = !park
 	if park {
 		a.parked = true
 		s.parked = append(s.parked, a)
 	}
 	return nil
+}
+
+// notLooking records that a's writer waits without looking at the
+// waiting list (its window is full, its server silent, or it retires).
+func (s *Sender) notLooking(a *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a.looking = false
 }
 
 // unpark takes a off the parked list. It reports false if an enqueue
@@ -571,6 +564,7 @@ func (s *Sender) unpark(a *conn) bool {
 		return false
 	}
 	a.parked = false
+	a.looking = true
 	for i, p := range s.parked {
 		if p == a {
 			s.parked = slices.Delete(s.parked, i, i+1)
@@ -598,6 +592,7 @@ func (s *Sender) spawnLocked(probe bool) bool {
 	}
 	a := newConn(s, probe)
 	s.dialers = append(s.dialers, a)
+	s.conns = append(s.conns, a)
 	if probe {
 		s.probing = true
 	}
@@ -628,19 +623,46 @@ func (s *Sender) failWaitingLocked(err error) {
 }
 
 // failFastLocked returns the error for Sends while sessions keep
-// failing, or nil. The error wraps the last cause and carries its code
-// and kind, so it classifies as that error does.
+// failing, or nil: an [*smtp.Error] with the last cause's own Op, Kind,
+// codes and text, saying once that the sender fails fast and until
+// when, and wrapping ErrFailingFast and the cause.
 func (s *Sender) failFastLocked() error {
 	if s.failures < s.cfg.MaxDialFailures {
 		return nil
 	}
-	e := &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO,
-		Message: "the server cannot be reached, refused the login, or turned every message away; failing fast until the backoff lets one Send try again",
-		Err:     s.lastErr}
-	if de, ok := errors.AsType[*smtp.Error](s.lastErr); ok {
-		e.Op, e.Kind, e.Code, e.Enhanced = de.Op, de.Kind, de.Code, de.Enhanced
+	ff := &failingFast{until: s.retryAt, cause: s.lastErr}
+	e := &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: ff}
+	if ce, ok := errors.AsType[*smtp.Error](s.lastErr); ok {
+		e.Op, e.Kind, e.Code, e.Enhanced, e.Recipient = ce.Op, ce.Kind, ce.Code, ce.Enhanced, ce.Recipient
+		e.Message = ce.Message
+		if ce.Err != nil {
+			if e.Message != "" {
+				e.Message += ": "
+			}
+			e.Message += ce.Err.Error()
+		}
+	} else if s.lastErr != nil {
+		e.Message = s.lastErr.Error()
 	}
 	return e
+}
+
+// failingFast is the cause of a fail-fast error: it says until when, and
+// unwraps to ErrFailingFast and the session's cause.
+type failingFast struct {
+	until time.Time
+	cause error
+}
+
+func (f *failingFast) Error() string {
+	return "sender failing fast until " + f.until.Format("15:04:05.000") + ", after sessions kept failing"
+}
+
+func (f *failingFast) Unwrap() []error {
+	if f.cause == nil {
+		return []error{ErrFailingFast}
+	}
+	return []error{ErrFailingFast, f.cause}
 }
 
 // dialDelay is how long a new session waits before dialing: nothing
@@ -652,8 +674,9 @@ func (s *Sender) dialDelay() time.Duration {
 }
 
 // sessionFailed records a session that delivered nothing: its dial
-// failed, or it ended (421, loss, refused login) before the server gave
-// any transaction a verdict. The next dial waits the backoff; when Sends
+// failed, or it broke (421, loss, a server silent past its timeout)
+// before the server accepted any message, and not because its callers
+// gave up. The next dial waits the backoff; when Sends
 // start failing fast, the waiting ones are answered with the fail-fast
 // error.
 func (s *Sender) sessionFailed(err error) {
@@ -678,9 +701,10 @@ func (s *Sender) sessionFailed(err error) {
 	}
 }
 
-// progress records that a server gave a transaction a verdict: the
-// failures are forgotten, and the backoff starts again from its first
-// step.
+// progress records that a server accepted a message (a 2xx to a
+// committed transaction): the failures are forgotten, and the backoff
+// starts again from its first step. A refusal is no progress: a server
+// that refuses and then hangs up is still failing.
 func (s *Sender) progress() {
 	if !s.failing.Load() {
 		return
@@ -699,6 +723,10 @@ func (s *Sender) sessionEnded(a *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dialedLocked(a)
+	a.looking = false
+	if i := slices.Index(s.conns, a); i >= 0 {
+		s.conns = slices.Delete(s.conns, i, i+1)
+	}
 	if a.probe {
 		s.probing = false
 	}
@@ -729,12 +757,29 @@ func (s *Sender) sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // connect dials, greets, upgrades and authenticates one session, within
-// ctx and DialTimeout.
-func (s *Sender) connect(parent context.Context, a *conn) (*smtp.Client, error) {
+// parent and DialTimeout (which bounds all of it, whatever the caller's
+// context). A session that never got going because client and server
+// disagree on TLS says so.
+func (s *Sender) connect(parent context.Context) (*smtp.Client, error) {
 	s.stats.dials.Add(1)
 	cfg := &s.cfg
 	ctx, cancel := context.WithTimeout(parent, cfg.DialTimeout)
 	defer cancel()
+	c, err := s.dialSession(ctx)
+	if err != nil && parent.Err() == nil {
+		if hint := tlsModeHint(cfg.Security, err); hint != "" {
+			e := &smtp.Error{Op: smtp.OpGreeting, Kind: smtp.KindProtocol, Message: hint, Err: err}
+			if de, ok := errors.AsType[*smtp.Error](err); ok {
+				e.Op = de.Op
+			}
+			err = e
+		}
+	}
+	return c, err
+}
+
+func (s *Sender) dialSession(ctx context.Context) (*smtp.Client, error) {
+	cfg := &s.cfg
 	var t transport.Transport
 	var err error
 	switch {
@@ -748,7 +793,6 @@ func (s *Sender) connect(parent context.Context, a *conn) (*smtp.Client, error) 
 	if err != nil {
 		return nil, &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: err}
 	}
-	t = a.wrap(t)
 	opts := cfg.Options
 	if opts.ServerName == "" && cfg.Addr != "" {
 		opts.ServerName = cfg.Addr
@@ -788,6 +832,37 @@ func (s *Sender) connect(parent context.Context, a *conn) (*smtp.Client, error) 
 		}
 	}
 	return c, nil
+}
+
+// Verify checks the configuration end to end, as a service does at
+// startup: it dials, sets up TLS, reads the greeting, sends EHLO,
+// authenticates when Credentials is set, and ends the session with QUIT,
+// within ctx and DialTimeout. It returns nil, or the [*smtp.Error] a Send
+// would have met (classify it with smtp.IsConfig, smtp.IsTemporary...),
+// or ErrClosed after Shutdown or Close. It does not count towards
+// fail-fast, and is safe to call at any time from any goroutine.
+func (s *Sender) Verify(ctx context.Context) error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
+	c, err := s.connect(ctx)
+	if err != nil {
+		if s.ctx.Err() != nil {
+			return ErrClosed
+		}
+		return err
+	}
+	return c.Quit(ctx)
 }
 
 // Shutdown stops accepting Sends (they return ErrClosed), lets the

@@ -1,8 +1,13 @@
 package sender
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
+	"io"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,93 +15,105 @@ import (
 	"github.com/smtpkit/smtpkit/smtp"
 )
 
-// conn is one session goroutine and its one connection: it dials, serves
-// attempts until idle, retired, shut down or broken, and ends. It never
-// redials: an attempt that may be written again goes back to its caller,
-// which puts it on the waiting list for another session. Unless noted,
-// every field is owned by the session goroutine; nothing else touches the
-// smtp.Client.
+// conn is one connection and its two goroutines, as net/http's
+// persistConn has writeLoop and readLoop. The writer (run) dials, takes
+// attempts and writes them, in order: it alone writes commands. The
+// reader (read) reads replies and answers each attempt the moment its
+// transaction is done. A conn never redials: an attempt that may be
+// written again goes back to its caller, which puts it on the waiting
+// list for another session.
 type conn struct {
 	s *Sender
 	// probe is set (for good) on the one session started while the
 	// sender fails fast.
 	probe bool
-	c     *smtp.Client // nil until connected
-	born  time.Time
-	// written counts the attempts written on the connection; inflight
-	// are those whose replies are not yet read, in order.
-	written  int
-	inflight []*attempt
-	// verdicts is set once the server gave any transaction a verdict
-	// (an outcome, or a refusal other than 421): a session that ends
-	// without one counts as failed. blamed is set once a loss has been
-	// counted against the attempt that was oldest in flight.
-	verdicts bool
-	blamed   bool
-	// seen421 is set once the connection's 421 has been counted.
-	seen421 bool
-	// full is set once WriteTx refused an attempt because the session is
-	// closed or closing (a 421 whose committed transactions are still
-	// being read): the session takes no more.
-	full bool
+	// c is set by the writer before the reader starts, and only read
+	// after.
+	c *smtp.Client
 	// ctx bounds the connection: cancelled by Close (through the
-	// sender's), and by the grace after a withdrawal (see withdrawn).
+	// sender's), by abandonDial, and by the grace after a withdrawal.
 	ctx context.Context
 
-	// parked is set while the session waits on the sender's parked
-	// list (guarded by Sender.mu); wake, with one slot, is how the
-	// enqueue that takes it off the list wakes it.
-	parked bool
-	wake   chan struct{}
-	// listening is set while the session is on the sender's listeners
-	// (guarded by Sender.mu): waiting in ReadTx for a reply, with room
-	// for more attempts, since listenSince.
-	listening   bool
-	listenSince time.Time
-	// slow is set (for good) once a caller withdrew or abandoned an
-	// attempt the session had taken: it listens no more.
-	slow atomic.Bool
+	// Owned by the writer goroutine.
+	born    time.Time
+	written int // attempts written on the connection
 
-	// Answers reach their callers in batches (see watch.go): while
-	// batching is set they wait in batch (since batchSince), and go out
-	// from deliver. batchTimer sends them if one I/O lasts batchFor;
-	// timing is set while it runs.
-	batching   bool
-	timing     bool
-	batchTimer *time.Timer
-	batchMu    sync.Mutex // guards batch and batchSince
-	batch      []answer
-	batchSince time.Time
+	// noMore is set once the session must take no more attempts: the
+	// server is closing it (a 421 seen by WriteTx), or answered 503 to a
+	// transaction's MAIL, RCPT or DATA (its state is wrong). Set by
+	// either goroutine.
+	noMore atomic.Bool
+	// nflight is len(inflight), for the enqueuers, who may not take mu.
+	nflight atomic.Int32
+
+	// parked is set while the writer waits on the sender's parked list,
+	// and looking while it runs between two looks at the waiting list
+	// with nothing taken since (both guarded by Sender.mu); wake, with
+	// one slot, is how the enqueue that takes it off the list wakes it.
+	parked  bool
+	looking bool
+	wake    chan struct{}
+	// progress, with one slot, is the reader's word to the writer that
+	// an attempt was answered or the session ended.
+	progress chan struct{}
+	// readerDone is closed when the reader goroutine ends.
+	readerDone chan struct{}
 
 	mu sync.Mutex // guards the fields below
 	// inDial is set until the connection is made: abandonDial cancels
 	// ctx only then.
 	inDial bool
+	// stop cancels ctx.
+	stop context.CancelFunc
+	// inflight are the attempts written and not yet answered, in order:
+	// the writer appends, whoever answers pops.
+	inflight []*attempt
 	// live counts the attempts taken and not yet answered, other than
 	// those their callers withdrew.
 	live int
-	// stop cancels ctx.
-	stop context.CancelFunc
 	// grace, when set, ends the connection withdrawGrace after it was
-	// left with no live attempt and withdrawn ones in flight, unless the
-	// session has come back to having nothing in flight by then;
-	// withdrew is set from a withdrawal until then.
+	// left with no live attempt and withdrawn ones in flight, unless an
+	// answer came meanwhile; withdrew is set from a withdrawal until then.
 	grace    *time.Timer
 	withdrew bool
+	// delivered is set once the server accepted a message on the
+	// session: the server works, and the session did not fail.
+	delivered bool
+	// blamed is set once a loss has been counted against the attempt
+	// that was oldest in flight; seen421 once the connection's 421 has
+	// been counted.
+	blamed  bool
+	seen421 bool
+	// callerEnded is set when the session ended because callers gave
+	// up: a body withdrawn mid-DATA dropped it, or the grace ran out.
+	// That is never the server's failure.
+	callerEnded bool
 }
 
 // withdrawGrace is how long a connection whose last live attempt was
 // withdrawn may go on with the exchange under way (the RSET that abandons
 // the transaction, or the replies of transactions nobody waits for)
-// before its I/O is interrupted: a server that answers keeps the
-// connection, one that stalls frees the session within this time.
+// without any answer before it is closed: a server that answers keeps
+// the connection, one that stalls frees the session within this time.
 const withdrawGrace = time.Second
 
-// newConn makes the conn a new session goroutine will run; its context
+// silentAfter is how long a server may owe a reply without sending any
+// before its session takes no new attempt: the replies to MAIL, RCPT and
+// BDAT chunks come within a round trip and the server's lookup time on
+// any server a sender talks to, far below this; a server past it has
+// stalled, or is running a slow check (a content filter before the final
+// reply). Either way, a new message written behind it would get its
+// replies only after the slow one (replies come in order): it is better
+// off on another session, or waiting for one. The bound is never
+// extended by new work, since none is given.
+const silentAfter = 200 * time.Millisecond
+
+// newConn makes the conn a new writer goroutine will run; its context
 // is the sender's until the session ends, abandons its dial, or runs out
 // of grace.
 func newConn(s *Sender, probe bool) *conn {
-	a := &conn{s: s, probe: probe, wake: make(chan struct{}, 1), inDial: true}
+	a := &conn{s: s, probe: probe, wake: make(chan struct{}, 1), progress: make(chan struct{}, 1),
+		readerDone: make(chan struct{}), inDial: true}
 	a.ctx, a.stop = context.WithCancel(s.ctx)
 	return a
 }
@@ -111,11 +128,12 @@ func (a *conn) abandonDial() {
 	}
 }
 
-// run is the goroutine of one conn. It waits what is left of the
-// backoff, dials if anyone still waits, and serves attempts until the
-// connection is done. A dial that fails, or a connection that ends
-// broken before the server gave any transaction a verdict, counts as a
-// failed session (backoff, fail-fast).
+// run is the writer goroutine of one conn. It waits what is left of the
+// backoff, dials if anyone still waits, starts the reader, and writes
+// attempts until the connection is done. A dial that fails, or a
+// connection that breaks before the server accepted any message (other
+// than by callers giving up), counts as a failed session (backoff,
+// fail-fast).
 func (a *conn) run() {
 	s := a.s
 	defer func() {
@@ -133,7 +151,7 @@ func (a *conn) run() {
 	if !s.sleep(a.ctx, s.dialDelay()) || isShutdown(s) || !s.waitingNow() {
 		return
 	}
-	c, err := s.connect(a.ctx, a)
+	c, err := s.connect(a.ctx)
 	a.mu.Lock()
 	a.inDial = false
 	a.mu.Unlock()
@@ -152,12 +170,42 @@ func (a *conn) run() {
 		return
 	}
 	a.c, a.born = c, time.Now()
-	if a.serve() && a.written > 0 && !a.verdicts && s.ctx.Err() == nil {
+	s.wg.Add(1)
+	go a.read()
+	broke := a.serve()
+	<-a.readerDone
+	a.mu.Lock()
+	a.note421Locked(nil)
+	failed := broke && a.written > 0 && !a.delivered && !a.callerEnded
+	a.mu.Unlock()
+	if failed && s.ctx.Err() == nil {
 		s.sessionFailed(c.Err())
 	}
 }
 
-// retiring reports whether the session should take no new attempt.
+// read is the reader goroutine: it reads every reply, answers the
+// attempts whose transactions are done, in order, and tells the writer.
+// With nothing owed it still reads, so a server that closes an idle
+// session (or sends a reply before its command) is seen at once.
+func (a *conn) read() {
+	defer a.s.wg.Done()
+	defer close(a.readerDone)
+	a.c.ReadReplies(a.ctx, func() {
+		a.answerDone()
+		a.signal()
+	})
+}
+
+// signal tells the writer that something changed.
+func (a *conn) signal() {
+	select {
+	case a.progress <- struct{}{}:
+	default:
+	}
+}
+
+// retiring reports whether the session should take no new attempt, for
+// good.
 func (a *conn) retiring() bool {
 	cfg := &a.s.cfg
 	if cfg.MaxMessagesPerConn > 0 && a.written >= cfg.MaxMessagesPerConn {
@@ -166,132 +214,167 @@ func (a *conn) retiring() bool {
 	return cfg.MaxLifetime > 0 && time.Since(a.born) >= cfg.MaxLifetime
 }
 
-// open reports whether the session may take more attempts.
-func (a *conn) open() bool {
-	return !a.full && !a.retiring() && !isShutdown(a.s) && a.c.State() != smtp.StateClosed
+// room is how many more attempts the session may write now: what the
+// window (MaxInFlight) leaves.
+func (a *conn) room() int {
+	return a.s.cfg.MaxInFlight - int(a.nflight.Load())
 }
 
-// serve runs the connection until it is done. It reports true if the
-// connection broke, false if it ended in order: idle, retired, shut
-// down, closed. Every attempt taken has been answered when it returns.
+// silent reports whether the server has owed a reply for longer than
+// silentAfter.
+func (a *conn) silent() bool {
+	return a.c.Silent() > silentAfter
+}
+
+// serve runs the writer until the connection is done. It reports true if
+// the connection broke, false if it ended in order: idle, retired, shut
+// down. Every attempt written has been answered, or will be by the
+// reader, when it returns; the session is closed.
 func (a *conn) serve() (broke bool) {
 	s := a.s
-	idle := time.NewTimer(s.cfg.IdleTimeout)
-	defer idle.Stop()
-	defer a.deliver()
+	var idle *time.Timer
+	defer func() {
+		if idle != nil {
+			idle.Stop()
+		}
+	}()
 	for {
-		if a.c.State() == smtp.StateClosed || a.full && len(a.inflight) == 0 {
-			a.c.Close()
-			a.note421(nil)
-			a.readAll()
+		if a.c.State() == smtp.StateClosed {
 			return true
 		}
-		if len(a.inflight) > 0 {
-			a.fill()
-			if len(a.inflight) > 0 && a.c.State() != smtp.StateClosed {
-				a.readReplies()
+		busy := a.nflight.Load() > 0
+		done := a.retiring() || isShutdown(s) || a.noMore.Load()
+		if done && !busy {
+			if a.noMore.Load() {
+				a.c.Close()
+				return true
 			}
-			continue
-		}
-		// Nothing in flight: the connection is quiet.
-		a.quiet()
-		if a.retiring() || isShutdown(s) {
-			a.deliver()
 			a.quit()
 			return false
 		}
-		// Look for work (or park) before answering: a caller that
-		// sends again at once then finds this session parked, rather
-		// than dialing another.
-		at := s.next(a, true)
-		a.deliver()
-		if at != nil {
-			a.start(at)
+		take := !done && a.room() > 0 && !(busy && a.silent())
+		if take {
+			if at := s.next(a, false); at != nil {
+				a.start(at)
+				continue
+			}
+		}
+		// Nothing to write now: what is buffered leaves (and the body of
+		// a transaction that waited for its replies), then the writer
+		// waits for an attempt, an answer or the end.
+		a.c.Flush(a.ctx)
+		// The writer may have read replies itself, while the reader
+		// was between two reads: it answers what they finished.
+		a.answerDone()
+		if a.c.State() == smtp.StateClosed {
 			continue
 		}
-		idle.Reset(s.cfg.IdleTimeout)
-		s.stats.idle.Add(1)
+		if take {
+			if at := s.next(a, true); at != nil {
+				a.start(at)
+				continue
+			}
+		}
+		if !take {
+			s.notLooking(a)
+		}
+		var idleC <-chan time.Time
+		if !busy && !done {
+			if idle == nil {
+				idle = time.NewTimer(s.cfg.IdleTimeout)
+			} else {
+				idle.Reset(s.cfg.IdleTimeout)
+			}
+			idleC = idle.C
+			s.stats.idle.Add(1)
+		}
+		timedOut := false
 		select {
 		case <-a.wake:
-			s.stats.idle.Add(-1)
-			continue
-		case <-idle.C:
+			// An enqueue took the writer off the parked list.
+		case <-a.progress:
+		case <-idleC:
+			timedOut = true
 		case <-s.shutdown:
-		case <-s.ctx.Done():
+		case <-a.ctx.Done():
 		}
-		s.stats.idle.Add(-1)
-		if !s.unpark(a) {
-			// Woken at the same moment: serve the attempt (or see the
-			// shutdown on the next turn).
-			<-a.wake
+		if idleC != nil {
+			s.stats.idle.Add(-1)
+			if !timedOut && !idle.Stop() {
+				<-idle.C
+			}
+		}
+		if take && !s.unpark(a) {
+			// Woken at the same moment: the token is in wake.
+			select {
+			case <-a.wake:
+			default:
+			}
+		}
+		if a.ctx.Err() != nil {
+			a.c.Close()
 			continue
 		}
-		if s.ctx.Err() != nil {
-			a.c.Close()
-		} else {
+		if timedOut && a.nflight.Load() == 0 {
 			a.quit()
+			return false
 		}
-		return false
 	}
 }
 
-// fill takes waiting attempts until the window is full, without waiting
-// for any.
-func (a *conn) fill() {
-	for a.room() > 0 && a.open() {
-		at := a.s.next(a, false)
-		if at == nil {
-			return
-		}
-		a.start(at)
-	}
-}
-
-// room is how many more attempts the session may write now: what the
-// window (MaxInFlight) leaves, within what MaxMessagesPerConn leaves.
-func (a *conn) room() int {
-	r := a.s.cfg.MaxInFlight - len(a.inflight)
-	if m := a.s.cfg.MaxMessagesPerConn; m > 0 {
-		r = min(r, m-a.written)
-	}
-	return r
-}
-
-// answer is an attempt's answer waiting in the batch.
-type answer struct {
-	at  *attempt
-	res result
-}
-
-// readReplies answers the oldest transaction in flight, waiting for its
-// reply if need be, and with it every later one whose reply has already
-// arrived. The answers reach their callers together, after the reads: a
-// burst of ready goroutines costs the scheduler one wake-up of an idle
-// thread rather than one per message. When nothing is left in flight,
-// serve sends them after it has looked for more work.
-func (a *conn) readReplies() {
-	a.batching = true
-	if !a.readOldest() {
-		// A new attempt waits: serve writes it, then comes back.
-		a.batching = false
-		a.deliver()
+// start takes an attempt from the waiting list and writes it. A body
+// that may block on its reader (not one in memory) is read only once
+// what is buffered has left, so that no other attempt's commit point
+// waits in the buffer behind a slow body.
+func (a *conn) start(at *attempt) {
+	if !a.take(at) {
 		return
 	}
-	a.c.Poll()
-	for len(a.inflight) > 0 && a.inflight[0].tx.Done() {
-		a.readOldest()
+	req := &at.req.body
+	if !inMemory(req.r) {
+		a.c.Flush(a.ctx)
+		a.answerDone()
 	}
-	a.batching = false
-	if len(a.inflight) > 0 {
-		a.deliver()
+	tx, err := a.c.WriteTx(a.ctx, at.req.env, req)
+	if err != nil {
+		// Nothing of it was written: on a closed (or closing)
+		// connection it may go to another session, and this was not
+		// its fault. This session takes no more (its caller would
+		// otherwise hand it straight back).
+		replay := errors.Is(err, smtp.ErrClosed)
+		if replay {
+			a.noMore.Store(true)
+		}
+		a.answer(at, result{err: err, replay: replay})
+		return
 	}
+	a.written++
+	if cerr := a.c.Err(); cerr != nil && errors.Is(cerr, errWithdrawn) {
+		// The caller withdrew in the middle of a DATA body: the session
+		// was dropped before the final dot. The server did nothing
+		// wrong.
+		a.mu.Lock()
+		a.callerEnded = true
+		a.mu.Unlock()
+	}
+	a.mu.Lock()
+	at.tx = tx
+	a.inflight = append(a.inflight, at)
+	a.nflight.Store(int32(len(a.inflight)))
+	a.mu.Unlock()
+	// Settled while it was written (refused without PIPELINING, or the
+	// session closed), or earlier ones finished by replies the writer
+	// read itself: the reader may have nothing more to read.
+	a.answerDone()
 }
 
-// start takes an attempt from the waiting list and writes it.
-func (a *conn) start(at *attempt) {
-	if a.take(at) {
-		a.write(at)
+// inMemory reports whether reading r never waits.
+func inMemory(r io.Reader) bool {
+	switch r.(type) {
+	case *bytes.Reader, *strings.Reader, *bytes.Buffer:
+		return true
 	}
+	return false
 }
 
 // take counts at as this session's. It reports false if its caller
@@ -310,119 +393,69 @@ func (a *conn) take(at *attempt) bool {
 	return true
 }
 
-// write writes a taken attempt's transaction on the connection, unless
-// its caller withdrew it meanwhile.
-func (a *conn) write(at *attempt) {
-	if at.state.Load() == stWithdrawn {
-		return // the caller released it
-	}
-	req := at.req
-	tx, err := a.c.WriteTx(a.ctx, req.env, &req.body)
-	if err != nil && a.ctx.Err() != nil && a.c.State() != smtp.StateClosed {
-		// The connection's context was cancelled (its last caller
-		// withdrew) just before this attempt was taken: WriteTx wrote
-		// nothing and left the session as it was. The connection is
-		// being abandoned; the attempt goes to another.
-		a.c.Close()
-		err = &smtp.Error{Op: smtp.OpMail, Kind: smtp.KindIO, Err: smtp.ErrClosed, Message: "connection abandoned"}
-	}
-	if err != nil {
-		// Nothing of it was written: on a closed (or closing)
-		// connection it may go to another session, and this was not
-		// its fault. This session takes no more (its caller would
-		// otherwise hand it straight back).
-		replay := errors.Is(err, smtp.ErrClosed)
-		a.full = a.full || replay
-		a.note421(nil)
-		a.answer(at, result{err: err, replay: replay})
-		return
-	}
-	a.written++
-	at.tx = tx
-	a.inflight = append(a.inflight, at)
-}
-
-// popOldest takes the oldest transaction off the window. It shifts the
-// rest down rather than reslicing, so appends reuse the same array (the
-// window is short: reslicing wore its capacity away, an allocation every
-// few messages).
-func (a *conn) popOldest() *attempt {
-	at := a.inflight[0]
-	n := copy(a.inflight, a.inflight[1:])
-	a.inflight[n] = nil
-	a.inflight = a.inflight[:n]
-	return at
-}
-
-// readOldest reads the reply of the oldest transaction in flight. While
-// the window has room, the wait for it is one a new attempt may
-// interrupt (see Sender.listeners): readOldest then reports false, the
-// transaction still in flight, as it does if an attempt already waits.
-func (a *conn) readOldest() bool {
-	at := a.inflight[0]
-	listening := false
-	if !at.tx.Done() && a.room() > 0 && a.open() {
-		var busy bool
-		if listening, busy = a.s.listen(a); busy {
-			return false
+// answerDone answers, in order, the attempts at the head of the window
+// whose transactions are done. Either goroutine may call it: each
+// attempt is taken off the window once, under mu.
+func (a *conn) answerDone() {
+	for {
+		a.mu.Lock()
+		if len(a.inflight) == 0 || !a.inflight[0].tx.Done() {
+			a.mu.Unlock()
+			return
 		}
-	}
-	out, err := a.c.ReadTx(a.ctx, at.tx)
-	if listening {
-		a.s.unlisten(a)
-	}
-	if errors.Is(err, smtp.ErrInterrupted) {
-		return false
-	}
-	// (waiting, on a read or write within ReadTx, answers only
-	// transactions already done at the head: never at, which ReadTx
-	// leaves done only once it reads no more.)
-	a.popOldest()
-	a.settle(at, out, err)
-	return true
-}
-
-// readAll settles every transaction of a connection that broke: smtp
-// has settled them all, so ReadTx returns at once.
-func (a *conn) readAll() {
-	for len(a.inflight) > 0 {
-		at := a.popOldest()
-		out, err := a.c.ReadTx(a.ctx, at.tx)
-		a.settle(at, out, err)
+		at := a.inflight[0]
+		n := copy(a.inflight, a.inflight[1:])
+		a.inflight[n] = nil
+		a.inflight = a.inflight[:n]
+		a.nflight.Store(int32(n))
+		a.mu.Unlock()
+		a.settle(at)
 	}
 }
 
 // settle answers an attempt whose transaction is done, saying whether the
 // message may be written again, and whose fault it was if so: the
 // server's 421 to this very transaction, or a loss while it was the
-// oldest in flight.
-func (a *conn) settle(at *attempt, out *smtp.Outcome, err error) {
+// oldest in flight. A refusal by a session the server was closing, a
+// message the server never processed after its 421, a 503 (its state,
+// not the message) and a loss a caller's withdrawal caused are not the
+// message's fault.
+func (a *conn) settle(at *attempt) {
 	tx := at.tx
-	at.tx = nil
-	a.note421(tx)
+	out, err := tx.Result()
 	r := result{out: out, err: err, wrote: true}
 	e, _ := errors.AsType[*smtp.Error](err)
+	a.mu.Lock()
+	a.note421Locked(tx)
 	switch {
-	case err == nil, e != nil && e.Kind == smtp.KindRejected && !tx.Answered421():
-		// A verdict: the server works.
-		a.verdicts = true
-		a.s.progress()
+	case err == nil:
+		a.delivered = true
 	case tx.Answered421():
 		r.replay, r.own = true, true
 		a.blamed = true
-	case e != nil && e.Kind == smtp.KindIO:
-		// A loss: the first one counts against the oldest attempt in
-		// flight, the others are the connection's fault.
-		r.replay = tx.Replayable()
-		r.own = r.replay && !a.blamed
-		a.blamed = true
+	case tx.Replayable():
+		r.replay = true
+		switch {
+		case e != nil && e.Kind == smtp.KindProtocol && e.Code == 503:
+			r.state503 = true
+			a.noMore.Store(true)
+		case e != nil && e.Kind == smtp.KindIO && !a.seen421 && !a.callerEnded:
+			// A loss: the first one counts against the oldest attempt
+			// in flight, the others are the connection's fault.
+			r.own = !a.blamed
+			a.blamed = true
+		}
+	}
+	a.mu.Unlock()
+	if err == nil {
+		a.s.progress()
 	}
 	a.answer(at, r)
 }
 
-// note421 counts the connection's 421 once, before any answer that
+// note421Locked counts the connection's 421 once, before any answer that
 // follows from it: tx's own, or the one that closed the session.
-func (a *conn) note421(tx *smtp.Tx) {
+func (a *conn) note421Locked(tx *smtp.Tx) {
 	if a.seen421 {
 		return
 	}
@@ -449,16 +482,7 @@ func (a *conn) answer(at *attempt, r result) {
 			if !at.state.CompareAndSwap(st, stAnswered) {
 				continue
 			}
-			if a.batching {
-				a.batchMu.Lock()
-				if len(a.batch) == 0 {
-					a.batchSince = time.Now()
-				}
-				a.batch = append(a.batch, answer{at, r})
-				a.batchMu.Unlock()
-			} else {
-				at.result <- r
-			}
+			at.result <- r // buffered (1), answered once: never blocks
 			a.release()
 			return
 		case stAbandoned:
@@ -483,14 +507,6 @@ func closedError(cause error) error {
 	return &smtp.Error{Op: op, Kind: smtp.KindIO, Message: "the sender was closed before the message was committed", Err: ErrClosed}
 }
 
-// quiet is called when the session has nothing in flight: a connection
-// that outlived a withdrawal is kept.
-func (a *conn) quiet() {
-	a.mu.Lock()
-	a.disarmGraceLocked()
-	a.mu.Unlock()
-}
-
 func (a *conn) disarmGraceLocked() {
 	if a.grace != nil {
 		a.grace.Stop()
@@ -511,25 +527,31 @@ func (a *conn) armGraceLocked() {
 	a.grace = t
 }
 
-// release is the session's end of its hold on an attempt. If that leaves
-// only withdrawn work, the grace starts (see withdrawn).
+// release is the session's end of its hold on an attempt: an answer
+// came, so the connection works; if that leaves only withdrawn work, the
+// grace starts again (see withdrawn).
 func (a *conn) release() {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.live--
-	if a.live == 0 && a.withdrew {
+	if a.grace != nil {
+		a.grace.Stop()
+		a.grace = nil
+	}
+	if a.live == 0 && a.withdrew && len(a.inflight) > 0 {
 		a.armGraceLocked()
 	}
-	a.mu.Unlock()
 }
 
 // withdrawn is called by the caller of a taken attempt it withdrew. When
 // no attempt is left whose outcome matters, the connection gets
 // withdrawGrace to finish the exchange under way (abandoning the
-// transaction with RSET, reading the replies owed) before its I/O is
-// interrupted: a session blocked on a server that stopped answering does
-// not hold its place for long, and one that answers keeps its connection.
-// (The withdrawn attempt itself is safe either way: its body never
-// reaches EOF.)
+// transaction with RSET, reading the replies owed) before it is closed:
+// a session blocked on a server that stopped answering does not hold its
+// place for long, and one that answers keeps its connection. (The
+// withdrawn attempt itself is safe either way: its body never reaches
+// EOF.) A session closed so ended because its callers gave up, which is
+// not the server's failure.
 func (a *conn) withdrawn() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -540,8 +562,8 @@ func (a *conn) withdrawn() {
 	}
 }
 
-// graceOver interrupts the connection if *t is still its grace and no
-// live attempt came meanwhile.
+// graceOver closes the connection if *t is still its grace and no live
+// attempt came meanwhile.
 func (a *conn) graceOver(t **time.Timer) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -549,7 +571,8 @@ func (a *conn) graceOver(t **time.Timer) {
 		return // disarmed, or replaced
 	}
 	a.grace = nil
-	if a.live == 0 {
+	if a.live == 0 && len(a.inflight) > 0 {
+		a.callerEnded = true
 		a.stop()
 	}
 }
@@ -568,4 +591,24 @@ func (a *conn) quit() {
 	ctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
 	defer cancel()
 	a.c.Quit(ctx)
+}
+
+// tlsModeHint names the likely cause of a session that never got going
+// because client and server disagree on TLS: a plaintext (or STARTTLS)
+// client that got no greeting from a server waiting for a TLS handshake,
+// or an implicit-TLS client whose handshake read a plaintext greeting.
+func tlsModeHint(sec Security, err error) string {
+	e, ok := errors.AsType[*smtp.Error](err)
+	if !ok {
+		return ""
+	}
+	switch {
+	case sec != ImplicitTLS && e.Op == smtp.OpGreeting && e.Kind == smtp.KindIO && (errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded)):
+		return "the server did not greet in plaintext within DialTimeout: it may expect implicit TLS (port 465; Security ImplicitTLS)"
+	case sec == ImplicitTLS:
+		if _, ok := errors.AsType[tls.RecordHeaderError](err); ok {
+			return "the server answered the TLS handshake in plaintext: it expects STARTTLS (port 587; Security StartTLS) or no TLS"
+		}
+	}
+	return ""
 }

@@ -62,13 +62,6 @@ type Event struct {
 	Error string
 }
 
-func (c *Client) audit(e Event) {
-	if c.opts.Audit != nil {
-		e.Session = c.id
-		c.opts.Audit(e)
-	}
-}
-
 // SlogAudit returns an [Options.Audit] hook that logs each event to l:
 // failures and aborted sessions at Warn, the rest at Debug... except
 // accepted messages, which are logged at Info.

@@ -92,6 +92,7 @@ func (c *Client) LoginWith(ctx context.Context, mech, user, secret string) error
 		return err
 	}
 	c.watch(ctx)
+	defer c.endWatch()
 	enhanced, aerr := c.authenticate(ctx, m, secret)
 	ev := Event{Type: EventAuth, Op: OpAuth, Mechanism: mech}
 	if aerr != nil {

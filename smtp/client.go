@@ -42,38 +42,73 @@ func (s SessionState) String() string {
 	return "closed"
 }
 
-// Client is one SMTP session on one transport. Its methods must not be
-// called concurrently, except [Client.Interrupt]: a Client belongs to one
-// goroutine (the sender package gives each its own). It starts no
-// goroutine; a context's
-// cancellation reaches a blocked read or write through
-// context.AfterFunc, which sets a past deadline on the transport (so a
-// Transport's SetDeadline must be safe to call concurrently, as
-// net.Conn's is).
+// Client is one SMTP session on one transport. It has a write half
+// ([Client.WriteTx], [Client.Flush], [Client.Reset], [Client.Noop],
+// [Client.Quit], [Client.Login]) and a read half ([Client.ReadTx],
+// [Client.ReadReplies]) that share the queue of replies the server owes.
+// One goroutine may drive both in turn, as [Client.Send] does, or one
+// goroutine may write while another reads: each half must be called from
+// one goroutine at a time, and [Client.Close] may be called from any
+// goroutine. The Client starts no goroutine of its own.
+//
+// Whoever needs a reply reads it: a write-half call waiting for a 354
+// reads it itself when no read-half call is reading, and waits for the
+// reader otherwise. A context's cancellation reaches a blocked read or
+// write through context.AfterFunc, which sets a past deadline on the
+// transport (so a Transport's SetDeadline must be safe to call
+// concurrently, as net.Conn's is). A transport with SetReadDeadline and
+// SetWriteDeadline (any net.Conn) gets separate deadlines for the two
+// halves; on one with SetDeadline alone, the sooner of the two is in
+// force.
 type Client struct {
-	t     transport.Transport
-	cw    countingWriter
-	r     *bufio.Reader
-	w     *bufio.Writer
-	opts  Options
-	local string // EHLO name
-
+	// Set while the session opens (Connect, STARTTLS, Login), before
+	// either half runs, and only read after.
+	t          transport.Transport
+	opts       Options
+	local      string // EHLO name
 	serverName string
 	greeting   Reply
 	caps       Capabilities
-	secure     bool // the transport is TLS
-	authed     bool // AUTH succeeded
-	state      SessionState
-	closeErr   *Error // the first cause of the close
-	// closing is the 421 with which the server announced it is closing
-	// the session, while the replies still owed to committed
-	// transactions are read (see beginClosing); nil otherwise.
-	closing *Error
+	secure     bool   // the transport is TLS
+	authed     bool   // AUTH succeeded
+	id         uint64 // audit session id
+	dl         deadliner
 
-	// pending lists the replies the server owes, in order.
-	pending []pending
-	// pendingBase is pending's array from its start, reused whenever
-	// the queue is empty.
+	// The write half: owned by the goroutine in a write-half call, which
+	// holds wmu for the call.
+	wmu     sync.Mutex
+	w       *bufio.Writer
+	cw      countingWriter
+	scratch []byte  // command formatting
+	mailBuf []byte  // MAIL FROM of the transaction being written
+	wwatch  watcher // the write half's context
+
+	// The read half: owned by the goroutine that holds the read token
+	// (reading, under mu).
+	r      *bufio.Reader
+	texts  interner // reply texts the server repeats
+	rwatch watcher  // the read half's context
+
+	mu sync.Mutex // guards the fields below and the reply side of every Tx
+	// cond (on mu) is broadcast after each reply is given to its
+	// transaction, when the read token is released, and when the session
+	// closes.
+	cond sync.Cond
+	// reading is the read token: set while a goroutine reads from the
+	// transport. readers counts the goroutines in ReadReplies: while one
+	// is there, the write half leaves all reading to it.
+	reading bool
+	readers int
+	state   SessionState
+	// closeErr is the first cause of the close.
+	closeErr *Error
+	// closing is the 421 with which the server announced it is closing
+	// the session, while the replies still owed to committed transactions
+	// are read (see beginClosing); nil otherwise.
+	closing *Error
+	// pending lists the replies the server owes, in order; pendingBase is
+	// its array from its start, reused whenever the queue is empty.
+	pending     []pending
 	pendingBase []pending
 	// open is the last transaction whose commit point has not been
 	// written yet (its body or its final BDAT waits on replies), or nil.
@@ -89,42 +124,46 @@ type Client struct {
 	// lastActive is when the last reply was read; an idle session is
 	// probed for an unsolicited 421 before it is used again.
 	lastActive time.Time
-	id         uint64   // audit session id
-	texts      interner // reply texts the server repeats
-	scratch    []byte   // command formatting
-	mailBuf    []byte   // MAIL FROM of the transaction being written (advance may use scratch meanwhile)
-	// watchCtx is the context whose cancellation is armed to interrupt
-	// I/O (see watch), watchStop disarms it, and watchDone receives once
-	// from each AfterFunc that ran. At most one is armed at a time.
-	watchCtx  context.Context
-	watchStop func() bool
-	watchDone chan struct{}
-	// deadline is the transport deadline setDeadline last set, or zero
-	// when another one may be in force (see setDeadline).
-	deadline time.Time
+	// heard is when the server last answered, or when a command was
+	// written while nothing was owed (see Silent); unix nanoseconds.
+	heard atomic.Int64
+	// closeT is set when the transport must be closed once mu is
+	// released (see unlock); tClosed once it has been.
+	closeT, tClosed bool
 
-	// interruptible is set while ReadTx waits for a reply: only then
-	// does Interrupt end the wait (see waitArrived).
-	interruptible bool
-	// intMu guards the two fields below: Interrupt is the one method
-	// called from another goroutine. inWait is set while the session
-	// goroutine is blocked in waitArrived's read; interrupted is set by
-	// Interrupt until a ReadTx takes it.
-	intMu       sync.Mutex
-	inWait      bool
-	interrupted bool
+	// evmu guards the audit events waiting to be handed to the hook, in
+	// order, outside mu (see audit).
+	evmu     sync.Mutex
+	evq      []Event
+	draining bool
 }
 
-// countingWriter counts the octets the transport accepted, so the
-// client knows exactly whether a commit point has left.
+// countingWriter counts the octets handed to the transport, so the
+// client knows whether a commit point may have left. handed is raised to
+// the end of each Write before the Write starts, since its octets may
+// reach the server (and the server answer, or hang up, as the reader
+// sees) before the Write returns; once it returns, n is what the
+// transport accepted, and handed comes back to n if it failed. Both are
+// written by the write half and read by either.
 type countingWriter struct {
-	w io.Writer
-	n int64
+	w      io.Writer
+	n      atomic.Int64
+	handed atomic.Int64
+	// stop is set once the server announced it is closing the session
+	// (a 421): what is written from then on is dropped, and not counted.
+	stop atomic.Bool
 }
 
 func (cw *countingWriter) Write(p []byte) (int, error) {
+	if cw.stop.Load() {
+		return len(p), nil
+	}
+	cw.handed.Add(int64(len(p)))
 	n, err := cw.w.Write(p)
-	cw.n += int64(n)
+	cw.n.Add(int64(n))
+	if n < len(p) {
+		cw.handed.Store(cw.n.Load())
+	}
 	return n, err
 }
 
@@ -137,13 +176,26 @@ const (
 	kChunk // a non-final BDAT chunk
 	kFinal // the reply after the final dot or BDAT ... LAST
 	kReset // RSET
-	kAborted
+	kCmd   // a command outside transactions (EHLO, AUTH, NOOP, QUIT...)
 )
 
+// pending is one reply the server owes.
 type pending struct {
-	tx   *Tx // nil for an RSET that belongs to no transaction
+	tx   *Tx // nil for an RSET that belongs to no transaction, or a kCmd
 	kind replyKind
 	idx  int // recipient index for kRcpt
+	// end is the output offset just past the command: the reply's wait
+	// starts once the command has left (see armRead).
+	end int64
+	// res receives a kCmd's reply.
+	res   *cmdResult
+	cmdOp Op // a kCmd's step
+}
+
+// cmdResult is where a command outside transactions gets its reply.
+type cmdResult struct {
+	rep  Reply
+	done bool
 }
 
 // Before a transaction is written on a session with nothing in flight,
@@ -185,7 +237,10 @@ func Connect(ctx context.Context, t transport.Transport, localName string, opts 
 		t.Close()
 		return nil, inputError(OpGreeting, "transport is not TLS; use ConnectStartTLS, or Options.InsecureAllowPlaintext for a loopback test sink")
 	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.watch(ctx)
+	defer c.endWatch()
 	if err := c.hello(ctx); err != nil {
 		return nil, err
 	}
@@ -205,7 +260,10 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 		t.Close()
 		return nil, err
 	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.watch(ctx)
+	defer c.endWatch()
 	if err := c.hello(ctx); err != nil {
 		return nil, err
 	}
@@ -232,18 +290,23 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 		}
 	}
 	cfg := transport.ClientTLSConfig(tlsConfig, name)
-	c.setDeadline(ctx, c.opts.Timeouts.Command)
+	c.setWriteDeadline(ctx, c.opts.Timeouts.Command)
+	c.setReadDeadline(ctx, c.opts.Timeouts.Command)
 	tt, err := t.UpgradeTLS(ctx, cfg)
 	if err != nil {
 		return nil, c.fail(ctx, ioError(ctx, OpSTARTTLS, err))
 	}
 	c.t = tt
-	c.deadline = time.Time{}
+	c.dl.reset(tt)
 	c.cw.w = tt
 	c.r.Reset(tt)
 	c.secure = true
 	c.serverName = cfg.ServerName
 	c.caps = Capabilities{}
+	// The greeting was read in plaintext, where anyone on the path could
+	// have written it: from here on the session's greeting is the reply
+	// to the EHLO sent over TLS (see Greeting).
+	c.greeting = Reply{}
 	ev := Event{Type: EventTLS, Op: OpSTARTTLS}
 	if cs, ok := tt.(interface{ ConnectionState() tls.ConnectionState }); ok {
 		ev.TLSVersion = tls.VersionName(cs.ConnectionState().Version)
@@ -260,12 +323,14 @@ func newClient(t transport.Transport, localName string, opts *Options) (*Client,
 		return nil, inputError(OpEHLO, "%s", p)
 	}
 	c := &Client{t: t, local: localName, state: StateReady}
+	c.cond.L = &c.mu
 	if opts != nil {
 		c.opts = *opts
 	}
 	c.opts.Timeouts = c.opts.Timeouts.withDefaults()
 	c.id = sessionSeq.Add(1)
 	c.serverName = c.opts.ServerName
+	c.dl.reset(t)
 	c.cw.w = t
 	c.r = bufio.NewReaderSize(t, 4096)
 	c.w = bufio.NewWriterSize(&c.cw, 4096)
@@ -282,8 +347,9 @@ func (c *Client) hello(ctx context.Context) error {
 		// Implicit TLS: the handshake happened before the greeting.
 		c.audit(Event{Type: EventTLS, Op: OpGreeting, TLSVersion: tls.VersionName(cs.ConnectionState().Version)})
 	}
-	c.setDeadline(ctx, c.opts.Timeouts.Greeting)
-	rep, err := readReply(c.r, OpGreeting, false)
+	c.rwatch.watch(ctx, &c.dl, &c.dl.r)
+	c.setReadDeadline(ctx, c.opts.Timeouts.Greeting)
+	rep, err := readReplyIn(c.r, OpGreeting, false, &c.texts)
 	if err != nil {
 		return c.fail(ctx, ioError(ctx, OpGreeting, err))
 	}
@@ -291,6 +357,9 @@ func (c *Client) hello(ctx context.Context) error {
 	c.audit(Event{Type: EventGreeting, Op: OpGreeting, Code: rep.Code})
 	if rep.Code != 220 {
 		return c.fail(ctx, replyError(OpGreeting, &rep))
+	}
+	if c.r.Buffered() > 0 {
+		return c.fail(ctx, protoError(OpGreeting, "server sent %d octets after its greeting, before EHLO was written", c.r.Buffered()))
 	}
 	return c.ehlo(ctx)
 }
@@ -313,6 +382,9 @@ func (c *Client) ehlo(ctx context.Context) error {
 		return c.fail(ctx, replyError(OpEHLO, &rep))
 	}
 	c.caps = parseEHLO(rep.Lines)
+	if c.secure && c.greeting.Code == 0 {
+		c.greeting = rep
+	}
 	ext := make([]string, 0, len(c.caps.Extensions))
 	for k := range c.caps.Extensions {
 		ext = append(ext, k)
@@ -322,147 +394,209 @@ func (c *Client) ehlo(ctx context.Context) error {
 	return nil
 }
 
-// cmd writes one command, flushes, and reads its reply. A transport or
-// protocol error closes the session; a 421 reply too, and is returned as
-// the error.
+// cmd writes one command outside transactions, flushes, and waits for
+// its reply (read by this goroutine, or by a concurrent reader). A
+// transport or protocol error closes the session; a 421 reply too, and
+// is returned as the error. A reply that arrives before the command was
+// written (bytes already buffered once its reply is read, with nothing
+// else owed) is a protocol error: the server is answering commands it
+// has not seen.
 func (c *Client) cmd(ctx context.Context, op Op, timeout time.Duration, line string) (Reply, error) {
-	c.setDeadline(ctx, timeout)
+	res := &cmdResult{}
+	c.mu.Lock()
+	if c.state == StateClosed || c.closing != nil {
+		c.mu.Unlock()
+		return Reply{}, c.closedError(op)
+	}
+	c.setWriteDeadline(ctx, timeout)
 	c.w.WriteString(line)
-	if err := c.w.Flush(); err != nil {
-		return Reply{}, c.fail(ctx, ioError(ctx, op, err))
+	c.pushLocked(nil, kCmd, 0, res, op, 0)
+	c.unlock()
+	c.flush(ctx, op)
+	c.await(ctx, func() bool { return res.done })
+	c.mu.Lock()
+	cause := c.closeErr
+	c.mu.Unlock()
+	switch {
+	case !res.done && cause != nil:
+		return Reply{}, cause
+	case !res.done:
+		return Reply{}, c.closedError(op)
+	case res.rep.Code == 421 && cause != nil:
+		return res.rep, cause
 	}
-	rep, err := readReplyIn(c.r, op, c.caps.EnhancedStatusCodes, &c.texts)
-	if err != nil {
-		return rep, c.fail(ctx, ioError(ctx, op, err))
-	}
-	c.lastActive = time.Now()
-	if rep.Code == 421 {
-		return rep, c.fail(ctx, replyError(op, &rep))
-	}
-	return rep, nil
+	return res.rep, nil
 }
 
-// watch arranges for ctx's cancellation to interrupt blocked I/O. The
-// arrangement stays armed for the next call with the same context (a
-// caller that pipelines uses one context for many calls; re-arming per
-// call cost allocations and a quarter of the client's time) and is
-// replaced when another context comes. A cancellation between calls sets
-// a past deadline that the next call's setDeadline replaces.
-func (c *Client) watch(ctx context.Context) {
-	if ctx == c.watchCtx {
+// watch arranges for ctx's cancellation to interrupt the write half's
+// blocked I/O (see watcher).
+func (c *Client) watch(ctx context.Context) { c.wwatch.watch(ctx, &c.dl, &c.dl.w) }
+
+// endWatch disarms the contexts of a call that will not be repeated with
+// them (Connect, Login: no other goroutine uses the client then), so
+// that their end, once the call has returned, does not reach later I/O.
+func (c *Client) endWatch() {
+	if c.wwatch.unwatch() {
+		c.dl.uninterrupt(&c.dl.w)
+	}
+	if c.rwatch.unwatch() {
+		c.dl.uninterrupt(&c.dl.r)
+	}
+}
+
+// watcher arranges for a context's cancellation to interrupt blocked
+// I/O. The arrangement stays armed for the next call with the same
+// context (a caller that pipelines uses one context for many calls;
+// re-arming per call cost allocations and a quarter of the client's
+// time) and is replaced when another context comes. A cancellation sets
+// a past deadline for its half (for both on a transport with SetDeadline
+// alone): a session whose I/O is cut in the middle is closed. Each half
+// owns its watcher: the write half's is owned by the goroutine in a
+// write-half call, the read half's by the holder of the read token.
+type watcher struct {
+	ctx  context.Context
+	stop func() bool
+	done chan struct{} // receives once from each AfterFunc that ran
+}
+
+func (w *watcher) watch(ctx context.Context, dl *deadliner, which *time.Time) {
+	if ctx == w.ctx {
 		return
 	}
-	c.unwatch()
-	c.deadline = time.Time{} // the old context's AfterFunc may have set one
+	if w.unwatch() {
+		// The old context ended between calls: its past deadline must
+		// not fail this call.
+		dl.uninterrupt(which)
+	}
 	if ctx.Done() == nil {
 		return
 	}
-	t := c.t
-	if c.watchDone == nil {
-		c.watchDone = make(chan struct{}, 1)
+	if w.done == nil {
+		w.done = make(chan struct{}, 1)
 	}
-	done := c.watchDone
-	c.watchStop = context.AfterFunc(ctx, func() {
-		t.SetDeadline(time.Unix(1, 0))
+	done := w.done
+	w.stop = context.AfterFunc(ctx, func() {
+		dl.interrupt(which)
 		done <- struct{}{}
 	})
-	c.watchCtx = ctx
+	w.ctx = ctx
 }
 
-// unwatch disarms the armed context, if any. If its AfterFunc has
-// started, it waits until the past deadline is set, so that it cannot
-// land on a later call's I/O.
-func (c *Client) unwatch() {
-	if c.watchStop == nil {
-		return
+// unwatch disarms the armed context, if any, and reports whether its
+// AfterFunc had run. If it has started, unwatch waits until the past
+// deadline is set, so that it cannot land on a later call's I/O.
+func (w *watcher) unwatch() (fired bool) {
+	if w.stop == nil {
+		return false
 	}
-	if !c.watchStop() {
-		<-c.watchDone
+	if !w.stop() {
+		<-w.done
+		fired = true
 	}
-	c.watchStop, c.watchCtx = nil, nil
+	w.stop, w.ctx = nil, nil
+	return fired
 }
 
-// Flush writes what WriteTx left buffered. ReadTx, and a WriteTx that
-// must wait for a reply, flush by themselves.
+// Flush writes what WriteTx left buffered, first writing the body of the
+// last transaction written if it only waited for replies (the 354 after
+// DATA, or the RCPT replies of an all-or-nothing transaction): with a
+// concurrent reader, Flush is how the write half finishes a transaction
+// without starting the next one.
 func (c *Client) Flush(ctx context.Context) error {
-	if c.state == StateClosed {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.State() == StateClosed {
 		return c.closedError(OpSend)
 	}
 	if err := ctxError(ctx, OpSend); err != nil {
 		return err
 	}
 	c.watch(ctx)
+	c.mu.Lock()
+	open := c.open
+	c.unlock()
+	if open != nil {
+		c.advance(ctx, open)
+	}
 	c.flush(ctx, OpSend)
-	if c.state == StateClosed {
+	if c.State() == StateClosed {
 		return c.closedError(OpSend)
 	}
 	return nil
 }
 
-// setDeadline sets the transport deadline for the next step: the
-// context's deadline or now+timeout, whichever is sooner.
-//
-// Moving a deadline re-arms two runtime timers, and a session sets one
-// per reply: a deadline that would move later by less than
-// timeout/deadlineSlack is left as it is, so a step may time out up to
-// that much early (under 5 s of a 5 min timeout). A deadline that must
-// come sooner is always set.
-func (c *Client) setDeadline(ctx context.Context, timeout time.Duration) {
-	d := time.Now().Add(timeout)
-	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
-		d = cd
-	}
-	if ctx.Err() != nil {
-		// The AfterFunc may have run before this deadline replaced its.
-		c.t.SetDeadline(time.Unix(1, 0))
-		c.deadline = time.Time{}
-		return
-	}
-	if !c.deadline.IsZero() && !d.Before(c.deadline) && d.Sub(c.deadline) < timeout/deadlineSlack {
-		return
-	}
-	c.t.SetDeadline(d)
-	c.deadline = d
-	if ctx.Err() != nil {
-		c.t.SetDeadline(time.Unix(1, 0))
-		c.deadline = time.Time{}
-	}
+// setWriteDeadline sets the write half's deadline for the next step:
+// ctx's deadline or now+timeout, whichever is sooner.
+func (c *Client) setWriteDeadline(ctx context.Context, timeout time.Duration) {
+	c.dl.set(&c.dl.w, ctx, timeout)
 }
 
-// deadlineSlack: see setDeadline.
-const deadlineSlack = 64
+// setReadDeadline sets the read half's deadline for the next reply.
+func (c *Client) setReadDeadline(ctx context.Context, timeout time.Duration) {
+	c.dl.set(&c.dl.r, ctx, timeout)
+}
 
 // fail closes the session because of err (the first cause is kept),
 // settles every pending transaction, and returns err.
-func (c *Client) fail(ctx context.Context, err *Error) *Error {
+func (c *Client) fail(_ context.Context, err *Error) *Error {
+	c.mu.Lock()
+	defer c.unlock()
+	return c.failLocked(err)
+}
+
+// failLocked is fail with mu held; the transport is closed once mu is
+// released (unlock).
+func (c *Client) failLocked(err *Error) *Error {
 	if c.state == StateClosed {
 		return err
 	}
 	c.state = StateClosed
 	c.closeErr = err
-	c.t.Close()
-	c.unwatch()
-	c.audit(Event{Type: EventSessionAborted, Op: err.Op, Code: err.Code, Enhanced: err.Enhanced, Kind: err.Kind, Error: err.Error()})
+	c.closeT = true
+	c.auditLocked(Event{Type: EventSessionAborted, Op: err.Op, Code: err.Code, Enhanced: err.Enhanced, Kind: err.Kind, Error: err.Error()})
 	for _, p := range c.pending {
 		if p.tx != nil {
 			p.tx.sessionLost(err)
 		}
 	}
+	clear(c.pending)
 	c.pending = c.pending[:0]
 	if c.open != nil {
 		c.open.sessionLost(err)
 		c.open = nil
 	}
+	c.cond.Broadcast()
 	return err
+}
+
+// unlock releases mu, then closes the transport if the session closed
+// meanwhile, and hands the audit events to the hook: neither happens
+// under mu.
+func (c *Client) unlock() {
+	closeT := c.closeT && !c.tClosed
+	if closeT {
+		c.tClosed = true
+	}
+	c.mu.Unlock()
+	if closeT {
+		c.t.Close()
+	}
+	c.drainEvents()
 }
 
 // closedError is returned by calls on a closed session.
 func (c *Client) closedError(op Op) *Error {
-	e := &Error{Op: op, Kind: KindIO, Err: ErrClosed}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closedErrorLocked(op)
+}
+
+func (c *Client) closedErrorLocked(op Op) *Error {
 	cause := c.closeErr
 	if cause == nil {
 		cause = c.closing
 	}
+	e := &Error{Op: op, Kind: KindIO, Err: ErrClosed}
 	if cause != nil {
 		e.Message = "session closed after: " + cause.Error()
 		e.Message = strings.TrimPrefix(e.Message, "smtp: ")
@@ -473,7 +607,7 @@ func (c *Client) closedError(op Op) *Error {
 // checkReady returns an error unless the session is open with no
 // transaction under way.
 func (c *Client) checkReady(op Op) *Error {
-	switch c.state {
+	switch c.State() {
 	case StateClosed:
 		return c.closedError(op)
 	case StateTransaction:
@@ -483,7 +617,11 @@ func (c *Client) checkReady(op Op) *Error {
 }
 
 // State returns where the session stands.
-func (c *Client) State() SessionState { return c.state }
+func (c *Client) State() SessionState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
 
 // Capabilities returns what the server advertised in its last EHLO
 // reply (after STARTTLS, only what it advertised over TLS).
@@ -498,7 +636,9 @@ func ctxError(ctx context.Context, op Op) *Error {
 	return nil
 }
 
-// Greeting returns the server's greeting reply.
+// Greeting returns the server's greeting: on a session upgraded with
+// STARTTLS, the reply to the EHLO sent over TLS, since the plaintext
+// greeting could have been written by anyone on the path.
 func (c *Client) Greeting() Reply { return c.greeting }
 
 // IsTLS reports whether the session runs over TLS.
@@ -506,14 +646,32 @@ func (c *Client) IsTLS() bool { return c.secure }
 
 // Err returns the error that closed the session, or nil.
 func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.closeErr == nil {
 		return nil
 	}
 	return c.closeErr
 }
 
+// Silent reports how long the server has owed a reply without sending
+// any: zero when nothing is owed. It is measured from the server's last
+// reply, or from when a command was written while nothing was owed. It
+// may be called from any goroutine.
+func (c *Client) Silent() time.Duration {
+	c.mu.Lock()
+	owed := len(c.pending) > 0
+	c.mu.Unlock()
+	if !owed {
+		return 0
+	}
+	return time.Duration(time.Now().UnixNano() - c.heard.Load())
+}
+
 // Reset sends RSET, which abandons any transaction the server holds.
 func (c *Client) Reset(ctx context.Context) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if err := c.checkReady(OpReset); err != nil {
 		return err
 	}
@@ -526,15 +684,20 @@ func (c *Client) Reset(ctx context.Context) error {
 		return err
 	}
 	c.audit(Event{Type: EventReset, Op: OpReset, Code: rep.Code})
+	c.drainEvents()
 	if rep.Code != 250 {
 		return replyError(OpReset, &rep)
 	}
+	c.mu.Lock()
 	c.needReset = false
+	c.mu.Unlock()
 	return nil
 }
 
 // Noop sends NOOP: a cheap check that the session is alive.
 func (c *Client) Noop(ctx context.Context) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if err := c.checkReady(OpNoop); err != nil {
 		return err
 	}
@@ -555,22 +718,30 @@ func (c *Client) Noop(ctx context.Context) error {
 // Quit sends QUIT, reads the 221 and closes the transport. The session
 // is closed whatever happens.
 func (c *Client) Quit(ctx context.Context) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	defer c.wwatch.unwatch()
 	if err := c.checkReady(OpQuit); err != nil {
-		if c.state != StateClosed {
-			c.Close()
-		}
+		c.Close()
 		return err
 	}
 	c.watch(ctx)
 	rep, err := c.cmd(ctx, OpQuit, c.opts.Timeouts.Command, "QUIT\r\n")
 	if err != nil {
+		c.Close()
 		return err
 	}
 	c.audit(Event{Type: EventQuit, Op: OpQuit, Code: rep.Code})
-	c.state = StateClosed
-	c.closeErr = &Error{Op: OpQuit, Kind: KindIO, Message: "session ended by QUIT"}
+	c.mu.Lock()
+	if c.state != StateClosed {
+		c.state = StateClosed
+		c.closeErr = &Error{Op: OpQuit, Kind: KindIO, Message: "session ended by QUIT"}
+		c.cond.Broadcast()
+	}
+	c.tClosed = true
+	c.mu.Unlock()
 	cerr := c.t.Close()
-	c.unwatch()
+	c.drainEvents()
 	if rep.Code != 221 {
 		return replyError(OpQuit, &rep)
 	}
@@ -582,11 +753,52 @@ func (c *Client) Quit(ctx context.Context) error {
 
 // Close closes the transport at once, without QUIT. Transactions whose
 // replies were not read fail (with [ErrOutcomeUnknown] when their commit
-// point was written). Close is idempotent.
+// point was written). Close is idempotent, and may be called from any
+// goroutine: a read or write blocked in another ends with the session.
 func (c *Client) Close() error {
-	if c.state == StateClosed {
-		return nil
-	}
 	c.fail(context.Background(), &Error{Op: OpQuit, Kind: KindIO, Err: ErrClosed, Message: "closed by the client"})
 	return nil
+}
+
+// audit hands an event to the hook, after those queued before it; it
+// must not be called with mu held (see auditLocked).
+func (c *Client) audit(e Event) {
+	c.auditLocked(e)
+	c.drainEvents()
+}
+
+// auditLocked queues an event for the hook; drainEvents (from unlock)
+// hands the queue over, in order, from one goroutine at a time and never
+// under mu.
+func (c *Client) auditLocked(e Event) {
+	if c.opts.Audit == nil {
+		return
+	}
+	e.Session = c.id
+	c.evmu.Lock()
+	c.evq = append(c.evq, e)
+	c.evmu.Unlock()
+}
+
+func (c *Client) drainEvents() {
+	if c.opts.Audit == nil {
+		return
+	}
+	c.evmu.Lock()
+	if c.draining {
+		c.evmu.Unlock()
+		return
+	}
+	c.draining = true
+	for len(c.evq) > 0 {
+		q := c.evq
+		c.evq = nil
+		c.evmu.Unlock()
+		for _, e := range q {
+			c.opts.Audit(e)
+		}
+		c.evmu.Lock()
+	}
+	c.draining = false
+	c.evmu.Unlock()
 }

@@ -11,10 +11,10 @@
 // without reading, [Client.ReadTx] reads its replies, and the client
 // tracks for each transaction whether its commit point has been written
 // ([Tx.Committed]), which is what a caller needs to never deliver a
-// message twice. A Client belongs to one goroutine; the one exception is
-// [Client.Interrupt], with which another goroutine ends a ReadTx's wait
-// for the server ([ErrInterrupted]) so that the owner can write a new
-// transaction while the replies of those in flight are on their way.
+// message twice. One goroutine may drive both halves in turn, or one
+// goroutine may write while another reads every reply
+// ([Client.ReadReplies]), so that replies are read the moment they
+// arrive while bodies are written.
 //
 // Every error is an [*Error] with the step ([Op]) and a [Kind], the
 // server's codes, and classification by [IsTemporary] and [IsPermanent].

@@ -90,12 +90,6 @@ var ErrOutcomeUnknown = errors.New("smtp: outcome unknown: the message was commi
 // is closed, whether by Quit, Close, or a failure that broke it.
 var ErrClosed = errors.New("smtp: session closed")
 
-// ErrInterrupted is returned by [Client.ReadTx] when [Client.Interrupt]
-// ended its wait for the server. It is not an [Error]: nothing failed,
-// the session and the transaction are as they were, and ReadTx may be
-// called again.
-var ErrInterrupted = errors.New("smtp: wait for a reply interrupted")
-
 // RecipientStatus is the server's reply to one RCPT command.
 type RecipientStatus struct {
 	// Address is the recipient as given in the Envelope.

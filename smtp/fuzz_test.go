@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
-	"io"
 	"strconv"
 	"strings"
 	"testing"
@@ -80,90 +79,6 @@ func FuzzReadReply(f *testing.F) {
 			// The reply's own formatting never panics.
 			_ = rep.String()
 			_ = QueueID(rep.Text())
-		}
-	})
-}
-
-// errWouldBlock stands for the network: reading past what has arrived.
-var errWouldBlock = errors.New("read past the arrived bytes")
-
-type wouldBlock struct{}
-
-func (wouldBlock) Read([]byte) (int, error) { return 0, errWouldBlock }
-
-// FuzzReplyComplete: Client.Poll reads a reply only when replyComplete
-// says the buffered bytes hold all of it; reading it must then never
-// need more input, whatever the server sent.
-func FuzzReplyComplete(f *testing.F) {
-	for _, s := range []string{
-		"250 ok\r\n250-a\r\n250 b\r\n",
-		"250-a\r\n250-b",
-		"250-a\n250 b\n354 go\r\n",
-		"25\r\n",
-		"250-" + strings.Repeat("x", 1000) + "\r\n250 y\r\n",
-		strings.Repeat("250-x\r\n", 130) + "250 y\r\n",
-		"250-\r\n250 \r\n",
-		"",
-	} {
-		f.Add([]byte(s), uint16(len(s)))
-		f.Add([]byte(s), uint16(len(s)/2))
-	}
-	f.Fuzz(func(t *testing.T, data []byte, cut uint16) {
-		data = data[:min(int(cut), len(data), 4096)]
-		r := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(data), wouldBlock{}), 4096)
-		if len(data) > 0 {
-			if _, err := r.Peek(len(data)); err != nil {
-				t.Fatalf("filling the buffer: %v", err)
-			}
-		}
-		for {
-			b, _ := r.Peek(r.Buffered())
-			if !replyComplete(b) {
-				return
-			}
-			_, err := readReply(r, OpMail, true)
-			if errors.Is(err, errWouldBlock) {
-				t.Fatalf("replyComplete(%q) but reading it needs more input", b)
-			}
-			if err != nil {
-				return
-			}
-		}
-	})
-}
-
-// FuzzReplyScan: replyScan, fed a buffer that grows in steps (the read
-// sizes the fuzzer picks), says a reply is complete at exactly the step
-// where replyComplete, looking at the whole buffer afresh, first does.
-func FuzzReplyScan(f *testing.F) {
-	for _, s := range []string{
-		"250 ok\r\n",
-		"250-a\r\n250-b\r\n250 c\r\n",
-		"250-a\n250 b\n354 go\r\n",
-		"25\r\n",
-		"250-" + strings.Repeat("x", 1000) + "\r\n250 y\r\n",
-		"",
-	} {
-		f.Add([]byte(s), []byte{1, 3, 7})
-		f.Add([]byte(s), []byte{255})
-	}
-	f.Fuzz(func(t *testing.T, data, steps []byte) {
-		var sc replyScan
-		n := 0
-		for i := 0; n < len(data); i++ {
-			step := 1
-			if len(steps) > 0 {
-				step = int(steps[i%len(steps)]) + 1
-			}
-			n = min(n+step, len(data))
-			b := data[:n]
-			want := replyComplete(b)
-			if got := sc.complete(b); got != want {
-				t.Fatalf("after %d of %q: replyScan says %v, replyComplete %v", n, data, got, want)
-			}
-			if want {
-				return
-			}
 		}
 	})
 }

@@ -244,13 +244,14 @@ func TestQueueIDNoPanic(t *testing.T) {
 }
 
 func TestPendingQueueKeepsItsArray(t *testing.T) {
-	c := &Client{}
+	c := &Client{state: StateReady}
 	tx := &Tx{}
+	push := func(tx *Tx, k replyKind, idx int) { c.pushLocked(tx, k, idx, nil, "", 0) }
 	// A window that grows the queue, then drains it, many times: the
 	// queue reuses its array instead of wearing its capacity away.
 	for range 3 {
 		for range 10 {
-			c.push(tx, kMail, 0)
+			push(tx, kMail, 0)
 		}
 		for len(c.pending) > 0 {
 			c.pending[0] = pending{}
@@ -259,9 +260,9 @@ func TestPendingQueueKeepsItsArray(t *testing.T) {
 	}
 	allocs := testing.AllocsPerRun(100, func() {
 		for range 3 {
-			c.push(tx, kMail, 0)
-			c.push(tx, kRcpt, 0)
-			c.push(tx, kFinal, 0)
+			push(tx, kMail, 0)
+			push(tx, kRcpt, 0)
+			push(tx, kFinal, 0)
 			for range 3 {
 				c.pending = c.pending[1:]
 			}
@@ -269,13 +270,13 @@ func TestPendingQueueKeepsItsArray(t *testing.T) {
 	})
 	assert.Zero(t, allocs)
 	// A queue that grows while not empty keeps its order.
-	c = &Client{}
+	c = &Client{state: StateReady}
 	for i := range 5 {
-		c.push(tx, kRcpt, i)
+		push(tx, kRcpt, i)
 	}
 	c.pending = c.pending[2:]
 	for i := 5; i < 40; i++ {
-		c.push(tx, kRcpt, i)
+		push(tx, kRcpt, i)
 	}
 	for i, p := range c.pending {
 		assert.Equal(t, i+2, p.idx)
@@ -483,9 +484,9 @@ func TestWatchStopWaitsForAfterFunc(t *testing.T) {
 		c.watch(ctx)
 	}
 	cancel()
-	c.unwatch()
+	c.wwatch.unwatch()
 	assert.Equal(t, before+1, tr.pastSet.Load())
-	assert.Nil(t, c.watchStop)
+	assert.Nil(t, c.wwatch.stop)
 }
 
 // ioError wraps the context's error when the transport deadline, which

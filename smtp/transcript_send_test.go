@@ -484,8 +484,7 @@ func TestTranscriptAllOrNothingWaitsForReplies(t *testing.T) {
 		ctx := trCtx(t)
 		tx, err := c.WriteTx(ctx, trTwo, strings.NewReader("body\r\n"))
 		require.NoError(t, err)
-		require.NoError(t, c.Flush(ctx))
-		assert.Equal(t, []string{trEHLO, trMail + trRcpt2}, conn.Writes(), "no body before the RCPT replies")
+		assert.Equal(t, []string{trEHLO}, conn.Writes(), "the envelope waits in the buffer")
 		assert.False(t, tx.Committed())
 		assert.False(t, tx.Done())
 		out, err := c.ReadTx(ctx, tx)
@@ -507,8 +506,6 @@ func TestTranscriptAllOrNothingWaitsForReplies(t *testing.T) {
 		ctx := trCtx(t)
 		tx, err := c.WriteTx(ctx, trTwo, strings.NewReader("body\r\n"))
 		require.NoError(t, err)
-		require.NoError(t, c.Flush(ctx))
-		assert.Equal(t, []string{trEHLO, trMail + trRcpt2}, conn.Writes(), "no DATA before the RCPT replies")
 		out, err := c.ReadTx(ctx, tx)
 		require.NoError(t, err)
 		assert.Equal(t, []string{"b@example.com", "c@example.com"}, out.Accepted)
@@ -695,7 +692,9 @@ func TestTranscriptRefusals(t *testing.T) {
 			name:   "final reply refused (DATA)",
 			caps:   []string{"PIPELINING"},
 			script: []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n354 go\r\n"), fs.Expect("x\r\n.\r\n"), fs.Reply("554 5.7.1 spam\r\n")},
-			op:     smtp.OpData, code: 554,
+			// Some servers (Mailpit while it shuts down) refuse the
+			// next MAIL with 503 unless RSET comes first.
+			op: smtp.OpData, code: 554, next: "RSET\r\n",
 		},
 		{
 			name:   "final reply refused (BDAT)",

@@ -1,0 +1,184 @@
+package smtp_test
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	fs "github.com/smtpkit/smtpkit/internal/faultserver"
+	"github.com/smtpkit/smtpkit/smtp"
+)
+
+// TestHalvesReaderWaitsWhileWriterWrites: one goroutine reads
+// (ReadReplies) while another writes, over plaintext and TLS. The server
+// sends the first transaction's MAIL reply and half of its RCPT reply,
+// and holds the rest until the second transaction's MAIL arrives: the
+// writer must write that while the reader is blocked mid-reply.
+func TestHalvesReaderWaitsWhileWriterWrites(t *testing.T) {
+	for _, useTLS := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plaintext", true: "tls"}[useTLS], func(t *testing.T) {
+			half := make(chan struct{})
+			var steps []fs.Step
+			var roots *tls.Config
+			if useTLS {
+				serverCfg, pool := fs.SelfSignedTLS(t)
+				steps = append(steps, fs.StartTLS(serverCfg))
+				roots = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+			}
+			steps = append(steps, trHello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES")...)
+			steps = append(steps, holdingServer(func(mails int, reply string) (now, later string) {
+				switch {
+				case mails != 1:
+					return reply, ""
+				case strings.HasPrefix(reply, "250 2.1.0"):
+					return reply, ""
+				case strings.HasPrefix(reply, "250 2.1.5"):
+					return reply[:7], reply[7:]
+				}
+				return "", reply
+			}, func(mails int) {
+				if mails == 1 {
+					close(half)
+				}
+			}))
+			srv := fs.Start(t, steps...)
+			ctx := trCtx(t)
+			var conn net.Conn
+			var err error
+			if useTLS {
+				conn, err = (&tls.Dialer{Config: roots}).DialContext(ctx, "tcp", srv.Addr())
+			} else {
+				conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", srv.Addr())
+			}
+			require.NoError(t, err)
+			c, err := smtp.Connect(ctx, conn, "client.example", &smtp.Options{InsecureAllowPlaintext: !useTLS})
+			require.NoError(t, err)
+
+			tx1, err := c.WriteTx(ctx, trEnv, strings.NewReader("Subject: 1\r\n\r\none\r\n"))
+			require.NoError(t, err)
+			require.NoError(t, c.Flush(ctx))
+			// The reader: replies until both transactions are done.
+			readDone := make(chan error, 1)
+			// The reader: every reply, until the session closes.
+			go func() { readDone <- c.ReadReplies(ctx, nil) }()
+			<-half
+			assert.False(t, tx1.Done(), "the first transaction's replies are held")
+			tx2, err := c.WriteTx(ctx, trEnv, strings.NewReader("Subject: 2\r\n\r\ntwo\r\n"))
+			require.NoError(t, err)
+			require.NoError(t, c.Flush(ctx))
+			waitDone(t, tx2)
+			out, err := tx1.Result()
+			require.NoError(t, err)
+			assert.Equal(t, "Q1", out.QueueID)
+			require.Len(t, out.Accepted, 1)
+			out, err = tx2.Result()
+			require.NoError(t, err)
+			assert.Equal(t, "Q2", out.QueueID)
+			require.NoError(t, c.Quit(ctx))
+			assert.ErrorIs(t, <-readDone, smtp.ErrClosed, "the reader ends with the session")
+			<-srv.Done()
+			require.NoError(t, srv.Err())
+		})
+	}
+}
+
+// waitDone waits, as a reader's caller would, until tx is done.
+func waitDone(t *testing.T, tx *smtp.Tx) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !tx.Done() {
+		if time.Now().After(deadline) {
+			t.Fatal("the transaction was never done")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestReadReplyUnsolicited: a reply that comes while nothing is owed was
+// sent before its command; the reader ends the session on it rather than
+// take it as the answer to the next command. A 421 there is the server
+// closing an idle session.
+func TestReadReplyUnsolicited(t *testing.T) {
+	for _, tc := range []struct {
+		name, reply string
+		code        int
+		kind        smtp.Kind
+	}{
+		{"early 250", "250 2.1.0 Ok\r\n", 0, smtp.KindProtocol},
+		{"idle 421", "421 4.4.2 idle timeout\r\n", 421, smtp.KindRejected},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sent := make(chan struct{})
+			srv, c, _ := trConnect(t, nil, trSteps(trHello("PIPELINING", "CHUNKING"),
+				fs.Func(func(conn net.Conn) error {
+					<-sent
+					_, err := io.WriteString(conn, tc.reply)
+					return err
+				}), fs.Stall())...)
+			ctx := trCtx(t)
+			close(sent)
+			err := c.ReadReplies(ctx, nil)
+			var se *smtp.Error
+			require.ErrorAs(t, err, &se)
+			assert.ErrorIs(t, err, smtp.ErrClosed)
+			assert.Equal(t, smtp.StateClosed, c.State())
+			require.ErrorAs(t, c.Err(), &se)
+			assert.Equal(t, tc.kind, se.Kind)
+			assert.Equal(t, tc.code, se.Code)
+			_, err = c.WriteTx(ctx, trEnv, strings.NewReader("x\r\n"))
+			assert.ErrorIs(t, err, smtp.ErrClosed, "nothing is written after it")
+			<-srv.Done()
+		})
+	}
+}
+
+// TestReplyTimeoutNotExtendedByNewWork: the server stalls after the
+// first transaction; transactions written behind it while the reader
+// waits do not move its deadline: the first times out at its own
+// DataEnd, and all of them end (committed: outcome unknown).
+func TestReplyTimeoutNotExtendedByNewWork(t *testing.T) {
+	srv := fs.Start(t, trSteps(trHello("PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"),
+		fs.ReadUntil("BDAT 0 LAST\r\n"), fs.Stall())...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", srv.Addr())
+	require.NoError(t, err)
+	opts := &smtp.Options{InsecureAllowPlaintext: true}
+	opts.Timeouts.Command = 300 * time.Millisecond
+	opts.Timeouts.DataEnd = 300 * time.Millisecond
+	c, err := smtp.Connect(ctx, conn, "client.example", opts)
+	require.NoError(t, err)
+	tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(""))
+	require.NoError(t, err)
+	require.NoError(t, c.Flush(ctx))
+	start := time.Now()
+	readErr := make(chan error, 1)
+	go func() { readErr <- c.ReadReplies(ctx, nil) }()
+	var more []*smtp.Tx
+	for range 3 {
+		t2, err := c.WriteTx(ctx, trEnv, strings.NewReader(""))
+		if err != nil {
+			break
+		}
+		require.NoError(t, c.Flush(ctx))
+		more = append(more, t2)
+		time.Sleep(50 * time.Millisecond)
+	}
+	require.Error(t, <-readErr)
+	// A guard, not a measurement: a deadline moved by each write would
+	// take at least 450 ms.
+	assert.Less(t, time.Since(start), 10*time.Second)
+	_, err = tx.Result()
+	assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
+	for _, t2 := range more {
+		assert.True(t, t2.Done())
+	}
+	assert.Equal(t, smtp.StateClosed, c.State())
+}
