@@ -94,10 +94,13 @@ func (e *bodyEncoder) resumeCR(dst []byte, c byte) (_ []byte, used int, ok bool)
 
 // lineScan looks at p from the current position of a line: run is the
 // number of octets before the first CR or LF (all of p if none), and
-// lf the index of the first LF (-1 if none). It costs two IndexByte
+// lf the index of the first LF (-1 if none), which the caller may know
+// already (lf >= -1) or not (lf < -1). It costs at most two IndexByte
 // scans, each stopping at the octet it looks for.
-func lineScan(p []byte) (run, lf int) {
-	lf = bytes.IndexByte(p, '\n')
+func lineScan(p []byte, lf int) (run, _ int) {
+	if lf < -1 {
+		lf = bytes.IndexByte(p, '\n')
+	}
 	line := p
 	if lf >= 0 {
 		line = p[:lf]
@@ -107,6 +110,64 @@ func lineScan(p []byte) (run, lf int) {
 	}
 	return run, lf
 }
+
+// goodLines measures the lines at the start of p, the first of which
+// continues the current line: n is the length of the longest prefix of
+// p made of whole good lines (each ending in CRLF, within the line
+// limit), stopping before a line that starts with "." when
+// dot-stuffing, and lf is the index of p's first LF (-1 if none). If a
+// CR in p[:n] is not before an LF, ok is false: the caller looks at
+// those lines one by one. It does not change the encoder.
+func (e *bodyEncoder) goodLines(p []byte) (n, lf int, ok bool) {
+	n, lf, ok, guessed := e.scanLines(p, true)
+	if !ok && guessed {
+		// A guess went wrong, or a CR is bare: look again line by line.
+		n, lf, ok, _ = e.scanLines(p, false)
+	}
+	return n, lf, ok
+}
+
+// scanLines is goodLines, which finds each line by its LF alone and
+// counts the CRs of p[:n] once at the end (one vectorised pass). With
+// guess, it first tries each line at the length of the line before it
+// (a base64 attachment is lines of one length), and counts the LFs of
+// p[:n] at the end too: a guessed line holding another LF makes ok
+// false, and guessed says whether any line was guessed.
+func (e *bodyEncoder) scanLines(p []byte, guess bool) (n, lf int, ok, guessed bool) {
+	lf = bytes.IndexByte(p, '\n')
+	next, lineLen, lines := lf, e.lineLen, 0
+scan:
+	for next > 0 && p[n+next-1] == '\r' {
+		if e.maxLine > 0 && lineLen+next-1 > e.maxLine {
+			break
+		}
+		whole := lineLen == 0 // the line is all in p
+		n += next + 1
+		lines++
+		lineLen = 0
+		if n == len(p) || e.dotStuff && p[n] == '.' {
+			break
+		}
+		if guess && whole {
+			// Lines as long as this one, found by their ends alone.
+			for l := next + 1; n+l <= len(p) && p[n+l-1] == '\n' && p[n+l-2] == '\r'; {
+				n += l
+				lines++
+				guessed = true
+				if n == len(p) || e.dotStuff && p[n] == '.' {
+					break scan
+				}
+			}
+		}
+		next = bytes.IndexByte(p[n:], '\n')
+	}
+	if lines > 0 && (bytes.Count(p[:n], crOctet) != lines || guessed && bytes.Count(p[:n], lfOctet) != lines) {
+		return n, lf, false, guessed
+	}
+	return n, lf, true, guessed
+}
+
+var crOctet, lfOctet = []byte{'\r'}, []byte{'\n'}
 
 // encode appends the wire form of p to dst. On a bad body it returns
 // ok=false; the problem is in e.problem and dst holds only good output:
@@ -129,13 +190,30 @@ func (e *bodyEncoder) encode(dst, p []byte) (_ []byte, ok bool) {
 		}
 	}
 	seg := i // p[seg:i] is checked output not yet appended to dst
+	// Lines before slow hide a bare CR: they are looked at one by one.
+	slow := i
 	for i < len(p) {
 		if e.lineLen == 0 && e.dotStuff && p[i] == '.' {
 			dst = append(dst, p[seg:i]...)
 			dst = append(dst, '.')
 			seg = i
 		}
-		run, lf := lineScan(p[i:])
+		lf := -2
+		if i >= slow {
+			n, first, ok := e.goodLines(p[i:])
+			if ok && n > 0 {
+				// Good lines stay in the segment.
+				e.n += int64(n)
+				e.lineLen = 0
+				i += n
+				continue
+			}
+			if !ok {
+				slow = i + n
+			}
+			lf = first
+		}
+		run, lf := lineScan(p[i:], lf)
 		if !e.fits(run) {
 			return append(dst, p[seg:i]...), e.failLine()
 		}
@@ -196,12 +274,25 @@ func (e *bodyEncoder) verbatim(p []byte) int {
 	if e.problem != "" || e.pendingCR {
 		return 0
 	}
-	i := 0
+	i, slow := 0, 0
 	for i < len(p) {
 		if e.lineLen == 0 && e.dotStuff && p[i] == '.' {
 			break
 		}
-		run, lf := lineScan(p[i:])
+		lf := -2
+		if i >= slow {
+			n, first, ok := e.goodLines(p[i:])
+			if ok && n > 0 && (e.maxSize <= 0 || e.n+int64(n) <= e.maxSize) {
+				e.n += int64(n)
+				e.lineLen = 0
+				i += n
+				continue
+			}
+			// A bare CR or the size limit is among these lines.
+			slow = i + n
+			lf = first
+		}
+		run, lf := lineScan(p[i:], lf)
 		if !e.fits(run) {
 			break
 		}

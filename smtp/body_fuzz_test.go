@@ -41,6 +41,20 @@ func cutPieces(data, split []byte) [][]byte {
 	return pieces
 }
 
+// bodyTokens are the parts linesBody builds bodies from: lines of a few
+// lengths, so that runs of lines of one length (which the encoder
+// guesses) are common, and the octets that break such runs.
+var bodyTokens = []string{"abcd\r\n", "ab\r\n", "\r\n", ".", "\r", "\n", "x", "abcdefghij\r\n"}
+
+// linesBody turns fuzz data into a body of bodyTokens, one per octet.
+func linesBody(data []byte) []byte {
+	var b []byte
+	for _, c := range data {
+		b = append(b, bodyTokens[int(c)%len(bodyTokens)]...)
+	}
+	return b
+}
+
 // oracleRun encodes the pieces with oldBodyEncoder and finishes it.
 func oracleRun(bc bodyCase, pieces [][]byte) (out []byte, ok bool, problem string) {
 	e := newOldBodyEncoder(bc.dotStuff, bc.normalize, bc.maxLine, bc.maxSize)
@@ -153,7 +167,8 @@ func diffDirect(t *testing.T, bc bodyCase, pieces [][]byte) {
 // octet-at-a-time encoder it replaced, on random bodies cut at random
 // piece boundaries (pieces of one octet, cuts between CR and LF, "." at
 // the start of a piece), in every mode: DATA or BDAT, normalising or
-// not, with small line and size limits or none. It also runs the
+// not, with small line and size limits or none. Each input is also
+// turned into a body of whole lines (linesBody). It also runs the
 // copy-free path (verbatim, encodeLine) against the oracle.
 //
 //	go test -run='^$' -fuzz='^FuzzBodyEncoderOracle$' -fuzztime=60s ./smtp
@@ -179,7 +194,11 @@ func FuzzBodyEncoderOracle(f *testing.F) {
 		default:
 			bc.maxLine = int(maxLine % 40)
 		}
-		for _, pieces := range [][][]byte{{data}, cutPieces(data, split), cutPieces(data, []byte{10})} {
+		lines := linesBody(data)
+		for _, pieces := range [][][]byte{
+			{data}, cutPieces(data, split), cutPieces(data, []byte{10}),
+			{lines}, cutPieces(lines, split),
+		} {
 			diffEncode(t, bc, pieces)
 			diffDirect(t, bc, pieces)
 		}
