@@ -118,53 +118,58 @@ func lineScan(p []byte, lf int) (run, _ int) {
 // dot-stuffing, and lf is the index of p's first LF (-1 if none). If a
 // CR in p[:n] is not before an LF, ok is false: the caller looks at
 // those lines one by one. It does not change the encoder.
+//
+// Each line is found by its LF alone, and the CRs of p[:n] are counted
+// once at the end (one vectorised pass) rather than looked for line by
+// line. After a line of length l, the lines that follow are first
+// guessed to be as long (a base64 attachment is lines of one length):
+// a guessed line is one whose last two octets are CR LF, and a streak
+// of them is proved by counting its LFs; if one held another LF, the
+// streak's lines are found one by one instead.
 func (e *bodyEncoder) goodLines(p []byte) (n, lf int, ok bool) {
-	n, lf, ok, guessed := e.scanLines(p, true)
-	if !ok && guessed {
-		// A guess went wrong, or a CR is bare: look again line by line.
-		n, lf, ok, _ = e.scanLines(p, false)
-	}
-	return n, lf, ok
-}
-
-// scanLines is goodLines, which finds each line by its LF alone and
-// counts the CRs of p[:n] once at the end (one vectorised pass). With
-// guess, it first tries each line at the length of the line before it
-// (a base64 attachment is lines of one length), and counts the LFs of
-// p[:n] at the end too: a guessed line holding another LF makes ok
-// false, and guessed says whether any line was guessed.
-func (e *bodyEncoder) scanLines(p []byte, guess bool) (n, lf int, ok, guessed bool) {
 	lf = bytes.IndexByte(p, '\n')
-	next, lineLen, lines := lf, e.lineLen, 0
-scan:
+	next, lineLen, lines, guessFrom := lf, e.lineLen, 0, 0
 	for next > 0 && p[n+next-1] == '\r' {
 		if e.maxLine > 0 && lineLen+next-1 > e.maxLine {
 			break
 		}
-		whole := lineLen == 0 // the line is all in p
+		whole := lineLen == 0 // the line is all in p, as long as next+1
 		n += next + 1
 		lines++
 		lineLen = 0
-		if n == len(p) || e.dotStuff && p[n] == '.' {
+		if e.runEnds(p, n) {
 			break
 		}
-		if guess && whole {
-			// Lines as long as this one, found by their ends alone.
-			for l := next + 1; n+l <= len(p) && p[n+l-1] == '\n' && p[n+l-2] == '\r'; {
+		if whole && n >= guessFrom {
+			l, start, k, end := next+1, n, 0, false
+			for n+l <= len(p) && p[n+l-1] == '\n' && p[n+l-2] == '\r' {
 				n += l
-				lines++
-				guessed = true
-				if n == len(p) || e.dotStuff && p[n] == '.' {
-					break scan
+				k++
+				if end = e.runEnds(p, n); end {
+					break
 				}
+			}
+			if k > 0 && bytes.Count(p[start:n], lfOctet) != k {
+				guessFrom, n, end = n, start, false
+			} else {
+				lines += k
+			}
+			if end {
+				break
 			}
 		}
 		next = bytes.IndexByte(p[n:], '\n')
 	}
-	if lines > 0 && (bytes.Count(p[:n], crOctet) != lines || guessed && bytes.Count(p[:n], lfOctet) != lines) {
-		return n, lf, false, guessed
+	if lines > 0 && bytes.Count(p[:n], crOctet) != lines {
+		return n, lf, false
 	}
-	return n, lf, true, guessed
+	return n, lf, true
+}
+
+// runEnds reports whether a run of good lines must end at p[n]: at the
+// end of p, or before a "." to double.
+func (e *bodyEncoder) runEnds(p []byte, n int) bool {
+	return n == len(p) || e.dotStuff && p[n] == '.'
 }
 
 var crOctet, lfOctet = []byte{'\r'}, []byte{'\n'}
