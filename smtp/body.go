@@ -181,9 +181,11 @@ var crOctet, lfOctet = []byte{'\r'}, []byte{'\n'}
 // after the line rules: for a body with several problems, the one
 // reported depends on where the pieces are cut.
 //
-// Lines are found with bytes.IndexByte and whole runs of good lines are
-// appended at once: the cost per octet is that of a copy and two
-// vectorised scans, whatever the line length.
+// Runs of good lines are measured by goodLines and appended at once:
+// for lines of one length (base64) the cost per octet is that of a copy
+// and two vectorised counts; other lines cost an IndexByte each. Lines
+// that need a change (a bare CR or LF) or break a rule go through the
+// exact path below, which looks for each line's first CR and LF.
 func (e *bodyEncoder) encode(dst, p []byte) (_ []byte, ok bool) {
 	if e.problem != "" {
 		return dst, false
@@ -203,7 +205,7 @@ func (e *bodyEncoder) encode(dst, p []byte) (_ []byte, ok bool) {
 			dst = append(dst, '.')
 			seg = i
 		}
-		lf := -2
+		lf := -2 // not known yet
 		if i >= slow {
 			n, first, ok := e.goodLines(p[i:])
 			if ok && n > 0 {
