@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bytes"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -283,5 +284,49 @@ func TestBodyEncoderBoundaries(t *testing.T) {
 				diffEncode(t, bc, pieces)
 			}
 		})
+	}
+}
+
+// TestVerbatimTakesGoodBodies: on a body that needs no change, verbatim
+// accepts every piece whole, so a caller copies nothing; with DATA it
+// stops exactly at each line that starts with ".".
+func TestVerbatimTakesGoodBodies(t *testing.T) {
+	for _, shape := range []string{"base64", "text"} {
+		body := benchBody(200<<10, shape)
+		e := newBodyEncoder(false, false, 0, 0)
+		for p := body; len(p) > 0; {
+			piece := p[:min(len(p), 16<<10)]
+			p = p[len(piece):]
+			if k := e.verbatim(piece); k != len(piece) {
+				t.Fatalf("%s: verbatim took %d of a good piece of %d", shape, k, len(piece))
+			}
+		}
+		if e.n != int64(len(body)) {
+			t.Fatalf("%s: verbatim counted %d octets of %d", shape, e.n, len(body))
+		}
+
+		e = newBodyEncoder(true, false, 0, 0)
+		var stops []int
+		for off := 0; off < len(body); {
+			off += e.verbatim(body[off:])
+			if off == len(body) {
+				break
+			}
+			stops = append(stops, off)
+			_, used, ok := e.encodeLine(nil, body[off:])
+			if !ok {
+				t.Fatal(e.problem)
+			}
+			off += used
+		}
+		var dots []int
+		for i := range body {
+			if body[i] == '.' && (i == 0 || body[i-1] == '\n') {
+				dots = append(dots, i)
+			}
+		}
+		if len(dots) == 0 || !slices.Equal(stops, dots) {
+			t.Fatalf("%s: DATA verbatim stopped at %v, the lines starting with a dot are at %v", shape, stops, dots)
+		}
 	}
 }
