@@ -1,6 +1,8 @@
 module github.com/smtpkit/smtpkit
 
-go 1.26.8
+go 1.26.0
+
+toolchain go1.26.8
 
 require (
 	github.com/cenkalti/backoff/v4 v4.3.0
