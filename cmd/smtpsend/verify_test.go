@@ -14,6 +14,7 @@ import (
 
 	"github.com/smtpkit/smtpkit/internal/demoserver"
 	"github.com/smtpkit/smtpkit/internal/faultserver"
+	"github.com/smtpkit/smtpkit/internal/testpeers"
 	"github.com/smtpkit/smtpkit/smtp"
 )
 
@@ -130,4 +131,37 @@ func TestReplyLineIsServerText(t *testing.T) {
 	} {
 		assert.Equal(t, tc.want, replyText(tc.err), "%v", tc.err)
 	}
+}
+
+// TestVerifyPostfix: -verify against Postfix over STARTTLS with
+// SCRAM-SHA-256: the right password passes, a wrong one is the setup's.
+func TestVerifyPostfix(t *testing.T) {
+	t.Parallel()
+	p := testpeers.Postfix(t, testpeers.PostfixOptions{})
+	args := []string{"-verify", "-server", p.StartTLSAddr(), "-tls", "starttls", "-ca-file", p.Cert().CertFile, "-user", testpeers.PostfixUser}
+	o := runCLI(t, runOpts{env: map[string]string{passwordEnv: testpeers.PostfixPass}}, args...)
+	assert.Equal(t, exitOK, o.code, o.all())
+	wantInOrder(t, o.stdout, "STARTTLS", "AUTH", "-> 235", "QUIT", "status:    verified")
+
+	o = runCLI(t, runOpts{env: map[string]string{passwordEnv: testpeers.PostfixPass + "-wrong"}}, args...)
+	assert.Equal(t, exitConfig, o.code, o.all())
+	assert.Regexp(t, `reply:     535 5\.7\.8\n`, o.stdout)
+	assert.Contains(t, o.stderr, "hint: check -user and the password")
+}
+
+// TestVerifyMailpit: -verify against Mailpit, which requires STARTTLS
+// and AUTH.
+func TestVerifyMailpit(t *testing.T) {
+	t.Parallel()
+	const pass = "verify-pass-7c2a"
+	m := testpeers.Mailpit(t, testpeers.MailpitOptions{Mode: testpeers.StartTLS, RequireSTARTTLS: true, Auth: map[string]string{"vera": pass}})
+	args := []string{"-verify", "-server", m.SMTPAddr(), "-tls", "starttls", "-ca-file", m.Cert().CertFile, "-user", "vera"}
+	o := runCLI(t, runOpts{env: map[string]string{passwordEnv: pass}}, args...)
+	assert.Equal(t, exitOK, o.code, o.all())
+	assert.Contains(t, o.stdout, "status:    verified")
+	o = runCLI(t, runOpts{env: map[string]string{passwordEnv: "not-" + pass}}, args...)
+	assert.Equal(t, exitConfig, o.code, o.all())
+	msgs, err := m.Messages()
+	require.NoError(t, err)
+	assert.Empty(t, msgs, "-verify sends nothing")
 }
