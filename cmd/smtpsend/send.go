@@ -101,11 +101,10 @@ func (j *job) run(ctx context.Context) []result {
 	}
 
 	results := make([]result, len(j.srcs))
-	snd, err := sender.New(j.cfg)
+	snd, err := newSender(j.cfg)
 	if err != nil {
-		// Only a Config without Addr or with a bad Security fails here.
 		for i, src := range j.srcs {
-			results[i] = result{src: src, err: err, status: statusRefused}
+			results[i] = result{src: src, err: err, status: classify(err)}
 		}
 		return results
 	}
@@ -153,6 +152,17 @@ func (j *job) run(ctx context.Context) []result {
 		j.summary(elapsed)
 	}
 	return results
+}
+
+// newSender is sender.New, whose error is always the setup's: only a
+// Config without Addr or with a bad Security fails there. An error that
+// does not say so itself is wrapped in an *smtp.Error of Op config.
+func newSender(cfg sender.Config) (*sender.Sender, error) {
+	snd, err := sender.New(cfg)
+	if err != nil && !smtp.IsConfig(err) {
+		err = &smtp.Error{Op: smtp.OpConfig, Kind: smtp.KindInvalidInput, Message: "invalid sender configuration", Err: err}
+	}
+	return snd, err
 }
 
 // sendOne sends one message within -timeout of its turn.

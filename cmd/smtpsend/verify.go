@@ -20,7 +20,7 @@ func runVerify(ctx context.Context, o *options, cfg sender.Config, con *console)
 		sender.InsecurePlaintext: "TCP to " + o.server + ", PLAINTEXT, never encrypted",
 	}[cfg.Security]}
 	cfg.Options.Audit = p.event
-	snd, err := sender.New(cfg)
+	snd, err := newSender(cfg)
 	if err == nil {
 		defer snd.Close()
 		vctx, cancel := context.WithTimeout(ctx, o.timeout)

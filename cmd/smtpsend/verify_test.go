@@ -15,6 +15,7 @@ import (
 	"github.com/smtpkit/smtpkit/internal/demoserver"
 	"github.com/smtpkit/smtpkit/internal/faultserver"
 	"github.com/smtpkit/smtpkit/internal/testpeers"
+	"github.com/smtpkit/smtpkit/sender"
 	"github.com/smtpkit/smtpkit/smtp"
 )
 
@@ -164,4 +165,14 @@ func TestVerifyMailpit(t *testing.T) {
 	msgs, err := m.Messages()
 	require.NoError(t, err)
 	assert.Empty(t, msgs, "-verify sends nothing")
+}
+
+// TestNewSenderIsConfig: a Config that sender.New refuses is the setup's.
+func TestNewSenderIsConfig(t *testing.T) {
+	_, err := newSender(sender.Config{})
+	require.Error(t, err)
+	assert.Equal(t, statusConfig, classify(err), "%v", err)
+	snd, err := newSender(sender.Config{Addr: "127.0.0.1:1"})
+	require.NoError(t, err)
+	snd.Close()
 }
