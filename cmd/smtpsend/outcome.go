@@ -218,6 +218,8 @@ func hint(err error, o *options) string {
 			return "choose another mechanism with -auth, or leave -auth out"
 		case (e.Op == smtp.OpMail || e.Op == smtp.OpRcpt) && (e.Code == 530 || e.Code == 554 && strings.Contains(strings.ToLower(e.Message), "relay")):
 			return "the server wants you to log in first: pass -user"
+		case e.Op == smtp.OpGreeting && e.Kind == smtp.KindIO && o.tlsMode == "starttls":
+			return "the server sent no greeting: if it speaks TLS from the first byte (usually port 465), use -tls implicit"
 		case e.Op == smtp.OpBody && e.Kind == smtp.KindInvalidInput && o.strictCRLF:
 			return "the message has bare LF or CR line endings; leave out -strict-line-endings to convert them to CRLF"
 		}

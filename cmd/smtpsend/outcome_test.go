@@ -93,6 +93,10 @@ func TestHints(t *testing.T) {
 	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpMail, Kind: smtp.KindRejected, Code: 530}, impl), "log in first")
 	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpBody, Kind: smtp.KindInvalidInput}, &options{strictCRLF: true}), "-strict-line-endings")
 	assert.Empty(t, hint(&smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 550}, impl))
+	noGreeting := &smtp.Error{Op: smtp.OpGreeting, Kind: smtp.KindIO, Err: context.DeadlineExceeded}
+	assert.Contains(t, hint(noGreeting, &options{tlsMode: "starttls"}), "-tls implicit")
+	assert.Empty(t, hint(noGreeting, impl))
+	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpSTARTTLS, Kind: smtp.KindProtocol, Err: smtp.ErrStartTLSNotOffered}, impl), "did not offer STARTTLS")
 }
 
 func TestExchangePrinter(t *testing.T) {
