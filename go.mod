@@ -1,6 +1,8 @@
 module github.com/smtpkit/smtpkit
 
-go 1.26.8
+go 1.26.0
+
+toolchain go1.26.8
 
 require (
 	github.com/cenkalti/backoff/v4 v4.3.0
@@ -11,6 +13,7 @@ require (
 	github.com/wneessen/go-mail v0.8.1
 	go.uber.org/goleak v1.3.0
 	golang.org/x/sync v0.25.0
+	golang.org/x/time v0.16.0
 )
 
 require (

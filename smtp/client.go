@@ -268,7 +268,7 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 		return nil, err
 	}
 	if !c.caps.StartTLS {
-		return nil, c.fail(ctx, protoError(OpSTARTTLS, "server does not offer STARTTLS; refusing to continue in plaintext"))
+		return nil, c.fail(ctx, &Error{Op: OpSTARTTLS, Kind: KindProtocol, Message: "server does not offer STARTTLS; refusing to continue in plaintext", Err: ErrStartTLSNotOffered})
 	}
 	rep, err := c.cmd(ctx, OpSTARTTLS, c.opts.Timeouts.Command, "STARTTLS\r\n")
 	if err != nil {

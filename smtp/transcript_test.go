@@ -377,7 +377,7 @@ func TestTranscriptGreetingRefused(t *testing.T) {
 			assert.Equal(t, tt.code, se.Code)
 			assert.Empty(t, se.Enhanced, "no enhanced codes before EHLO")
 			assert.Equal(t, tt.temp, smtp.IsTemporary(err))
-			assert.Equal(t, !tt.temp, smtp.IsPermanent(err))
+			assert.Equal(t, !tt.temp, smtp.IsConfig(err), "a refused greeting is the setup's")
 			assert.Equal(t, []smtp.EventType{smtp.EventConnect, smtp.EventGreeting, smtp.EventSessionAborted}, audit.Types())
 			assert.Empty(t, trEnd(t, srv, nil), "nothing, not even QUIT, after a refused greeting")
 		})
@@ -444,7 +444,7 @@ func TestTranscriptConnectRefusesBeforeAnyByte(t *testing.T) {
 		c, err := smtp.Connect(trCtx(t), conn, "client.example", nil)
 		assert.Nil(t, c)
 		trErr(t, err, smtp.OpGreeting, smtp.KindInvalidInput)
-		assert.True(t, smtp.IsPermanent(err))
+		assert.True(t, smtp.IsConfig(err))
 		assert.Empty(t, trEnd(t, srv, nil))
 	})
 	for _, name := range []string{"", "bad name", "evil\r\nMAIL FROM:<x@y>", "nul\x00", "<x>", "ünï"} {

@@ -75,7 +75,7 @@ func TestDemoFilesAndStdin(t *testing.T) {
 	for _, name := range []string{a, b, "<stdin>"} {
 		assert.Regexp(t, `(?m)^sent +`+regexp.QuoteMeta(name)+`: queued as DEMO000\d$`, o.stdout)
 	}
-	assert.Regexp(t, `messages +sent +refused +deferred +unknown +time +msg/s\n3 +3 +0 +0 +0 `, o.stdout)
+	assert.Regexp(t, `messages +sent +refused +deferred +config +unknown +time +msg/s\n3 +3 +0 +0 +0 +0 `, o.stdout)
 	assert.NotContains(t, o.stdout, "--- SMTP exchange", "several messages print no exchange")
 
 	// One message from a file prints the exchange and what arrived.
@@ -128,5 +128,5 @@ func TestInterrupted(t *testing.T) {
 	code := run(ctx, []string{a, b}, strings.NewReader(""), &stdout, &stderr, func(string) string { return "" })
 	assert.Equal(t, exitTempFail, code)
 	assert.Regexp(t, `(?m)^deferred +\S+a\.eml: failed at waiting for a connection: not sent: context canceled$`, stdout.String())
-	assert.Regexp(t, `\n2 +0 +0 +2 +0 `, stdout.String())
+	assert.Regexp(t, `\n2 +0 +0 +2 +0 +0 `, stdout.String())
 }

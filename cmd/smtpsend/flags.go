@@ -26,6 +26,7 @@ const (
 	exitRefused  = 65 // EX_DATAERR: refused permanently
 	exitTempFail = 75 // EX_TEMPFAIL: temporary failure, retry later
 	exitUnknown  = 76 // EX_PROTOCOL, used here for "outcome unknown"
+	exitConfig   = 78 // EX_CONFIG: the setup (login, TLS) must change first
 )
 
 // passwordEnv names the environment variable that holds the password.
@@ -54,6 +55,7 @@ type options struct {
 	insecure       bool
 	strictCRLF     bool
 	verbose        bool
+	verify         bool
 	files          []string
 }
 
@@ -92,9 +94,15 @@ With -server, smtpsend sends each message file (RFC 5322, "-" for standard
 input; standard input when there is none) to that server. The password
 comes from $SMTP_PASSWORD or -password-file, never from a flag.
 
+With -verify, smtpsend only checks that it can connect, agree on TLS and
+log in with the flags given, as a service would at startup, and sends
+nothing.
+
 Exit status: 0 all sent; 64 bad usage; 65 refused permanently; 75 temporary
-failure, retry later; 76 outcome unknown, do not resend blindly. With
-several messages the worst decides: 76 > 75 > 65 > 0.
+failure, retry later; 76 outcome unknown, do not resend blindly; 78 the
+setup must change (login refused, certificate not trusted, STARTTLS
+missing, wrong -tls mode). With several messages the worst decides:
+76 > 78 > 75 > 65 > 0.
 
 Flags:
 `
@@ -125,6 +133,7 @@ func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&o.insecure, "insecure", false, "allow -tls plaintext to a host that is not loopback: the message and credentials cross the network in clear")
 	fs.BoolVar(&o.strictCRLF, "strict-line-endings", false, "refuse messages with bare LF or CR line endings instead of converting them to CRLF")
 	fs.BoolVar(&o.verbose, "v", false, "log every audit event to standard error")
+	fs.BoolVar(&o.verify, "verify", false, "check the setup and send nothing: connect, TLS, EHLO, AUTH, QUIT; exit 0 when it works, 78 when the setup must change, 75 when the server cannot be reached now")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -167,6 +176,14 @@ func (o *options) check() error {
 		}
 	}
 
+	if o.verify {
+		if o.server == "" {
+			return usagef("-verify needs -server: it checks the connection to a real server")
+		}
+		if len(o.files) > 0 {
+			return usagef("-verify sends nothing, so it takes no message files")
+		}
+	}
 	if o.server == "" {
 		// The demo: the embedded server has its own TLS and credentials.
 		for _, f := range []struct {
@@ -220,13 +237,13 @@ func (o *options) check() error {
 	if o.insecure && o.tlsMode != "plaintext" {
 		return usagef("-insecure only relaxes -tls plaintext; certificates are always verified (use -ca-file to trust a self-signed one)")
 	}
-	if o.from == "" {
+	if o.from == "" && !o.verify {
 		return usagef("-from is required with -server (use -from '<>' for the null sender)")
 	}
 	if o.from == "<>" {
 		o.from = ""
 	}
-	if len(o.to) == 0 {
+	if len(o.to) == 0 && !o.verify {
 		return usagef("at least one -to is required with -server")
 	}
 	if o.user == "" {

@@ -18,6 +18,7 @@ const (
 	statusSent     status = iota // accepted by the server
 	statusRefused                // refused permanently: exit 65
 	statusDeferred               // not accepted, retry later: exit 75
+	statusConfig                 // nothing goes until the setup changes: exit 78
 	statusUnknown                // sent, answer lost: exit 76
 )
 
@@ -29,6 +30,8 @@ func (s status) String() string {
 		return "refused"
 	case statusDeferred:
 		return "deferred"
+	case statusConfig:
+		return "config"
 	}
 	return "unknown"
 }
@@ -42,30 +45,73 @@ func (s status) exitCode() int {
 		return exitRefused
 	case statusDeferred:
 		return exitTempFail
+	case statusConfig:
+		return exitConfig
 	}
 	return exitUnknown
 }
 
-// classify says what an error from sender.Send means for the message.
-// The library decides; smtpsend only maps its answer:
+// classify says what an error from sender.Send (or Verify) means for
+// the message. The library decides, with smtp.Classify; smtpsend only
+// maps its answer:
 //
-//   - errors.Is(err, smtp.ErrOutcomeUnknown): the commit point was
-//     written and the answer lost; the message may have been delivered.
-//   - smtp.IsPermanent: a 5xx reply, bad input, a policy veto, a login
-//     that cannot succeed. The same message will fail the same way.
+//   - smtp.ClassOutcomeUnknown: the commit point was written and the
+//     answer lost; the message may have been delivered.
+//   - smtp.ClassConfig: a login refused or impossible, a certificate not
+//     trusted, STARTTLS missing, the wrong -tls mode. Nothing will be
+//     sent until the command line, the account or the server changes.
+//   - smtp.ClassPermanent: a 5xx reply to the message, bad input, a
+//     policy veto. The same message will fail the same way.
 //   - everything else is temporary: a 4xx reply, a network failure or a
 //     timeout before the message was committed, or a context that ended
-//     before it was written. Nothing was accepted; a retry may succeed.
+//     before it was written (smtp.ClassCanceled: an interrupt). Nothing
+//     was accepted; a retry may succeed.
 func classify(err error) status {
-	switch {
-	case err == nil:
+	switch smtp.Classify(err) {
+	case smtp.ClassNone:
 		return statusSent
-	case errors.Is(err, smtp.ErrOutcomeUnknown):
+	case smtp.ClassOutcomeUnknown:
 		return statusUnknown
-	case smtp.IsPermanent(cause(err)):
+	case smtp.ClassConfig:
+		return statusConfig
+	case smtp.ClassPermanent:
 		return statusRefused
 	}
 	return statusDeferred
+}
+
+// innermost returns the innermost *smtp.Error of err (the one
+// smtp.Classify decides by), or nil.
+func innermost(err error) *smtp.Error {
+	e, ok := errors.AsType[*smtp.Error](err)
+	if !ok {
+		return nil
+	}
+	for {
+		inner, ok := errors.AsType[*smtp.Error](e.Err)
+		if !ok {
+			return e
+		}
+		e = inner
+	}
+}
+
+// replyText is what the server said about err, for the outcome's
+// "reply:" line: the code and enhanced code of the innermost
+// *smtp.Error, and its text only for a rejection (the text of any other
+// kind is the library's, such as the sender's fail-fast explanation, or
+// has the library's words around the server's). It is "" when the
+// server said nothing.
+func replyText(err error) string {
+	e := innermost(err)
+	if e == nil || e.Code == 0 {
+		return ""
+	}
+	s := codeString(e.Code, e.Enhanced)
+	if e.Kind == smtp.KindRejected && e.Message != "" {
+		s += " " + e.Message
+	}
+	return s
 }
 
 // cause returns the error that explains err. It is err itself, except
@@ -130,9 +176,11 @@ func step(err error) string {
 func advice(s status) string {
 	switch s {
 	case statusRefused:
-		return "permanent failure: sending the same message again will fail the same way; fix the message, the addresses or the credentials"
+		return "permanent failure: sending the same message again will fail the same way; fix the message or the addresses"
 	case statusDeferred:
 		return "temporary failure: the message was not accepted; retrying later may succeed"
+	case statusConfig:
+		return "setup failure: nothing will be sent until the configuration, the account or the server changes (the login, the certificate, the -tls mode); sending again as it is will fail the same way"
 	case statusUnknown:
 		return "outcome unknown: the message was sent but the server's answer was lost, so it may have been delivered; do not resend it blindly, check the recipient's mailbox or the server's log first"
 	}
@@ -142,6 +190,9 @@ func advice(s status) string {
 // hint suggests a fix for common set-up mistakes, or returns "".
 func hint(err error, o *options) string {
 	err = cause(err)
+	if errors.Is(err, smtp.ErrStartTLSNotOffered) {
+		return "the server did not offer STARTTLS, so nothing was sent: it may not support it (try -tls implicit, usually port 465), or something between you and the server removed it from the EHLO reply"
+	}
 	var verr *tls.CertificateVerificationError
 	var uerr x509.UnknownAuthorityError
 	var herr x509.HostnameError
@@ -167,6 +218,8 @@ func hint(err error, o *options) string {
 			return "choose another mechanism with -auth, or leave -auth out"
 		case (e.Op == smtp.OpMail || e.Op == smtp.OpRcpt) && (e.Code == 530 || e.Code == 554 && strings.Contains(strings.ToLower(e.Message), "relay")):
 			return "the server wants you to log in first: pass -user"
+		case e.Op == smtp.OpGreeting && e.Kind == smtp.KindIO && o.tlsMode == "starttls":
+			return "the server sent no greeting: if it speaks TLS from the first byte (usually port 465), use -tls implicit"
 		case e.Op == smtp.OpBody && e.Kind == smtp.KindInvalidInput && o.strictCRLF:
 			return "the message has bare LF or CR line endings; leave out -strict-line-endings to convert them to CRLF"
 		}

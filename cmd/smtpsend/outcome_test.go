@@ -25,8 +25,8 @@ func TestClassify(t *testing.T) {
 		{"nil", nil, statusSent},
 		{"550 at RCPT", &smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 550}, statusRefused},
 		{"554 after data", &smtp.Error{Op: smtp.OpData, Kind: smtp.KindRejected, Code: 554}, statusRefused},
-		{"535 login", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 535}, statusRefused},
-		{"no common mechanism", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth}, statusRefused},
+		{"535 login", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 535}, statusConfig},
+		{"no common mechanism", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth}, statusConfig},
 		{"bad input", &smtp.Error{Op: smtp.OpBody, Kind: smtp.KindInvalidInput}, statusRefused},
 		{"policy", &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindPolicy}, statusRefused},
 		{"451 at RCPT", &smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 451}, statusDeferred},
@@ -67,7 +67,7 @@ func TestExitCodeOrder(t *testing.T) {
 	} {
 		assert.Equal(t, tc.want, exitCode(tc.results))
 	}
-	assert.Equal(t, []int{0, 65, 75, 76}, []int{statusSent.exitCode(), statusRefused.exitCode(), statusDeferred.exitCode(), statusUnknown.exitCode()})
+	assert.Equal(t, []int{0, 65, 75, 78, 76}, []int{statusSent.exitCode(), statusRefused.exitCode(), statusDeferred.exitCode(), statusConfig.exitCode(), statusUnknown.exitCode()})
 }
 
 func TestStepAndAdvice(t *testing.T) {
@@ -93,6 +93,10 @@ func TestHints(t *testing.T) {
 	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpMail, Kind: smtp.KindRejected, Code: 530}, impl), "log in first")
 	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpBody, Kind: smtp.KindInvalidInput}, &options{strictCRLF: true}), "-strict-line-endings")
 	assert.Empty(t, hint(&smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 550}, impl))
+	noGreeting := &smtp.Error{Op: smtp.OpGreeting, Kind: smtp.KindIO, Err: context.DeadlineExceeded}
+	assert.Contains(t, hint(noGreeting, &options{tlsMode: "starttls"}), "-tls implicit")
+	assert.Empty(t, hint(noGreeting, impl))
+	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpSTARTTLS, Kind: smtp.KindProtocol, Err: smtp.ErrStartTLSNotOffered}, impl), "did not offer STARTTLS")
 }
 
 func TestExchangePrinter(t *testing.T) {

@@ -75,7 +75,7 @@ func TestMailpitBadCertificate(t *testing.T) {
 	t.Parallel()
 	m := testpeers.Mailpit(t, testpeers.MailpitOptions{Mode: testpeers.ImplicitTLS})
 	o := runCLI(t, runOpts{}, "-server", m.SMTPAddr(), "-from", "a@example.com", "-to", "b@localhost", writeFile(t, "m.eml", eml("x", "y")))
-	assert.Equal(t, exitTempFail, o.code, "the library counts a failed handshake as an I/O failure")
+	assert.Equal(t, exitConfig, o.code, "an untrusted certificate is the setup's to fix")
 	assert.Contains(t, o.stderr, "failed at connecting")
 	assert.Contains(t, o.stderr, "hint: the server's certificate is not trusted; for a self-signed test server pass its PEM certificate with -ca-file")
 	msgs, err := m.Messages()
@@ -259,7 +259,7 @@ func TestSeveralMessages(t *testing.T) {
 	assert.LessOrEqual(t, srv.MaxSessions(), int64(3), "-conns bounds the connections")
 	assert.Greater(t, srv.MaxSessions(), int64(1), "several connections were used")
 	assert.Len(t, regexp.MustCompile(`(?m)^sent +\S+m\d\d\.eml: queued as GS[0-9A-F]{8}$`).FindAllString(o.stdout, -1), n)
-	assert.Regexp(t, fmt.Sprintf(`messages +sent +refused +deferred +unknown +time +msg/s\n%d +%d +0 +0 +0 +\S+ +[0-9.]+\n`, n, n), o.stdout)
+	assert.Regexp(t, fmt.Sprintf(`messages +sent +refused +deferred +config +unknown +time +msg/s\n%d +%d +0 +0 +0 +0 +\S+ +[0-9.]+\n`, n, n), o.stdout)
 	assert.NotContains(t, o.stderr, "\r", "no progress line when stderr is not a terminal")
 	// Every message arrived whole.
 	seen := map[string]bool{}
@@ -329,7 +329,7 @@ func TestOAuthTokenFile(t *testing.T) {
 	assert.Contains(t, o.stdout, "AUTH OAUTHBEARER")
 
 	o = runCLI(t, runOpts{}, append(base, "-oauth-token-file", badFile, file)...)
-	assert.Equal(t, exitRefused, o.code)
+	assert.Equal(t, exitConfig, o.code)
 	assert.Contains(t, o.stderr, "failed at logging in (AUTH)")
 	assert.Contains(t, o.stderr, "hint: check -user and the password (or token)")
 	assert.NotContains(t, o.all(), token)

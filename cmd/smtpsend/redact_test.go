@@ -72,7 +72,7 @@ func TestEchoingServerRedacted(t *testing.T) {
 			echo string
 			code int
 		}{
-			{"535", "535 5.7.8 Authentication failed: {line} {decoded}\x1b[2K\r\n", exitRefused},
+			{"535", "535 5.7.8 Authentication failed: {line} {decoded}\x1b[2K\r\n", exitConfig},
 			{"garbage", "{decoded} {line}\r\n", exitTempFail},
 		} {
 			for _, verbose := range []bool{false, true} {

@@ -93,6 +93,9 @@ func runServer(ctx context.Context, o *options, stdin io.Reader, con *console, e
 	cfg.Security = o.security()
 	cfg.TLSConfig = tlsConf
 	cfg.Credentials = creds
+	if o.verify {
+		return runVerify(ctx, o, cfg, con)
+	}
 
 	connect := map[string]string{
 		"implicit":  "TCP to " + o.server + ", TLS from the first byte",

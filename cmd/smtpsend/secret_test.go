@@ -95,10 +95,10 @@ func TestPasswordNeverShown(t *testing.T) {
 	assert.Contains(t, output, "AUTH PLAIN")
 	assert.Equal(t, int64(1), srv.Count())
 
-	// A wrong password: refused permanently, and still never shown.
+	// A wrong password: the setup's to fix (78), and still never shown.
 	wrong := pass + "-wrong"
 	code, output, cmdline = runBin(wrong)
-	assert.Equal(t, exitRefused, code)
+	assert.Equal(t, exitConfig, code)
 	assert.Contains(t, output, "failed at logging in (AUTH)")
 	assert.NotContains(t, cmdline, "Tr0ub4dor")
 	assert.NotContains(t, output, "Tr0ub4dor")
@@ -124,7 +124,7 @@ func TestPasswordNeverShown(t *testing.T) {
 		t.Logf("%v\n%s", err, out)
 		var ee *exec.ExitError
 		require.ErrorAs(t, err, &ee)
-		assert.Equal(t, exitRefused, ee.ExitCode())
+		assert.Equal(t, exitConfig, ee.ExitCode())
 		assert.Contains(t, string(out), "[redacted]")
 		for _, f := range []string{pass, b64(pass), b64("\x00alice\x00" + pass)} {
 			assert.NotContains(t, string(out), f)

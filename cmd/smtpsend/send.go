@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -74,7 +73,7 @@ type job struct {
 	connect string // how connections are made, for the exchange
 
 	// The counters, read by the progress line while workers add to them.
-	done, sent, refused, deferred, unknown atomic.Int64
+	done, sent, refused, deferred, config, unknown atomic.Int64
 }
 
 // run sends every message and returns the results, in the order given.
@@ -102,11 +101,10 @@ func (j *job) run(ctx context.Context) []result {
 	}
 
 	results := make([]result, len(j.srcs))
-	snd, err := sender.New(j.cfg)
+	snd, err := newSender(j.cfg)
 	if err != nil {
-		// Only a Config without Addr or with a bad Security fails here.
 		for i, src := range j.srcs {
-			results[i] = result{src: src, err: err, status: statusRefused}
+			results[i] = result{src: src, err: err, status: classify(err)}
 		}
 		return results
 	}
@@ -154,6 +152,17 @@ func (j *job) run(ctx context.Context) []result {
 		j.summary(elapsed)
 	}
 	return results
+}
+
+// newSender is sender.New, whose error is always the setup's: only a
+// Config without Addr or with a bad Security fails there. An error that
+// does not say so itself is wrapped in an *smtp.Error of Op config.
+func newSender(cfg sender.Config) (*sender.Sender, error) {
+	snd, err := sender.New(cfg)
+	if err != nil && !smtp.IsConfig(err) {
+		err = &smtp.Error{Op: smtp.OpConfig, Kind: smtp.KindInvalidInput, Message: "invalid sender configuration", Err: err}
+	}
+	return snd, err
 }
 
 // sendOne sends one message within -timeout of its turn.
@@ -272,6 +281,8 @@ func (j *job) count(s status) {
 		j.refused.Add(1)
 	case statusDeferred:
 		j.deferred.Add(1)
+	case statusConfig:
+		j.config.Add(1)
 	default:
 		j.unknown.Add(1)
 	}
@@ -315,8 +326,8 @@ func (j *job) printOutcome(r result) {
 	if r.err != nil {
 		j.con.Outf("status:    %s (exit %d)\n", r.status, r.status.exitCode())
 		j.con.Outf("failed at: %s\n", step(r.err))
-		if e, ok := errors.AsType[*smtp.Error](r.err); ok && e.Code != 0 {
-			j.con.Outf("reply:     %s\n", codeString(e.Code, e.Enhanced)+" "+e.Message)
+		if rt := replyText(r.err); rt != "" {
+			j.con.Outf("reply:     %s\n", rt)
 		}
 		j.explain(r)
 		return
@@ -339,9 +350,9 @@ func (j *job) summary(elapsed time.Duration) {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	rate := float64(j.sent.Load()) / elapsed.Seconds()
-	fmt.Fprintln(tw, "messages\tsent\trefused\tdeferred\tunknown\ttime\tmsg/s")
-	fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%s\t%.1f\n", j.done.Load(), j.sent.Load(), j.refused.Load(),
-		j.deferred.Load(), j.unknown.Load(), elapsed.Round(time.Millisecond), rate)
+	fmt.Fprintln(tw, "messages\tsent\trefused\tdeferred\tconfig\tunknown\ttime\tmsg/s")
+	fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t%s\t%.1f\n", j.done.Load(), j.sent.Load(), j.refused.Load(),
+		j.deferred.Load(), j.config.Load(), j.unknown.Load(), elapsed.Round(time.Millisecond), rate)
 	tw.Flush()
 	j.con.Outf("\n%s", b.String())
 }
@@ -351,8 +362,8 @@ func (j *job) summary(elapsed time.Duration) {
 func (j *job) showProgress(start time.Time) (stop func()) {
 	line := func() string {
 		secs := max(time.Since(start).Seconds(), 1e-3)
-		return fmt.Sprintf("%d/%d done: %d sent, %d refused, %d deferred, %d unknown, %.1f msg/s",
-			j.done.Load(), len(j.srcs), j.sent.Load(), j.refused.Load(), j.deferred.Load(), j.unknown.Load(),
+		return fmt.Sprintf("%d/%d done: %d sent, %d refused, %d deferred, %d config, %d unknown, %.1f msg/s",
+			j.done.Load(), len(j.srcs), j.sent.Load(), j.refused.Load(), j.deferred.Load(), j.config.Load(), j.unknown.Load(),
 			float64(j.sent.Load())/secs)
 	}
 	j.con.StartProgress(line, isTerminal(j.con.out))

@@ -75,7 +75,7 @@ func TestUsageErrors(t *testing.T) {
 func TestHelp(t *testing.T) {
 	o := runCLI(t, runOpts{}, "-h")
 	require.Equal(t, exitOK, o.code)
-	for _, w := range []string{"usage: smtpsend", "-server host:port", "$SMTP_PASSWORD", "76 > 75 > 65 > 0", "-oauth-token-file", "-conns"} {
+	for _, w := range []string{"usage: smtpsend", "-server host:port", "$SMTP_PASSWORD", "76 > 78 > 75 > 65 > 0", "-verify", "-oauth-token-file", "-conns"} {
 		assert.Contains(t, o.stderr, w)
 	}
 }

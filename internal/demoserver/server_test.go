@@ -93,7 +93,7 @@ func TestWrongPassword(t *testing.T) {
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, smtp.KindAuth, se.Kind)
 	assert.Equal(t, 535, se.Code)
-	assert.True(t, smtp.IsPermanent(err))
+	assert.True(t, smtp.IsConfig(err))
 }
 
 func TestNoUsersNoAuth(t *testing.T) {
