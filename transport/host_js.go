@@ -38,7 +38,7 @@ func HostSocketTLS(ctx context.Context, sock js.Value, addr string, cfg *tls.Con
 	}
 	tc, err := handshake(ctx, c, ClientTLSConfig(cfg, addr))
 	if err != nil {
-		return nil, fmt.Errorf("transport: tls handshake with %s: %w", addr, err)
+		return nil, handshakeError("tls handshake", addr, err)
 	}
 	return tc, nil
 }
