@@ -429,9 +429,30 @@ func printableASCII(s string) bool {
 	return true
 }
 
+// CleanFrom returns what Clean(text) makes of text[from:]: the secrets
+// are looked for in the whole of text, so that a fragment that straddles
+// from is found, and what is before from is left out of the result (a
+// parsed value, such as an enhanced status code, that the caller keeps
+// as it was received).
+func (r *Redactor) CleanFrom(text []byte, from int) string {
+	s := r.load()
+	var sp [][2]int
+	for _, span := range spans(s, text) {
+		if span[1] <= from {
+			continue
+		}
+		sp = append(sp, [2]int{max(span[0], from) - from, span[1] - from})
+	}
+	return finish(s, escape(text[from:], false, sp))
+}
+
 func (r *Redactor) clean(text []byte, lines bool) string {
 	s := r.load()
-	out := escape(text, lines, spans(s, text))
+	return finish(s, escape(text, lines, spans(s, text)))
+}
+
+// finish looks for the secrets of s again in out, the escaped text.
+func finish(s *set, out string) string {
 	if s == nil {
 		return out
 	}
