@@ -63,6 +63,17 @@ type StartTLSCapable interface {
 	UpgradeTLS(ctx context.Context, cfg *tls.Config) (Transport, error)
 }
 
+// ErrMaybeWritten is reported, through [errors.Is], by a Write that a
+// deadline (or Close) ended after it had handed its octets to something
+// that may still send them: the host of [HostConn], which cannot take
+// back a chunk it was given. Such a Write returns len(p) with the error:
+// the octets count as written, since they may be. A layer above that
+// counts what it wrote (crypto/tls, which drops the record it was
+// writing from its count) should count the whole of its own Write as
+// possibly written when the error matches ErrMaybeWritten; the smtp
+// package then treats a commit point in it as possibly written.
+var ErrMaybeWritten = errors.New("transport: write ended after its octets were handed over; they may still be sent")
+
 // ErrAlreadyUpgraded is returned by UpgradeTLS when the transport has already
 // been upgraded to TLS, or an upgrade is in progress.
 var ErrAlreadyUpgraded = errors.New("transport: connection already upgraded to TLS")
