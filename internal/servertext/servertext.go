@@ -448,7 +448,14 @@ func (r *Redactor) CleanFrom(text []byte, from int) string {
 
 func (r *Redactor) clean(text []byte, lines bool) string {
 	s := r.load()
-	return finish(s, escape(text, lines, spans(s, text)))
+	sp := spans(s, text)
+	out := escape(text, lines, sp)
+	if len(sp) == 0 && len(out) == len(text) {
+		// Nothing was escaped or removed: the escaped text is the text,
+		// already searched.
+		return out
+	}
+	return finish(s, out)
 }
 
 // finish looks for the secrets of s again in out, the escaped text.
