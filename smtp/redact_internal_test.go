@@ -162,3 +162,19 @@ func FuzzReplyRedacted(f *testing.F) {
 		}
 	})
 }
+
+// TestReplyTextKeptAsSent: without an enhanced code, the text is the
+// line after the separator, leading spaces included, as before.
+func TestReplyTextKeptAsSent(t *testing.T) {
+	for raw, want := range map[string]string{
+		"250  two spaces\r\n":    " two spaces",
+		"250 2.0.0\r\n":          "",
+		"250 2.0.0  two\r\n":     " two",
+		"250 2.0.0x not one\r\n": "2.0.0x not one",
+		"250 4.0.0 other\r\n":    "4.0.0 other",
+	} {
+		if rep := readWith(t, nil, raw, true); rep.Text() != want {
+			t.Errorf("%q: text %q, want %q", raw, rep.Text(), want)
+		}
+	}
+}

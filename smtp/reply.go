@@ -409,8 +409,8 @@ func readReplyIn(r *bufio.Reader, op Op, enhanced bool, in *interner) (Reply, er
 				skip = k
 			}
 		}
-		if skip < len(raw) && raw[skip] == ' ' {
-			skip++
+		if skip > 0 && skip < len(raw) {
+			skip++ // the space after the code (enhancedLen stops at it)
 		}
 		text := in.str(raw)
 		switch {
