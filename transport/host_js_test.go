@@ -3,6 +3,7 @@
 package transport_test
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"os"
@@ -188,4 +189,25 @@ func TestHostConnWriteCutReportsHanded(t *testing.T) {
 	if e := transporttest.CheckTimeoutError(err); e != nil {
 		t.Error(e)
 	}
+}
+
+// TestHostSocketTLSConformance runs the contract over HostSocketTLS: TLS
+// over a Node.js socket. A Write that a deadline ends is reported
+// through crypto/tls, which drops the record it was writing from its
+// count but keeps the error, so ErrMaybeWritten still reaches the
+// caller.
+func TestHostSocketTLSConformance(t *testing.T) {
+	tc := newTestCert(t)
+	transporttest.Run(t, func(t *testing.T) (transport.Transport, net.Conn) {
+		client, server, addr := nodePair(t)
+		peer, err := transport.HostConn(server, "peer")
+		noErr(t, err, "HostConn")
+		srv := tls.Server(peer, &tls.Config{Certificates: []tls.Certificate{tc.cert}})
+		done := make(chan error, 1)
+		go func() { done <- srv.Handshake() }()
+		tr, err := transport.HostSocketTLS(testContext(t), client, addr, &tls.Config{RootCAs: tc.pool, ServerName: "localhost"})
+		noErr(t, err, "HostSocketTLS")
+		noErr(t, <-done, "server handshake")
+		return tr, srv
+	})
 }
