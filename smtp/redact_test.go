@@ -461,3 +461,26 @@ func TestStartTLSCertNamesRedacted(t *testing.T) {
 	var he x509.HostnameError
 	assert.ErrorAs(t, err, &he)
 }
+
+// TestDialTLSErrorRedacted: with implicit TLS the handshake happens in
+// transport.DialTLS, before any session: Redactor.WrapError filters its
+// error with what the chain knows, and errors.As still sees through it.
+func TestDialTLSErrorRedacted(t *testing.T) {
+	sec := newAuthSecrets(t)
+	sec.password(echoUser, echoPassword)
+	red := new(smtp.Redactor)
+	chainLogin(t, sec, red, echoPassword)
+
+	cert, pool := transporttest.NamedCert(t, "mx\x1b[2K\r.example", echoPassword+".example")
+	srv := fs.Start(t, fs.StartTLS(&tls.Config{Certificates: []tls.Certificate{cert}}))
+	_, err := transport.DialTLS(testCtx(t), srv.Addr(), &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	require.Error(t, err)
+	<-srv.Done()
+	err = red.WrapError(err)
+	assert.NotContains(t, err.Error(), echoPassword)
+	assert.NotContains(t, err.Error(), "\x1b")
+	assert.Contains(t, err.Error(), `mx\x1b[2K\r.example, [redacted].example`)
+	var he x509.HostnameError
+	assert.ErrorAs(t, err, &he)
+	assert.Nil(t, red.WrapError(nil))
+}

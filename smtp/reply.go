@@ -123,7 +123,8 @@ func readReply(r *bufio.Reader, op Op, enhanced bool) (Reply, error) {
 //
 // It keeps the most recently registered secrets, and forgets the oldest
 // beyond [servertext.MaxSecrets] secrets or [servertext.MaxWindows]
-// fragments (about 2.5 MB); registering a secret again (each login with
+// fragments (about 2.5 MB, unless the most recent secret alone is
+// larger); registering a secret again (each login with
 // the same password) keeps it. See docs/security.md for what it finds.
 type Redactor struct {
 	r servertext.Redactor

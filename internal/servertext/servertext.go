@@ -58,7 +58,8 @@ const Marker = "[redacted]"
 // than MaxWindows fragments in all; the most recent one is always kept
 // whole. A fragment takes 8 octets, and the hash set at most 32 more, so
 // a Redactor holds at most about 2.5 MB (a password takes about 100
-// fragments, a 2 KB OAuth token about 11 000).
+// fragments, a 2 KB OAuth token about 11 000), unless its most recent
+// secret alone is larger.
 const (
 	MaxSecrets = 256
 	MaxWindows = 1 << 16
