@@ -171,11 +171,13 @@ func (c *Client) mechanism(mech, user, secret string) (sasl.Mechanism, error) {
 //
 // Before anything is sent, the secret, and then each line that carries
 // it (or a proof derived from it), is registered with the session's text
-// filter (see interner), so that no server text read afterwards (a
+// filter (see interner; the Redactor of Options, shared with the other
+// sessions of its chain, when set), so that no server text read afterwards (a
 // reply that echoes the AUTH line, a garbage line quoted in a protocol
 // error, a token error report) can carry them into an error, an event
 // or a log line.
 func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism, secret string) (enhanced string, _ *Error) {
+	c.texts.share(c.opts.Redactor) // done when the session starts; here too, in case
 	c.texts.addSecret([]byte(secret))
 	ir, hasIR, err := m.Start()
 	if err != nil {

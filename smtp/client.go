@@ -294,7 +294,8 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 	c.setReadDeadline(ctx, c.opts.Timeouts.Command)
 	tt, err := t.UpgradeTLS(ctx, cfg)
 	if err != nil {
-		return nil, c.fail(ctx, ioError(ctx, OpSTARTTLS, err))
+		// A certificate error quotes the server's names: filtered.
+		return nil, c.fail(ctx, ioError(ctx, OpSTARTTLS, c.opts.Redactor.WrapError(err)))
 	}
 	c.t = tt
 	c.dl.reset(tt)

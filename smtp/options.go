@@ -108,6 +108,15 @@ type Options struct {
 	// message content.
 	Audit func(Event)
 
+	// Redactor, when set, is shared with the other sessions of a chain
+	// (the sessions of one sender, of one account): the session
+	// registers with it every secret it sends during AUTH, and removes
+	// every secret it holds, whichever session registered it, from all
+	// the server text it reads, from the greeting on. When nil, the
+	// session has its own, which knows the session's secrets from its
+	// AUTH on.
+	Redactor *Redactor
+
 	// ServerName is the server's host name, used to verify its
 	// certificate on STARTTLS when the tls.Config has no ServerName, and
 	// sent in OAUTHBEARER. When empty it is taken from the TLS

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/md5"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +21,8 @@ import (
 
 	fs "github.com/smtpkit/smtpkit/internal/faultserver"
 	"github.com/smtpkit/smtpkit/smtp"
+	"github.com/smtpkit/smtpkit/transport"
+	"github.com/smtpkit/smtpkit/transport/transporttest"
 )
 
 // Servers that echo what the client sent during AUTH. Whatever they
@@ -283,4 +288,199 @@ func TestServerTextPrintable(t *testing.T) {
 			}
 		}
 	}
+}
+
+// plainLine is the AUTH PLAIN line for echoUser and pass.
+func plainLine(pass string) string {
+	return "AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+echoUser+"\x00"+pass))
+}
+
+// chainLogin runs a first session of a chain sharing red: a PLAIN login
+// with pass that the server accepts, then a 421 at MAIL, as in issue 20.
+func chainLogin(t *testing.T, sec *authSecrets, red *smtp.Redactor, pass string) {
+	t.Helper()
+	opts := sec.options(smtp.Options{Redactor: red})
+	echoSlog(t, sec, opts)
+	_, c := authScriptOffering(t, "PLAIN", sec, opts,
+		fs.ExpectLine(plainLine(pass)), fs.Reply("235 2.7.0 ok\r\n"),
+		fs.ReadLine(), fs.Reply("421 4.7.0 closing\r\n"))
+	ctx := testCtx(t)
+	require.NoError(t, sec.err(c.LoginWith(ctx, smtp.MechPLAIN, echoUser, pass)))
+	_, err := c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("x\r\n"))
+	require.Error(t, sec.err(err))
+}
+
+// chainWired reports whether a Client made with Options.Redactor
+// filters with it from its greeting on.
+func chainWired(t *testing.T) bool {
+	red := new(smtp.Redactor)
+	srv := fs.Start(t, fs.Reply("220 mx.example\r\n"), fs.ExpectLine("EHLO client.example"), fs.Reply("250 mx.example\r\n"))
+	tr, err := net.Dial("tcp", srv.Addr())
+	require.NoError(t, err)
+	c, err := smtp.Connect(testCtx(t), tr, "client.example", &smtp.Options{Redactor: red, InsecureAllowPlaintext: true})
+	require.NoError(t, err)
+	defer c.Close()
+	return smtp.SharesRedactor(c, red)
+}
+
+// TestRedactorChain: the password one session of a chain sent comes back
+// in a later session's greeting or EHLO reply, before that session's
+// AUTH (issue 20, point 1): the Redactor the chain shares removes it.
+func TestRedactorChain(t *testing.T) {
+	if !chainWired(t) {
+		t.Skip("newClient does not yet hand Options.Redactor to the session (c.texts.share) and read the greeting through it (readReplyIn with &c.texts): the lead's client.go")
+	}
+	for _, v := range []struct {
+		name   string
+		script []fs.Step
+		op     smtp.Op
+	}{
+		{"greeting", []fs.Step{fs.Reply("421 4.7.0 mx.example busy " + echoPassword + "\x1b[2K\r\n")}, smtp.OpGreeting},
+		{"ehlo", []fs.Step{fs.Reply("220 mx.example " + echoPassword + "\r\n"), fs.ReadLine(),
+			fs.Reply("554-5.7.1 no " + echoPassword + "\r\n554 5.7.1 " + plainLine(echoPassword) + "\r\n")}, smtp.OpEHLO},
+	} {
+		t.Run(v.name, func(t *testing.T) {
+			sec := newAuthSecrets(t)
+			sec.password(echoUser, echoPassword)
+			sec.addForms("the AUTH line", plainLine(echoPassword))
+			red := new(smtp.Redactor)
+			chainLogin(t, sec, red, echoPassword)
+
+			opts := sec.options(smtp.Options{Redactor: red, InsecureAllowPlaintext: true})
+			srv := fs.Start(t, v.script...)
+			tr, err := net.Dial("tcp", srv.Addr())
+			require.NoError(t, err)
+			c, err := smtp.Connect(testCtx(t), tr, "client.example", opts)
+			if c != nil {
+				c.Close()
+			}
+			sec.err(err)
+			var se *smtp.Error
+			require.ErrorAs(t, err, &se)
+			assert.Equal(t, v.op, se.Op)
+			assert.NotContains(t, err.Error(), "\x1b")
+			assert.Contains(t, err.Error(), "[redacted]")
+		})
+	}
+}
+
+// TestControlCharPasswordEcho: a password with control characters,
+// echoed raw, as escapes the server wrote itself, or half and half,
+// leaves no fragment in the escaped text (issue 20, point 3).
+func TestControlCharPasswordEcho(t *testing.T) {
+	const pass = "k9\tQz7\bR2\rm"
+	esc := `k9\tQz7\bR2\rm`
+	for name, echo := range map[string]string{
+		"raw":     pass,
+		"escaped": esc,
+		"mixed":   "k9\tQz7" + `\bR2\rm`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			sec := newAuthSecrets(t)
+			sec.password(echoUser, pass)
+			sec.mu.Lock()
+			sec.forms[esc] = "the password, escaped"
+			for i := 0; i+8 <= len(esc); i++ {
+				sec.forms[esc[i:i+8]] = "8 characters of the password, escaped"
+			}
+			sec.mu.Unlock()
+			srv, c := echoConnect(t, sec, fs.ExpectLine(plainLine(pass)), fs.Reply("535 5.7.8 bad password "+echo+"\r\n"))
+			err := sec.err(c.LoginWith(testCtx(t), smtp.MechPLAIN, echoUser, pass))
+			<-srv.Done()
+			auth535(t, err)
+			assert.Contains(t, err.Error(), "bad password [redacted]")
+		})
+	}
+}
+
+// TestShortPasswordsKeepQueueID: the passwords "queued" and "2.0.0 Ok"
+// neither reveal themselves by where a marker lands nor hide the codes
+// and the queue id (issue 20, point 4).
+func TestShortPasswordsKeepQueueID(t *testing.T) {
+	for _, v := range []struct{ pass, text string }{
+		{"queued", "Ok: queued as 4XyZ12ab"},
+		{"2.0.0 Ok", "[redacted]: queued as 4XyZ12ab"},
+	} {
+		t.Run(v.pass, func(t *testing.T) {
+			t.Parallel()
+			sec := newAuthSecrets(t)
+			sec.mu.Lock()
+			sec.forms["$never$"] = "nothing" // the password is ordinary text here
+			sec.mu.Unlock()
+			_, c := echoConnect(t, sec,
+				fs.ExpectLine(plainLine(v.pass)), fs.Reply("235 2.7.0 ok\r\n"),
+				fs.ExpectLine("MAIL FROM:<a@example.com>"), fs.Reply("250 2.1.0 ok\r\n"),
+				fs.ExpectLine("RCPT TO:<b@example.com>"), fs.Reply("250 2.1.5 ok\r\n"),
+				fs.ExpectLine("DATA"), fs.Reply("354 go\r\n"), fs.ReadUntil("\r\n.\r\n"),
+				fs.Reply("250 2.0.0 Ok: queued as 4XyZ12ab\r\n"))
+			ctx := testCtx(t)
+			require.NoError(t, c.LoginWith(ctx, smtp.MechPLAIN, echoUser, v.pass))
+			o, err := c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("x\r\n"))
+			require.NoError(t, err)
+			assert.Equal(t, "4XyZ12ab", o.QueueID)
+			assert.Equal(t, 250, o.Reply.Code)
+			assert.Equal(t, "2.0.0", o.Reply.Enhanced)
+			assert.Equal(t, v.text, o.Reply.Text())
+		})
+	}
+}
+
+// TestStartTLSCertNamesRedacted: a certificate whose names hold ESC and
+// CR, and the password a session of the chain sent earlier, fails
+// verification at STARTTLS; the error (and the event of the aborted
+// session) is printable and redacted, and errors.As still finds the
+// certificate error (issue 20, point 2). The errors it wraps, crypto/tls
+// and crypto/x509's own, keep their text as it is.
+func TestStartTLSCertNamesRedacted(t *testing.T) {
+	sec := newAuthSecrets(t)
+	sec.password(echoUser, echoPassword)
+	red := new(smtp.Redactor)
+	chainLogin(t, sec, red, echoPassword)
+
+	cert, pool := transporttest.NamedCert(t, "mx\x1b[2K\r.example", echoPassword+".example", "bell\a.example")
+	srv := fs.Start(t, fs.Reply("220 mx.example\r\n"), fs.ExpectLine("EHLO client.example"),
+		fs.Reply("250-mx.example\r\n250 STARTTLS\r\n"), fs.ExpectLine("STARTTLS"), fs.Reply("220 go\r\n"),
+		fs.StartTLS(&tls.Config{Certificates: []tls.Certificate{cert}}))
+	var events []string
+	opts := &smtp.Options{Redactor: red, Audit: func(e smtp.Event) { events = append(events, fmt.Sprintf("%+v", e)) }}
+	tr, err := transport.Dial(testCtx(t), srv.Addr())
+	require.NoError(t, err)
+	_, err = smtp.ConnectStartTLS(testCtx(t), tr, "client.example", &tls.Config{RootCAs: pool, ServerName: "localhost"}, opts)
+	require.Error(t, err)
+	<-srv.Done()
+	for _, text := range append(events, err.Error(), fmt.Sprintf("%+v", err)) {
+		assert.NotContains(t, text, "\x1b")
+		assert.NotContains(t, text, "\r")
+		assert.NotContains(t, text, "\a")
+		assert.NotContains(t, text, echoPassword)
+	}
+	assert.Contains(t, err.Error(), `mx\x1b[2K\r.example, [redacted].example, bell\a.example`)
+	var cve *tls.CertificateVerificationError
+	assert.ErrorAs(t, err, &cve)
+	var he x509.HostnameError
+	assert.ErrorAs(t, err, &he)
+}
+
+// TestDialTLSErrorRedacted: with implicit TLS the handshake happens in
+// transport.DialTLS, before any session: Redactor.WrapError filters its
+// error with what the chain knows, and errors.As still sees through it.
+func TestDialTLSErrorRedacted(t *testing.T) {
+	sec := newAuthSecrets(t)
+	sec.password(echoUser, echoPassword)
+	red := new(smtp.Redactor)
+	chainLogin(t, sec, red, echoPassword)
+
+	cert, pool := transporttest.NamedCert(t, "mx\x1b[2K\r.example", echoPassword+".example")
+	srv := fs.Start(t, fs.StartTLS(&tls.Config{Certificates: []tls.Certificate{cert}}))
+	_, err := transport.DialTLS(testCtx(t), srv.Addr(), &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	require.Error(t, err)
+	<-srv.Done()
+	err = red.WrapError(err)
+	assert.NotContains(t, err.Error(), echoPassword)
+	assert.NotContains(t, err.Error(), "\x1b")
+	assert.Contains(t, err.Error(), `mx\x1b[2K\r.example, [redacted].example`)
+	var he x509.HostnameError
+	assert.ErrorAs(t, err, &he)
+	assert.Nil(t, red.WrapError(nil))
 }

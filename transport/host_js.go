@@ -38,7 +38,7 @@ func HostSocketTLS(ctx context.Context, sock js.Value, addr string, cfg *tls.Con
 	}
 	tc, err := handshake(ctx, c, ClientTLSConfig(cfg, addr))
 	if err != nil {
-		return nil, fmt.Errorf("transport: tls handshake with %s: %w", addr, err)
+		return nil, handshakeError("tls handshake", addr, err)
 	}
 	return tc, nil
 }
@@ -59,10 +59,19 @@ func HostSocketTLS(ctx context.Context, sock js.Value, addr string, cfg *tls.Con
 // goroutine, ends a blocked Read or Write with [os.ErrDeadlineExceeded];
 // a read that a deadline ended leaves the host's read pending, and what
 // it brings is returned by the next Read, so nothing is lost. A Write
-// that a deadline ends has handed its octets to the host, which may
-// still send them; the stream should then be closed. Close closes both
-// streams and then the socket (its destroy method, else its close
-// method, when it has one); it ends a blocked Read or Write.
+// that a deadline (or Close) ends while the host holds its octets
+// cannot take them back: the host may still send them, so the Write
+// reports them as written, len(p), with an error that matches
+// [ErrMaybeWritten] (and [os.ErrDeadlineExceeded], or [net.ErrClosed]);
+// the stream should then be closed. Close closes both streams and then
+// the socket (its destroy method, else its close method, when it has
+// one); it ends a blocked Read or Write.
+//
+// A chunk the host's readable stream yields that is not a Uint8Array
+// (a Node.js Buffer is one) fails the Read with an error, as does a
+// stream that another reader or writer has locked already: HostConn and
+// the connection's methods report what the host throws as errors, and
+// do not panic.
 //
 // remote names the peer in RemoteAddr and errors; it may be empty.
 func HostConn(sock js.Value, remote string) (net.Conn, error) {
@@ -78,19 +87,35 @@ func HostConn(sock js.Value, remote string) (net.Conn, error) {
 		if req.Type() != js.TypeFunction {
 			return nil, fmt.Errorf("transport: a Node.js socket needs require (to call stream.Duplex.toWeb); pass stream.Duplex.toWeb(socket) instead")
 		}
-		streams = req.Invoke("stream").Get("Duplex").Call("toWeb", sock)
+		var err error
+		streams, err = jsTry(func() js.Value { return req.Invoke("stream").Get("Duplex").Call("toWeb", sock) })
+		if err != nil {
+			return nil, fmt.Errorf("transport: stream.Duplex.toWeb of the host socket: %w", err)
+		}
 		if sock.Get("setNoDelay").Type() == js.TypeFunction {
 			// As Go's net package does for TCP: a session's commands
 			// are small writes, each waiting for its reply, which
 			// Nagle's algorithm would hold back.
-			sock.Call("setNoDelay", true)
+			jsTry(func() js.Value { return sock.Call("setNoDelay", true) })
 		}
+	}
+	if !isObject(streams) || !isObject(streams.Get("readable")) || !isObject(streams.Get("writable")) {
+		return nil, fmt.Errorf("transport: host socket has no readable and writable streams")
+	}
+	reader, err := jsTry(func() js.Value { return streams.Get("readable").Call("getReader") })
+	if err != nil {
+		return nil, fmt.Errorf("transport: host socket's readable stream: %w", err)
+	}
+	writer, err := jsTry(func() js.Value { return streams.Get("writable").Call("getWriter") })
+	if err != nil {
+		jsTry(func() js.Value { return reader.Call("releaseLock") })
+		return nil, fmt.Errorf("transport: host socket's writable stream: %w", err)
 	}
 	c := &hostConn{
 		sock:   sock,
 		remote: remote,
-		reader: streams.Get("readable").Call("getReader"),
-		writer: streams.Get("writable").Call("getWriter"),
+		reader: reader,
+		writer: writer,
 		readc:  make(chan readResult, 1),
 		writec: make(chan error, 1),
 		closed: make(chan struct{}),
@@ -99,13 +124,18 @@ func HostConn(sock js.Value, remote string) (net.Conn, error) {
 	c.wdl.init()
 	c.onRead = js.FuncOf(func(_ js.Value, args []js.Value) any {
 		res := args[0]
-		if res.Get("done").Bool() {
+		if !isObject(res) {
+			c.readc <- readResult{err: fmt.Errorf("transport: reading from %s: the host's stream gave %s, not a read result", c.peer(), jsKind(res))}
+			return nil
+		}
+		if res.Get("done").Truthy() {
 			c.readc <- readResult{err: io.EOF}
 			return nil
 		}
 		v := res.Get("value")
 		if !v.InstanceOf(uint8Array) {
-			v = uint8Array.New(v)
+			c.readc <- readResult{err: fmt.Errorf("transport: reading from %s: the host's stream gave a chunk that is not a Uint8Array (%s)", c.peer(), jsKind(v))}
+			return nil
 		}
 		b := make([]byte, v.Get("byteLength").Int())
 		js.CopyBytesToGo(b, v)
@@ -127,9 +157,65 @@ func HostConn(sock js.Value, remote string) (net.Conn, error) {
 	return c, nil
 }
 
+// maybeWrittenError is the error of a Write that ended with its octets
+// handed over: a timeout (a [net.Error] whose Timeout and Temporary
+// report true, matching [os.ErrDeadlineExceeded]) when a deadline ended
+// it, else [net.ErrClosed]; either way it matches [ErrMaybeWritten].
+type maybeWrittenError struct{ timeout bool }
+
+func (e *maybeWrittenError) Error() string {
+	if e.timeout {
+		return "transport: write deadline exceeded after the octets were handed over; they may still be sent"
+	}
+	return "transport: connection closed after the octets were handed over; they may still be sent"
+}
+
+func (e *maybeWrittenError) Timeout() bool   { return e.timeout }
+func (e *maybeWrittenError) Temporary() bool { return e.timeout }
+
+func (e *maybeWrittenError) Is(target error) bool {
+	switch target {
+	case ErrMaybeWritten:
+		return true
+	case os.ErrDeadlineExceeded:
+		return e.timeout
+	case net.ErrClosed:
+		return !e.timeout
+	}
+	return false
+}
+
 var uint8Array = js.Global().Get("Uint8Array")
 
 func isObject(v js.Value) bool { return v.Type() == js.TypeObject }
+
+// jsTry calls f, which calls into JavaScript, and returns what the host
+// threw, if it threw, as an error instead of a panic.
+func jsTry(f func() js.Value) (v js.Value, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			je, ok := r.(js.Error)
+			if !ok {
+				panic(r)
+			}
+			err = fmt.Errorf("the host threw %s", jsError([]js.Value{je.Value}))
+		}
+	}()
+	return f(), nil
+}
+
+// jsKind names the kind of a JavaScript value for an error: its
+// constructor's name, or its type.
+func jsKind(v js.Value) string {
+	if isObject(v) {
+		if ctor := v.Get("constructor"); ctor.Type() == js.TypeFunction {
+			if name := ctor.Get("name"); name.Type() == js.TypeString {
+				return name.String()
+			}
+		}
+	}
+	return v.Type().String()
+}
 
 // jsError describes the reason a promise was rejected with.
 func jsError(args []js.Value) string {
@@ -197,8 +283,11 @@ func (c *hostConn) Read(p []byte) (int, error) {
 		default:
 		}
 		if !c.reading {
+			if _, err := jsTry(func() js.Value { return c.reader.Call("read").Call("then", c.onRead, c.onReadErr) }); err != nil {
+				c.rerr = fmt.Errorf("transport: reading from %s: %w", c.peer(), err)
+				continue
+			}
 			c.reading = true
-			c.reader.Call("read").Call("then", c.onRead, c.onReadErr)
 		}
 		select {
 		case r := <-c.readc:
@@ -254,20 +343,26 @@ func (c *hostConn) Write(p []byte) (int, error) {
 	}
 	a := uint8Array.New(len(p))
 	js.CopyBytesToJS(a, p)
+	if _, err := jsTry(func() js.Value { return c.writer.Call("write", a).Call("then", c.onWrite, c.onWriteErr) }); err != nil {
+		c.werr = fmt.Errorf("transport: writing to %s: %w", c.peer(), err)
+		return 0, c.werr
+	}
 	c.writing = true
-	c.writer.Call("write", a).Call("then", c.onWrite, c.onWriteErr)
 	select {
 	case err := <-c.writec:
 		c.writing = false
 		if err != nil {
+			// The host refused the chunk: it says nothing left.
 			c.werr = err
 			return 0, err
 		}
 		return len(p), nil
 	case <-expired:
-		return 0, os.ErrDeadlineExceeded
+		// The host holds the chunk and may still send it: it counts as
+		// written (see HostConn).
+		return len(p), &maybeWrittenError{timeout: true}
 	case <-c.closed:
-		return 0, net.ErrClosed
+		return len(p), &maybeWrittenError{}
 	}
 }
 
@@ -282,14 +377,19 @@ func (c *hostConn) Close() error {
 		close(c.closed)
 		c.rdl.stop()
 		c.wdl.stop()
-		promises := []any{
-			c.writer.Call("close"),
-			c.reader.Call("cancel"),
+		var promises []any
+		for _, f := range []func() js.Value{
+			func() js.Value { return c.writer.Call("close") },
+			func() js.Value { return c.reader.Call("cancel") },
+		} {
+			if p, err := jsTry(f); err == nil {
+				promises = append(promises, p)
+			}
 		}
 		if d := c.sock.Get("destroy"); d.Type() == js.TypeFunction {
-			c.sock.Call("destroy")
+			jsTry(func() js.Value { return c.sock.Call("destroy") })
 		} else if cl := c.sock.Get("close"); cl.Type() == js.TypeFunction {
-			if p := c.sock.Call("close"); isObject(p) && p.Get("then").Type() == js.TypeFunction {
+			if p, err := jsTry(func() js.Value { return c.sock.Call("close") }); err == nil && isObject(p) && p.Get("then").Type() == js.TypeFunction {
 				promises = append(promises, p)
 			}
 		}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/smtpkit/smtpkit/internal/servertext"
 )
 
 // Transport is a bidirectional byte stream with a deadline, the minimum an
@@ -61,6 +63,17 @@ type StartTLSCapable interface {
 	UpgradeTLS(ctx context.Context, cfg *tls.Config) (Transport, error)
 }
 
+// ErrMaybeWritten is reported, through [errors.Is], by a Write that a
+// deadline (or Close) ended after it had handed its octets to something
+// that may still send them: the host of [HostConn], which cannot take
+// back a chunk it was given. Such a Write returns len(p) with the error:
+// the octets count as written, since they may be. A layer above that
+// counts what it wrote (crypto/tls, which drops the record it was
+// writing from its count) should count the whole of its own Write as
+// possibly written when the error matches ErrMaybeWritten; the smtp
+// package then treats a commit point in it as possibly written.
+var ErrMaybeWritten = errors.New("transport: write ended after its octets were handed over; they may still be sent")
+
 // ErrAlreadyUpgraded is returned by UpgradeTLS when the transport has already
 // been upgraded to TLS, or an upgrade is in progress.
 var ErrAlreadyUpgraded = errors.New("transport: connection already upgraded to TLS")
@@ -92,7 +105,8 @@ func Dial(ctx context.Context, addr string) (StartTLSCapable, error) {
 // name, and TLS 1.2 or later. The returned transport is a [*tls.Conn]; it is
 // not [StartTLSCapable]. On a failed handshake the connection is closed and
 // the error wraps the cause, for example a [*tls.CertificateVerificationError]
-// or ctx.Err().
+// or ctx.Err(); its text is made printable, since a certificate error quotes
+// the names the server's certificate holds.
 func DialTLS(ctx context.Context, addr string, cfg *tls.Config) (Transport, error) {
 	conn, err := dial(ctx, addr)
 	if err != nil {
@@ -100,7 +114,7 @@ func DialTLS(ctx context.Context, addr string, cfg *tls.Config) (Transport, erro
 	}
 	tc, err := handshake(ctx, conn, ClientTLSConfig(cfg, addr))
 	if err != nil {
-		return nil, fmt.Errorf("transport: tls handshake with %s: %w", addr, err)
+		return nil, handshakeError("tls handshake", addr, err)
 	}
 	return tc, nil
 }
@@ -178,6 +192,32 @@ func handshake(ctx context.Context, conn net.Conn, cfg *tls.Config) (*tls.Conn, 
 	return tc, nil
 }
 
+// handshakeError wraps the error of a failed TLS handshake with what
+// and peer. Its text is made printable (see [servertext.Printable]): a
+// certificate-verification error quotes the names the server's
+// certificate holds, which the server, or anyone on the path before
+// STARTTLS, chose, and which may hold CR, ESC or BEL. errors.Is and
+// errors.As see through it to err: a [*tls.CertificateVerificationError]
+// and the [x509.HostnameError] or [x509.UnknownAuthorityError] it holds.
+// The text is not redacted here: this package knows no secret; a caller
+// that does filters it again (smtp.Redactor.WrapError).
+func handshakeError(what, peer string, err error) error {
+	return &printableError{
+		msg: "transport: " + what + " with " + servertext.Printable(peer) + ": " + servertext.Printable(err.Error()),
+		err: err,
+	}
+}
+
+// printableError is an error whose text was made printable; it unwraps
+// to the original.
+type printableError struct {
+	msg string
+	err error
+}
+
+func (e *printableError) Error() string { return e.msg }
+func (e *printableError) Unwrap() error { return e.err }
+
 // plainConn is a plaintext connection that can be upgraded to TLS once.
 type plainConn struct {
 	net.Conn
@@ -195,7 +235,7 @@ func (c *plainConn) UpgradeTLS(ctx context.Context, cfg *tls.Config) (Transport,
 	}
 	tc, err := handshake(ctx, c.Conn, ClientTLSConfig(cfg, c.serverName))
 	if err != nil {
-		return nil, fmt.Errorf("transport: starttls handshake with %s: %w", c.peer(), err)
+		return nil, handshakeError("starttls handshake", c.peer(), err)
 	}
 	return tc, nil
 }

@@ -1,13 +1,15 @@
 // Package servertext makes text that came from an SMTP server safe to put
 // into an error, an audit event, a log line or onto a terminal. It is the
 // one step every such text passes through, in the smtp package, in the SASL
-// mechanisms and in smtpsend:
+// mechanisms, in the transports' certificate errors and in smtpsend:
 //
 //   - a [Redactor] removes what the client sent during AUTH that is
 //     secret: the password or token, and the lines and proofs that carry
-//     them, as sent (base64) and raw, and any fragment of
-//     [MinFragment] octets or more of either, wherever a server echoes
-//     them;
+//     them, as sent (base64) and raw, and any fragment of [MinFragment]
+//     octets or more of either, wherever a server echoes them; it looks
+//     for them twice, in the octets received and in the escaped text, so
+//     that escaping cannot rebuild a secret a server sent in pieces, some
+//     raw and some already written as escapes;
 //   - every character that is not printable (control characters such as
 //     ESC, BEL and CR, invalid UTF-8, Unicode format characters such as
 //     bidirectional overrides) is escaped as in a Go string literal, so
@@ -15,69 +17,144 @@
 //     printed before it.
 //
 // The work is linear in the length of the text: each position is looked
-// up in a hash set, once per window length in use (usually one). A
-// Redactor keeps the fragments mixed with a random key, not as text, so a
-// secret does not sit in memory in the clear for the session's life.
+// up in a hash set, once in the octets received and once in the escaped
+// text. A Redactor keeps the fragments mixed with a random key, not as
+// text, so a secret does not sit in memory in the clear.
 package servertext
 
 import (
 	"encoding/base64"
+	"hash/maphash"
 	"math/rand/v2"
-	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"unicode"
 	"unicode/utf8"
 )
 
-// MinFragment is the length of the shortest fragment of a secret that is
-// removed wherever it appears: every run of MinFragment octets of a secret
-// (raw, or base64 in any alignment and either alphabet) is. A whole secret
-// shorter than MinFragment is removed too, down to MinSecret octets.
+// MinFragment is the length of the shortest run of text a Redactor
+// removes: every run of MinFragment octets of a registered secret (raw,
+// escaped, or base64 in any alignment and either alphabet) is removed
+// wherever it appears in free text. A secret shorter than MinFragment is
+// never looked for in free text, in any form: it would match ordinary
+// words ("queued", "Ok"), and the place of the marker would then tell
+// what the secret is. [Redactor.Matches] still recognises it as the
+// whole of a parsed value (a queue id).
 const MinFragment = 8
 
-// MinSecret is the length of the shortest secret a Redactor removes where
-// it appears raw; shorter ones would blot out ordinary words.
+// MinSecret is the length of the shortest secret a Redactor registers at
+// all; [Redactor.Matches] recognises a parsed value equal to a secret of
+// MinSecret to MinFragment-1 octets. AUTH lines that carry a secret of
+// MinSecret octets or more are registered by [Redactor.AddSent].
 const MinSecret = 4
 
 // Marker replaces each redacted run of text.
 const Marker = "[redacted]"
 
+// Bounds on what a Redactor remembers. It keeps the secrets most recently
+// registered (registering a secret again makes it the most recent) and
+// forgets the oldest once it holds more than MaxSecrets of them, or more
+// than MaxWindows fragments in all; the most recent one is always kept
+// whole. A fragment takes 8 octets, and the hash set at most 32 more, so
+// a Redactor holds at most about 2.5 MB (a password takes about 100
+// fragments, a 2 KB OAuth token about 11 000), unless its most recent
+// secret alone is larger.
+const (
+	MaxSecrets = 256
+	MaxWindows = 1 << 16
+)
+
 // Redactor removes registered secrets from server text. The zero value
 // removes nothing and is ready to use; a nil *Redactor escapes only. A
-// Redactor is not safe for concurrent use: it belongs to one session.
+// Redactor is safe for concurrent use: many sessions may register
+// secrets and clean text with one at the same time. Cleaning takes no
+// lock; registering builds a new hash set and publishes it, so a text
+// being cleaned meanwhile is cleaned with the set as it was when the
+// cleaning began. A Redactor must not be copied after first use.
 type Redactor struct {
-	seed uint64 // random, drawn at the first registration
-	lens []int  // window lengths in use, ascending; MinFragment and shorter whole secrets
-	// table is an open-addressing hash set of the keyed hashes of every
-	// registered window (0 marks a free slot); n is how many it holds.
-	table []uint64
-	n     int
+	mu      sync.Mutex // guards the fields below; held only to register
+	seed    uint64     // random, drawn at the first registration
+	entries []entry    // registered secrets, the least recently registered first
+	windows int        // the fragments of all entries
+	gen     uint64     // counts the sets published
+
+	cur atomic.Pointer[set] // the set in force; nil until a registration
+}
+
+// entry is one registered secret: the keyed hashes of its fragments.
+type entry struct {
+	key    uint64   // identifies the secret, to find it registered again
+	hashes []uint64 // its MinFragment-octet fragments, every form
+	whole  uint64   // the secret itself when shorter than MinFragment, or 0
+}
+
+// set is an immutable hash set of fragments, published by a Redactor.
+type set struct {
+	seed  uint64
+	gen   uint64
+	table []uint64 // open addressing, a power of two, at most half full; 0 is free
+	whole []uint64 // the short secrets, for Matches
 }
 
 // Empty reports whether nothing is registered.
-func (r *Redactor) Empty() bool { return r == nil || r.n == 0 }
+func (r *Redactor) Empty() bool { return r.load() == nil }
+
+// Generation returns a number that changes whenever what the Redactor
+// removes changes (0 while nothing is registered), so that a cache of
+// cleaned texts knows when to start afresh.
+func (r *Redactor) Generation() uint64 {
+	if s := r.load(); s != nil {
+		return s.gen
+	}
+	return 0
+}
+
+func (r *Redactor) load() *set {
+	if r == nil {
+		return nil
+	}
+	s := r.cur.Load()
+	if s == nil || len(s.table) == 0 && len(s.whole) == 0 {
+		return nil
+	}
+	return s
+}
+
+var keySeed = maphash.MakeSeed()
 
 // AddSecret registers a secret the client sends (a password, a token, a
-// proof): its raw form and its base64 encodings in each of the three
-// alignments it can have inside a longer base64 text.
+// proof): when it has MinFragment octets or more, its raw form, the two
+// forms escaping gives it (see [Redactor.Clean] and [Redactor.CleanLines])
+// and its base64 encodings in each of the three alignments it can have
+// inside a longer base64 text; when shorter, down to MinSecret octets,
+// only the whole secret, for [Redactor.Matches].
 func (r *Redactor) AddSecret(secret []byte) {
 	if len(secret) < MinSecret {
 		return
 	}
-	r.add(secret)
-	for off := range 3 {
-		if off >= len(secret) {
-			break
+	r.register('s', secret, 0, 0, func(e *entry, sum func([]byte) uint64) {
+		if len(secret) < MinFragment {
+			e.whole = sum(secret)
+			return
 		}
-		rest := secret[off:]
-		// Only whole groups of three octets encode independently of
-		// what follows.
-		rest = rest[:len(rest)/3*3]
-		if len(rest) == 0 {
-			continue
+		e.hashes = appendWindows(e.hashes, secret, sum)
+		for _, lines := range []bool{false, true} {
+			if esc := (*Redactor)(nil).clean(secret, lines); esc != string(secret) {
+				e.hashes = appendWindows(e.hashes, []byte(esc), sum)
+			}
 		}
-		r.add([]byte(base64.StdEncoding.EncodeToString(rest)))
-	}
+		for off := range 3 {
+			if off >= len(secret) {
+				break
+			}
+			rest := secret[off:]
+			// Only whole groups of three octets encode independently of
+			// what follows.
+			rest = rest[:len(rest)/3*3]
+			e.hashes = appendWindows(e.hashes, []byte(base64.StdEncoding.EncodeToString(rest)), sum)
+		}
+	})
 }
 
 // AddSent registers a line the client sent as it went on the wire: the
@@ -91,67 +168,127 @@ func (r *Redactor) AddSent(line []byte, from, to int) {
 	if to-from < MinSecret || len(line) < MinFragment {
 		return
 	}
-	// Character k of base64 carries bits 6k to 6k+5, of octets 6k/8 to
-	// (6k+5)/8.
-	first, last := from*8/6, min((to*8+5)/6, len(line))
-	for i := 0; i+MinFragment <= len(line); i++ {
-		overlap := min(i+MinFragment, last) - max(i, first)
-		if overlap*2 >= MinFragment {
-			r.addWindow(line[i : i+MinFragment])
+	r.register('l', line, from, to, func(e *entry, sum func([]byte) uint64) {
+		// Character k of base64 carries bits 6k to 6k+5, of octets 6k/8
+		// to (6k+5)/8.
+		first, last := from*8/6, min((to*8+5)/6, len(line))
+		for i := 0; i+MinFragment <= len(line); i++ {
+			overlap := min(i+MinFragment, last) - max(i, first)
+			if overlap*2 >= MinFragment {
+				e.hashes = append(e.hashes, sum(line[i:i+MinFragment]))
+			}
 		}
-	}
+	})
 }
 
-func (r *Redactor) add(s []byte) {
-	w := min(len(s), MinFragment)
-	for i := 0; i+w <= len(s); i++ {
-		r.addWindow(s[i : i+w])
+func appendWindows(dst []uint64, s []byte, sum func([]byte) uint64) []uint64 {
+	for i := 0; i+MinFragment <= len(s); i++ {
+		dst = append(dst, sum(s[i:i+MinFragment]))
 	}
+	return dst
 }
 
-func (r *Redactor) addWindow(window []byte) {
+// register adds the entry fill makes, unless the same secret is
+// registered already, in which case it becomes the most recent; then it
+// forgets the oldest entries beyond the bounds and publishes the new set.
+func (r *Redactor) register(kind byte, b []byte, from, to int, fill func(*entry, func([]byte) uint64)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.seed == 0 {
 		r.seed = rand.Uint64() | 1
 	}
-	if w := len(window); !slices.Contains(r.lens, w) {
-		r.lens = append(r.lens, w)
-		slices.Sort(r.lens)
+	var h maphash.Hash
+	h.SetSeed(keySeed)
+	h.WriteByte(kind)
+	h.Write(b)
+	key := h.Sum64() ^ uint64(from)<<32 ^ uint64(to) ^ r.seed
+	for i, e := range r.entries {
+		if e.key == key {
+			copy(r.entries[i:], r.entries[i+1:])
+			r.entries[len(r.entries)-1] = e
+			return
+		}
 	}
-	if 2*(r.n+1) > len(r.table) {
-		old := r.table
+	seed := r.seed
+	e := entry{key: key}
+	fill(&e, func(w []byte) uint64 { return sum(seed, w) })
+	if len(e.hashes) == 0 && e.whole == 0 {
+		return
+	}
+	r.entries = append(r.entries, e)
+	r.windows += len(e.hashes)
+	drop := 0
+	for len(r.entries)-drop > 1 && (len(r.entries)-drop > MaxSecrets || r.windows > MaxWindows) {
+		r.windows -= len(r.entries[drop].hashes)
+		drop++
+	}
+	if drop > 0 {
+		n := copy(r.entries, r.entries[drop:])
+		clear(r.entries[n:])
+		r.entries = r.entries[:n]
+	}
+	r.gen++
+	next := &set{seed: seed, gen: r.gen}
+	old := r.cur.Load()
+	if drop == 0 && old != nil && 2*(old.count()+len(e.hashes)) <= len(old.table) {
+		// Room in the set in force: a copy of it, plus the new entry.
+		next.table = append([]uint64(nil), old.table...)
+		next.whole = old.whole
+		if e.whole != 0 {
+			next.whole = append(append([]uint64(nil), old.whole...), e.whole)
+		}
+		for _, h := range e.hashes {
+			next.insert(h)
+		}
+	} else {
 		size := 64
-		for size < 4*(r.n+1) {
+		for size < 2*r.windows {
 			size *= 2
 		}
-		r.table = make([]uint64, size) // a power of two, at most half full
-		r.n = 0
-		for _, h := range old {
-			if h != 0 {
-				r.insert(h)
+		next.table = make([]uint64, size)
+		for _, e := range r.entries {
+			for _, h := range e.hashes {
+				next.insert(h)
+			}
+			if e.whole != 0 {
+				next.whole = append(next.whole, e.whole)
 			}
 		}
 	}
-	r.insert(r.sum(window))
+	r.cur.Store(next)
 }
 
-func (r *Redactor) insert(h uint64) {
-	mask := uint64(len(r.table) - 1)
+// count returns how many slots of the table are taken.
+func (s *set) count() int {
+	n := 0
+	for _, h := range s.table {
+		if h != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *set) insert(h uint64) {
+	mask := uint64(len(s.table) - 1)
 	for i := h & mask; ; i = (i + 1) & mask {
-		switch r.table[i] {
+		switch s.table[i] {
 		case h:
 			return
 		case 0:
-			r.table[i] = h
-			r.n++
+			s.table[i] = h
 			return
 		}
 	}
 }
 
-func (r *Redactor) has(h uint64) bool {
-	mask := uint64(len(r.table) - 1)
+func (s *set) has(h uint64) bool {
+	if len(s.table) == 0 {
+		return false
+	}
+	mask := uint64(len(s.table) - 1)
 	for i := h & mask; ; i = (i + 1) & mask {
-		switch r.table[i] {
+		switch s.table[i] {
 		case h:
 			return true
 		case 0:
@@ -162,15 +299,20 @@ func (r *Redactor) has(h uint64) bool {
 
 // sum is the keyed hash of a window of at most 8 octets, with the
 // URL-safe base64 alphabet folded onto the standard one: the octets and
-// the length packed into 64 bits, mixed with the seed (the splitmix64
-// finaliser). It is never 0.
-func (r *Redactor) sum(window []byte) uint64 {
+// the length packed into 64 bits, mixed with the seed.
+func sum(seed uint64, window []byte) uint64 {
 	var v uint64
 	for _, c := range window {
 		v = v<<8 | uint64(fold(c))
 	}
-	v ^= uint64(len(window)) << 59
-	v ^= r.seed
+	return mix(v, len(window), seed)
+}
+
+// mix finishes sum: the length and the seed, then the splitmix64
+// finaliser, a bijection. It is never 0.
+func mix(v uint64, n int, seed uint64) uint64 {
+	v ^= uint64(n) << 59 // a packed window of 8 octets fills v: n is then 8
+	v ^= seed
 	v = (v ^ v>>30) * 0xbf58476d1ce4e5b9
 	v = (v ^ v>>27) * 0x94d049bb133111eb
 	v ^= v >> 31
@@ -191,28 +333,48 @@ func fold(c byte) byte {
 }
 
 // spans returns the ranges of text to remove, in order and disjoint.
-func (r *Redactor) spans(text []byte) [][2]int {
-	if r.Empty() || len(text) < r.lens[0] {
+func spans[T string | []byte](s *set, text T) [][2]int {
+	if s == nil || len(s.table) == 0 || len(text) < MinFragment {
 		return nil
 	}
 	var out [][2]int
-	for i := range text {
-		end := 0
-		for _, w := range r.lens {
-			if i+w <= len(text) && r.has(r.sum(text[i:i+w])) {
-				end = i + w
-			}
-		}
-		if end == 0 {
+	var v uint64
+	for i := 0; i < len(text); i++ {
+		v = v<<8 | uint64(fold(text[i]))
+		if i < MinFragment-1 || !s.has(mix(v, MinFragment, s.seed)) {
 			continue
 		}
-		if n := len(out); n > 0 && i <= out[n-1][1] {
-			out[n-1][1] = max(out[n-1][1], end)
+		start, end := i+1-MinFragment, i+1
+		if n := len(out); n > 0 && start <= out[n-1][1] {
+			out[n-1][1] = end
 		} else {
-			out = append(out, [2]int{i, end})
+			out = append(out, [2]int{start, end})
 		}
 	}
 	return out
+}
+
+// Matches reports whether a value parsed from server text (a queue id)
+// holds a registered secret: a fragment of MinFragment octets, or the
+// whole of a shorter secret. Such a value is not one to keep.
+func (r *Redactor) Matches(value string) bool {
+	s := r.load()
+	if s == nil {
+		return false
+	}
+	if len(value) < MinFragment {
+		if len(value) < MinSecret {
+			return false
+		}
+		h := sum(s.seed, []byte(value))
+		for _, w := range s.whole {
+			if w == h {
+				return true
+			}
+		}
+		return false
+	}
+	return len(spans(s, value)) > 0
 }
 
 // Clean returns text with the registered secrets removed and everything
@@ -268,8 +430,62 @@ func printableASCII(s string) bool {
 	return true
 }
 
+// CleanFrom returns what Clean(text) makes of text[from:]: the secrets
+// are looked for in the whole of text, so that a fragment that straddles
+// from is found, and what is before from is left out of the result (a
+// parsed value, such as an enhanced status code, that the caller keeps
+// as it was received).
+func (r *Redactor) CleanFrom(text []byte, from int) string {
+	s := r.load()
+	var sp [][2]int
+	for _, span := range spans(s, text) {
+		if span[1] <= from {
+			continue
+		}
+		sp = append(sp, [2]int{max(span[0], from) - from, span[1] - from})
+	}
+	return finish(s, escape(text[from:], false, sp))
+}
+
 func (r *Redactor) clean(text []byte, lines bool) string {
-	spans := r.spans(text)
+	s := r.load()
+	sp := spans(s, text)
+	out := escape(text, lines, sp)
+	if len(sp) == 0 && len(out) == len(text) {
+		// Nothing was escaped or removed: the escaped text is the text,
+		// already searched.
+		return out
+	}
+	return finish(s, out)
+}
+
+// finish looks for the secrets of s again in out, the escaped text.
+func finish(s *set, out string) string {
+	if s == nil {
+		return out
+	}
+	// The second look, in the escaped text: a server may have sent some
+	// of a secret's control characters raw and written others as escapes
+	// ("\t" in two characters), which the first look cannot see.
+	sp := spans(s, out)
+	if len(sp) == 0 {
+		return out
+	}
+	var b strings.Builder
+	b.Grow(len(out))
+	at := 0
+	for _, span := range sp {
+		b.WriteString(out[at:span[0]])
+		b.WriteString(Marker)
+		at = span[1]
+	}
+	b.WriteString(out[at:])
+	return b.String()
+}
+
+// escape returns text with the spans replaced by Marker and the rest
+// made printable.
+func escape(text []byte, lines bool, spans [][2]int) string {
 	var b strings.Builder
 	b.Grow(cleanLen(text, lines) + len(spans)*len(Marker))
 	for i := 0; i < len(text); {

@@ -10,18 +10,26 @@
 // is a [net.Error] whose Timeout and Temporary methods report true, so
 // that a crypto/tls session over the transport survives a timed-out read
 // (the smtp package probes an idle session with a read of 2 ms); nothing
-// is lost across a timeout; Close ends a blocked Read; and a
-// [transport.StartTLSCapable] transport upgrades once.
+// is lost across a timeout; a Write that a deadline ends never reports
+// fewer octets than the peer gets unless its error matches
+// [transport.ErrMaybeWritten] (the smtp package counts a commit point as
+// unsent only when the transport says so); Close ends a blocked Read; and
+// a [transport.StartTLSCapable] transport upgrades once.
 package transporttest
 
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"testing"
 	"time"
@@ -54,6 +62,7 @@ func Run(t *testing.T, mk MakePair) {
 		{"FutureDeadline", testFutureDeadline},
 		{"DeadlineInterruptsRead", testDeadlineInterruptsRead},
 		{"TLSSurvivesTimeout", testTLSSurvivesTimeout},
+		{"WriteCutByDeadline", testWriteCutByDeadline},
 		{"PeerClose", testPeerClose},
 		{"CloseInterruptsRead", testCloseInterruptsRead},
 		{"StartTLS", testStartTLS},
@@ -288,6 +297,56 @@ func testTLSSurvivesTimeout(t *testing.T, tr transport.Transport, peer net.Conn)
 	send(t, cli, srv, "QUIT\r\n")
 }
 
+// testWriteCutByDeadline: with a peer that reads nothing, Writes of 1 MiB
+// go on until one blocks and the deadline ends it; then the transport is
+// closed and the peer reads all that reaches it. It must not get more
+// than the Writes reported, unless the last one's error matches
+// transport.ErrMaybeWritten (the transport cannot know what left):
+// otherwise a final dot that did leave would be counted as unsent, and
+// its message sent twice. A transport that takes 256 MiB without
+// blocking is not checked.
+func testWriteCutByDeadline(t *testing.T, tr transport.Transport, peer net.Conn) {
+	chunk := make([]byte, 1<<20)
+	if err := tr.SetDeadline(time.Now().Add(300 * time.Millisecond)); err != nil {
+		t.Fatalf("SetDeadline: %v", err)
+	}
+	var reported int64
+	var werr error
+	for reported < 256<<20 {
+		n, err := tr.Write(chunk)
+		if n < 0 || n > len(chunk) {
+			t.Fatalf("Write returned %d for %d octets", n, len(chunk))
+		}
+		reported += int64(n)
+		if err != nil {
+			werr = err
+			break
+		}
+	}
+	if werr == nil {
+		t.Logf("%d octets written and no Write blocked: nothing to check", reported)
+		return
+	}
+	var ne net.Error
+	if !errors.As(werr, &ne) || !ne.Timeout() {
+		t.Fatalf("Write ended by the deadline: got %v, want an error whose Timeout() is true", werr)
+	}
+	maybe := errors.Is(werr, transport.ErrMaybeWritten)
+	_ = tr.Close()
+	// A guard only; a peer that knows its stream ended (net.Pipe)
+	// refuses a deadline.
+	_ = peer.SetDeadline(time.Now().Add(hangGuard))
+	received, err := io.Copy(io.Discard, peer)
+	var pe net.Error
+	if errors.As(err, &pe) && pe.Timeout() {
+		t.Fatalf("the peer's stream did not end within %v of Close", hangGuard)
+	}
+	if received > reported && !maybe {
+		t.Fatalf("the Writes reported %d octets written, the peer got %d, and the last Write's error (%v) does not match transport.ErrMaybeWritten", reported, received, werr)
+	}
+	t.Logf("reported %d, received %d, maybe written: %v", reported, received, maybe)
+}
+
 // testPeerClose: what the peer sent before closing is read, then io.EOF.
 func testPeerClose(t *testing.T, tr transport.Transport, peer net.Conn) {
 	go func() {
@@ -400,3 +459,40 @@ type pipeAddr struct{}
 
 func (pipeAddr) Network() string { return "transport" }
 func (pipeAddr) String() string  { return "transport" }
+
+// NamedCert returns a self-signed certificate, its own CA, whose
+// subject alternative names are names (which may hold any octet below
+// 0x80, control characters included, as a hostile server's may) and
+// 127.0.0.1, with a pool that trusts it: for tests of what a transport,
+// or a client above it, makes of a certificate error that quotes them.
+func NamedCert(t testing.TB, names ...string) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatalf("key: %v", err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(now.UnixNano()),
+		Subject:               pkix.Name{CommonName: "transporttest"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		DNSNames:              names,
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatalf("certificate: %v", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatalf("certificate: %v", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
+}
