@@ -365,7 +365,7 @@ func TestWrongPasswordNotRetriedWhileIdle(t *testing.T) {
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
 		assert.Equal(t, 535, se.Code)
-		assert.True(t, smtp.IsPermanent(err))
+		assert.True(t, smtp.IsConfig(err), "a refused login is the setup's: %v", err)
 		synctest.Wait()
 		assert.Equal(t, 1, auths.count())
 

@@ -3,7 +3,6 @@ package sender
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -125,12 +124,14 @@ type Config struct {
 	Options smtp.Options
 }
 
+// withDefaults returns c with its defaults, or an [*smtp.Error] with Op
+// smtp.OpConfig (smtp.IsConfig) for a Config that cannot work.
 func (c Config) withDefaults() (Config, error) {
 	if c.Addr == "" && c.Dial == nil {
-		return c, errors.New("sender: Config needs Addr or Dial")
+		return c, &smtp.Error{Op: smtp.OpConfig, Kind: smtp.KindInvalidInput, Message: "sender: Config needs Addr or Dial"}
 	}
 	if c.Security < ImplicitTLS || c.Security > InsecurePlaintext {
-		return c, errors.New("sender: unknown Security")
+		return c, &smtp.Error{Op: smtp.OpConfig, Kind: smtp.KindInvalidInput, Message: "sender: unknown Security"}
 	}
 	if c.LocalName == "" {
 		c.LocalName = "localhost"

@@ -102,6 +102,8 @@ func ExampleSender_Send_errors() {
 		case errors.Is(err, sender.ErrOutcomeUnknown):
 			// Committed, answer lost: it may have been delivered.
 			fmt.Println(to, "-> unknown: mark the job for a person to check; never resend blindly")
+		case smtp.IsConfig(err):
+			fmt.Println(to, "-> setup: pause the queue and alert; the job is not at fault")
 		case smtp.IsPermanent(err):
 			fmt.Println(to, "-> permanent: mark the job failed")
 		case smtp.IsTemporary(err), errors.Is(err, context.DeadlineExceeded):

@@ -376,10 +376,11 @@ func timedSendBody(t *testing.T, s *sender.Sender, env smtp.Envelope, body io.Re
 // classified reports whether err is classified as the issue requires:
 // an *smtp.Error that is temporary or permanent, or ErrOutcomeUnknown.
 func classified(err error) bool {
+	c := smtp.Classify(err)
 	if errors.Is(err, sender.ErrOutcomeUnknown) {
-		return !smtp.IsTemporary(err) && !smtp.IsPermanent(err)
+		return c == smtp.ClassOutcomeUnknown
 	}
-	return smtp.IsTemporary(err) != smtp.IsPermanent(err)
+	return c != smtp.ClassNone && c != smtp.ClassOutcomeUnknown
 }
 
 // shutdown ends s (giving a session stuck on a stalled server a short
@@ -524,17 +525,11 @@ func runFault(t *testing.T, m serverMode, p point, f fault) {
 	assert.Zero(t, st.Failed, "stats: %+v", st)
 }
 
-// TestFaultIdleSubSecond: a session the server closed 50 ms ago. Where
-// the core can ask the kernel whether the socket has a close or bytes
-// waiting (Linux and the BSDs), it sees the close before writing, and
-// the message goes on a new session. Elsewhere it probes only sessions
-// idle for 1 s, so the next transaction is written before the close is
-// noticed: a 421 the server sent first is read as the reply to MAIL, so
-// the message is replayed; a bare close is seen as a lost reply, so the
-// message is replayed if its commit point was not written yet (DATA, or
-// CHUNKING without PIPELINING), and ends with ErrOutcomeUnknown if it
-// was (CHUNKING with PIPELINING sends MAIL, RCPT and BDAT LAST in one
-// write).
+// TestFaultIdleSubSecond: the server closes a session (with or
+// without a 421 first) while it sits idle. The session's reader reads
+// while nothing is owed, so it sees the close as it comes, and the next
+// message goes on a new session: delivered once. (Where the core could
+// only probe before writing, a close could cross the next transaction.)
 // kernelPeek: the platforms where the smtp core peeks at an idle socket.
 var kernelPeek = slices.Contains([]string{"linux", "darwin", "freebsd", "netbsd", "openbsd", "dragonfly"}, runtime.GOOS)
 

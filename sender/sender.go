@@ -100,6 +100,13 @@ type Sender struct {
 	// sessions' hot path need not take mu to report progress.
 	failing atomic.Bool
 
+	// red remembers every secret any session of the Sender sent during
+	// AUTH, and filters every reply of every later session with them
+	// (greetings and EHLO replies before AUTH included): a server that
+	// echoes a password at the next connection reveals nothing. It is
+	// safe for concurrent use.
+	red *smtp.Redactor
+
 	stats counters
 }
 
@@ -151,6 +158,10 @@ func New(cfg Config) (*Sender, error) {
 		cancel:   cancel,
 		shutdown: make(chan struct{}),
 		bo:       cfg.Backoff(),
+		red:      cfg.Options.Redactor,
+	}
+	if s.red == nil {
+		s.red = new(smtp.Redactor)
 	}
 	return s, nil
 }
@@ -768,9 +779,16 @@ func (s *Sender) connect(parent context.Context) (*smtp.Client, error) {
 	c, err := s.dialSession(ctx)
 	if err != nil && parent.Err() == nil {
 		if hint := tlsModeHint(cfg.Security, err); hint != "" {
-			e := &smtp.Error{Op: smtp.OpGreeting, Kind: smtp.KindProtocol, Message: hint, Err: err}
+			// A setup error (smtp.IsConfig): nothing will go until the
+			// Security mode or the port changes.
+			e := &smtp.Error{Op: smtp.OpGreeting, Kind: smtp.KindInvalidInput, Message: hint}
 			if de, ok := errors.AsType[*smtp.Error](err); ok {
-				e.Op = de.Op
+				e.Err = de.Err
+				if de.Err == nil {
+					e.Err = errors.New(de.Message)
+				}
+			} else {
+				e.Err = err
 			}
 			err = e
 		}
@@ -791,11 +809,16 @@ func (s *Sender) dialSession(ctx context.Context) (*smtp.Client, error) {
 		t, err = transport.Dial(ctx, cfg.Addr)
 	}
 	if err != nil {
-		return nil, &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: err}
+		// Certificate names and anything else from the server pass the
+		// Sender's one filter.
+		return nil, &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: s.red.WrapError(err)}
 	}
 	opts := cfg.Options
 	if opts.ServerName == "" && cfg.Addr != "" {
 		opts.ServerName = cfg.Addr
+	}
+	if opts.Redactor == nil {
+		opts.Redactor = s.red
 	}
 	var c *smtp.Client
 	if cfg.Security == StartTLS {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -157,7 +156,7 @@ func TestWrongPasswordFailsFast(t *testing.T) {
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
 		assert.Equal(t, smtp.OpAuth, se.Op)
-		assert.True(t, smtp.IsPermanent(err), "%v", err)
+		assert.True(t, smtp.IsConfig(err), "a refused login is the setup's: %v", err)
 		assert.NotContains(t, err.Error(), "wrong")
 	}
 	assert.Equal(t, int64(1), s.Stats().Dials)
@@ -261,15 +260,12 @@ func TestNoHeadOfLineBehindSlowBody(t *testing.T) {
 
 // TestServerIdleTimeout: the server closes a session left idle for
 // 200 ms (go-smtp's ReadTimeout: 421 4.4.2, then close), over implicit
-// TLS and over STARTTLS. Before it writes on that session again, the
-// smtp core asks the socket under the sender's transport wrapper and the
-// TLS layer, sees the close, and the next message goes on a new session:
-// delivered, not replayed, no unknown outcome. (Where the core cannot
-// ask the socket, a session idle for under a second is not checked.)
+// TLS and over STARTTLS. The session's reader, which reads even when
+// nothing is owed, sees the 421 and the close, and the next message goes
+// on a new session: delivered, no unknown outcome. (A next command that
+// crosses the 421 on the wire gets it as its own answer and is written
+// again on a new session: replayed, never lost.)
 func TestServerIdleTimeout(t *testing.T) {
-	if !kernelPeek {
-		t.Skip("the core cannot peek at a socket on " + runtime.GOOS)
-	}
 	for _, sec := range []sender.Security{sender.ImplicitTLS, sender.StartTLS} {
 		t.Run(sec.String(), func(t *testing.T) {
 			mode := testpeers.ImplicitTLS
@@ -288,9 +284,9 @@ func TestServerIdleTimeout(t *testing.T) {
 			}
 			st := s.Stats()
 			assert.EqualValues(t, 3, srv.Count())
-			assert.EqualValues(t, 3, st.Dials)
+			assert.EqualValues(t, 3+st.Replayed, st.Dials)
 			assert.EqualValues(t, 3, st.Sent)
-			assert.Zero(t, st.Replayed, "seen before anything was written")
+			assert.LessOrEqual(t, st.Replayed, int64(1), "a 421 crossing the next command is rare")
 			assert.Zero(t, st.Unknown)
 		})
 	}

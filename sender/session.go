@@ -176,6 +176,12 @@ func (a *conn) run() {
 	<-a.readerDone
 	a.mu.Lock()
 	a.note421Locked(nil)
+	if errors.Is(c.Err(), errWithdrawn) {
+		// A caller withdrew in the middle of a DATA body: the session
+		// was dropped before the final dot. The server did nothing
+		// wrong.
+		a.callerEnded = true
+	}
 	failed := broke && a.written > 0 && !a.delivered && !a.callerEnded
 	a.mu.Unlock()
 	if failed && s.ctx.Err() == nil {
@@ -269,6 +275,9 @@ func (a *conn) serve() (broke bool) {
 		if a.c.State() == smtp.StateClosed {
 			continue
 		}
+		// What the flush read may have changed: a 503 (take no
+		// more), a server now silent.
+		take = take && !a.noMore.Load() && !(a.nflight.Load() > 0 && a.silent())
 		if take {
 			if at := s.next(a, true); at != nil {
 				a.start(at)
@@ -349,14 +358,6 @@ func (a *conn) start(at *attempt) {
 		return
 	}
 	a.written++
-	if cerr := a.c.Err(); cerr != nil && errors.Is(cerr, errWithdrawn) {
-		// The caller withdrew in the middle of a DATA body: the session
-		// was dropped before the final dot. The server did nothing
-		// wrong.
-		a.mu.Lock()
-		a.callerEnded = true
-		a.mu.Unlock()
-	}
 	a.mu.Lock()
 	at.tx = tx
 	a.inflight = append(a.inflight, at)

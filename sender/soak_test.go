@@ -72,7 +72,7 @@ func (c *soakTally) add(err error) {
 		c.unknown.Add(1)
 	case smtp.IsTemporary(err):
 		c.temporary.Add(1)
-	case smtp.IsPermanent(err):
+	case smtp.IsPermanent(err), smtp.IsConfig(err):
 		c.permanent.Add(1)
 	default:
 		c.unclassified.Add(1)

@@ -106,6 +106,10 @@ type Client struct {
 	// the session, while the replies still owed to committed transactions
 	// are read (see beginClosing); nil otherwise.
 	closing *Error
+	// wbroken is the write that failed while a reader was still owed
+	// replies (see writeFailed): nothing more is written, and the reader
+	// reads what the server sent before it went.
+	wbroken *Error
 	// pending lists the replies the server owes, in order; pendingBase is
 	// its array from its start, reused whenever the queue is empty.
 	pending     []pending
@@ -160,6 +164,12 @@ func (cw *countingWriter) Write(p []byte) (int, error) {
 	}
 	cw.handed.Add(int64(len(p)))
 	n, err := cw.w.Write(p)
+	if err != nil && n < len(p) && errors.Is(err, transport.ErrMaybeWritten) {
+		// The transport handed the octets over and cannot say whether
+		// they left: count them as written, so a commit point among
+		// them is taken as possibly delivered.
+		n = len(p)
+	}
 	cw.n.Add(int64(n))
 	if n < len(p) {
 		cw.handed.Store(cw.n.Load())
@@ -328,6 +338,7 @@ func newClient(t transport.Transport, localName string, opts *Options) (*Client,
 	if opts != nil {
 		c.opts = *opts
 	}
+	c.texts.share(c.opts.Redactor)
 	c.opts.Timeouts = c.opts.Timeouts.withDefaults()
 	c.id = sessionSeq.Add(1)
 	c.serverName = c.opts.ServerName
@@ -596,6 +607,9 @@ func (c *Client) closedErrorLocked(op Op) *Error {
 	cause := c.closeErr
 	if cause == nil {
 		cause = c.closing
+	}
+	if cause == nil {
+		cause = c.wbroken
 	}
 	e := &Error{Op: op, Kind: KindIO, Err: ErrClosed}
 	if cause != nil {

@@ -20,7 +20,16 @@ import (
 // always a reply sent before its command.
 func (c *Client) checkIdle(ctx context.Context) {
 	c.mu.Lock()
-	if c.reading || c.readers > 0 || len(c.pending) > 0 || c.state == StateClosed {
+	if len(c.pending) > 0 || c.state == StateClosed {
+		c.mu.Unlock()
+		return
+	}
+	if c.reading || c.readers > 0 {
+		// A reader is reading: it sees a close or a 421 the moment it
+		// comes. (The socket cannot be asked meanwhile: a peek waits
+		// for the reader's read to return.) A 421 that crosses the
+		// next command on the wire is that command's answer, and its
+		// transaction is replayed.
 		c.mu.Unlock()
 		return
 	}

@@ -140,6 +140,9 @@ func (c *Client) dispatchLocked(rep *Reply) {
 	if c.closing != nil && len(c.pending) == 0 {
 		c.failLocked(c.closing)
 	}
+	if c.wbroken != nil && len(c.pending) == 0 {
+		c.failLocked(c.wbroken)
+	}
 	c.settleState()
 }
 
@@ -359,7 +362,7 @@ func (tx *Tx) finish() {
 		acc [1]string
 	}{}
 	o := &ob.o
-	*o = Outcome{Reply: *tx.final, QueueID: QueueID(tx.final.Text()), Accepted: ob.acc[:0]}
+	*o = Outcome{Reply: *tx.final, QueueID: c.texts.outcomeQueueID(tx.final), Accepted: ob.acc[:0]}
 	for _, r := range tx.rcpt {
 		if r.Reply.Code/100 == 2 {
 			o.Accepted = append(o.Accepted, r.Address)

@@ -24,7 +24,27 @@ func (c *Client) writable() bool {
 	return c.writableLocked()
 }
 
-func (c *Client) writableLocked() bool { return c.state != StateClosed && c.closing == nil }
+func (c *Client) writableLocked() bool {
+	return c.state != StateClosed && c.closing == nil && c.wbroken == nil
+}
+
+// writeFailed ends the write half after a failed write. With a goroutine
+// in ReadReplies and replies owed, the session stays open for it: the
+// replies the server sent before it went are still read (a 421 among
+// them makes what it never answered replayable), and the reader's end
+// closes the session. Otherwise the session closes now.
+func (c *Client) writeFailed(err *Error) {
+	c.mu.Lock()
+	defer c.unlock()
+	if c.readers > 0 && len(c.pending) > 0 && c.state != StateClosed {
+		if c.wbroken == nil {
+			c.wbroken = err
+		}
+		c.cw.stop.Store(true)
+		return
+	}
+	c.failLocked(err)
+}
 
 // writeTx writes tx (see WriteTx). It returns an error only if nothing
 // of tx was written; otherwise a session that closes on the way settles
@@ -338,7 +358,7 @@ func (c *Client) flush(ctx context.Context, op Op) {
 	}
 	c.setWriteDeadline(ctx, c.opts.Timeouts.DataBlock)
 	if err := c.w.Flush(); err != nil {
-		c.fail(ctx, ioError(ctx, op, err))
+		c.writeFailed(ioError(ctx, op, err))
 		return
 	}
 	c.armRead(ctx)
@@ -611,7 +631,7 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 			c.mu.Unlock()
 			c.w.Write(b)
 			if _, err := c.w.Write(out); err != nil {
-				c.fail(ctx, ioError(ctx, OpBDAT, err))
+				c.writeFailed(ioError(ctx, OpBDAT, err))
 				return
 			}
 			c.sync(ctx)
@@ -656,7 +676,7 @@ func (c *Client) writeData(ctx context.Context, tx *Tx) {
 			c.mu.Lock()
 			tx.aborted = true
 			berr := tx.bodyErr
-			c.failLocked(&Error{Op: OpBody, Kind: KindIO, Message: "session dropped before the final dot because the body failed: " + berr.Message, Err: berr})
+			c.failLocked(&Error{Op: OpBody, Kind: KindIO, Message: "session dropped before the final dot because the body failed", Err: berr})
 			c.unlock()
 			return
 		}
@@ -670,7 +690,7 @@ func (c *Client) writeData(ctx context.Context, tx *Tx) {
 			c.mu.Unlock()
 		}
 		if _, err := c.w.Write(out); err != nil {
-			c.fail(ctx, ioError(ctx, OpData, err))
+			c.writeFailed(ioError(ctx, OpData, err))
 			return
 		}
 		if eof {
