@@ -289,8 +289,30 @@ func (b *body) rewind() bool {
 	return true
 }
 
+// tagKey is the context key of WithTag.
+type tagKey struct{}
+
+// WithTag returns a copy of ctx carrying tag: a Send made with it (or
+// with a context derived from it) puts tag in its envelope's Tag, when
+// that is empty, so every audit event of the message carries it
+// ([smtp.Event.Tag]), the late one included. Use it to match an
+// ErrOutcomeUnknown to the event that settles it: an order number, a
+// request id. The tag is never sent to the server.
+func WithTag(ctx context.Context, tag string) context.Context {
+	return context.WithValue(ctx, tagKey{}, tag)
+}
+
+// Tag returns the tag WithTag attached to ctx, or "".
+func Tag(ctx context.Context) string {
+	t, _ := ctx.Value(tagKey{}).(string)
+	return t
+}
+
 func newRequest(ctx context.Context, env smtp.Envelope, r io.Reader) *request {
 	req := &request{ctx: ctx}
+	if env.Tag == "" {
+		env.Tag = Tag(ctx)
+	}
 	req.body = body{r: r}
 	if s, ok := r.(io.Seeker); ok {
 		if off, err := s.Seek(0, io.SeekCurrent); err == nil {

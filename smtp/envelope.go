@@ -30,6 +30,13 @@ type Envelope struct {
 	Size int64
 	// DSN asks for delivery status notifications (RFC 3461).
 	DSN *DSN
+	// Tag is any text of the caller's (an order number, a request id),
+	// carried on every audit event of the transaction ([Event.Tag]) so a
+	// late event, the real outcome of a Send that returned
+	// ErrOutcomeUnknown, can be matched to its request. It is never sent
+	// to the server. The sender fills it from the caller's context
+	// (sender.WithTag) when it is empty.
+	Tag string
 }
 
 // DSN holds the RFC 3461 parameters of an envelope.

@@ -1,12 +1,16 @@
 package smtp_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -181,4 +185,94 @@ func TestReplyTimeoutNotExtendedByNewWork(t *testing.T) {
 		assert.True(t, t2.Done())
 	}
 	assert.Equal(t, smtp.StateClosed, c.State())
+}
+
+// pipeServer answers each command the moment it reads it, with a write
+// that blocks until the client reads the reply (net.Pipe has no buffer):
+// a client that writes on without anyone reading deadlocks with it (the
+// RFC 2920 §3.1 deadlock).
+func pipeServer(conn net.Conn) {
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	io.WriteString(conn, "220 pipe.example ESMTP\r\n")
+	n := 0
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		f := strings.Fields(line)
+		var reply string
+		switch strings.ToUpper(f[0]) {
+		case "EHLO":
+			reply = "250-pipe.example\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n"
+		case "MAIL":
+			reply = "250 2.1.0 Ok\r\n"
+		case "RCPT":
+			reply = "250 2.1.5 Ok\r\n"
+		case "BDAT":
+			size, _ := strconv.Atoi(f[1])
+			if _, err := io.CopyN(io.Discard, r, int64(size)); err != nil {
+				return
+			}
+			n++
+			reply = fmt.Sprintf("250 2.0.0 Ok: queued as P%d\r\n", n)
+		case "QUIT":
+			io.WriteString(conn, "221 2.0.0 Bye\r\n")
+			return
+		default:
+			reply = "502 5.5.2 what\r\n"
+		}
+		if _, err := io.WriteString(conn, reply); err != nil {
+			return
+		}
+	}
+}
+
+// TestManyRecipientsServerThatStopsReadingNoDeadlock: 1,000 recipients
+// with AllowPartial, written whole (PIPELINING, CHUNKING), to a server
+// that stops reading while a reply waits to be read. With a goroutine in
+// ReadReplies every reply is read as it comes: no deadlock, no reply
+// lost, and no wait for replies before the body. (Driven by one
+// goroutine, the client bounds the replies it leaves owed to what a
+// transport's buffers hold, maxOwedReplyBytes; net.Pipe holds nothing.)
+func TestManyRecipientsServerThatStopsReadingNoDeadlock(t *testing.T) {
+	var to []string
+	for i := range 1000 {
+		to = append(to, fmt.Sprintf("r%04d@example.com", i))
+	}
+	env := smtp.Envelope{From: "a@example.com", To: to, AllowPartial: true}
+	for _, reader := range []bool{true} {
+		t.Run("reader goroutine", func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				cc, sc := net.Pipe()
+				go pipeServer(sc)
+				ctx := context.Background()
+				c, err := smtp.Connect(ctx, cc, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+				require.NoError(t, err)
+				readDone := make(chan error, 1)
+				if reader {
+					go func() { readDone <- c.ReadReplies(ctx, nil) }()
+				}
+				tx, err := c.WriteTx(ctx, env, strings.NewReader("Subject: many\r\n\r\nhello\r\n"))
+				require.NoError(t, err)
+				var out *smtp.Outcome
+				if reader {
+					require.NoError(t, c.Flush(ctx))
+					synctest.Wait()
+					require.True(t, tx.Done())
+					out, err = tx.Result()
+				} else {
+					out, err = c.ReadTx(ctx, tx)
+				}
+				require.NoError(t, err)
+				assert.Len(t, out.Accepted, 1000)
+				assert.Equal(t, "P1", out.QueueID)
+				require.NoError(t, c.Quit(ctx))
+				if reader {
+					assert.ErrorIs(t, <-readDone, smtp.ErrClosed)
+				}
+			})
+		})
+	}
 }

@@ -21,9 +21,14 @@ type Tx struct {
 	chunking    bool
 	deferCommit bool // the commit waits for the RCPT replies (more than one recipient, all-or-nothing)
 	enc         bodyEncoder
+	tag         string // Envelope.Tag, for the audit events
+	// msgid reads the Message-ID header as the body streams; owned by
+	// the write half. Its value is copied to msgID once found.
+	msgid MessageIDScanner
 
 	// Guarded by c.mu. The write half sets the first group, the read
 	// half the replies; each moves only forward.
+	msgID     string // the message's Message-ID, once the body has shown it
 	dataSent  bool   // DATA written (DATA mode), or the deferred commit begun
 	committed bool   // the commit point is queued for writing
 	commitEnd int64  // the output offset just past the commit point
@@ -59,6 +64,13 @@ type Tx struct {
 	replay  bool // failed without any chance of delivery (see Replayable)
 	outcome *Outcome
 	err     *Error
+}
+
+// event returns e with the transaction's tag and Message-ID (c.mu
+// held).
+func (tx *Tx) event(e Event) Event {
+	e.Tag, e.MessageID = tx.tag, tx.msgID
+	return e
 }
 
 // Committed reports whether the transaction's commit point (the final

@@ -231,6 +231,7 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 		partial:  env.AllowPartial,
 		body:     body,
 		chunking: caps.Chunking,
+		tag:      env.Tag,
 	}
 	if len(env.To) == 1 {
 		tx.rcpt = tx.rcpt1[:]
@@ -491,6 +492,12 @@ func (tx *Tx) fill(rb, out []byte, want int) ([]byte, bool) {
 	zero := 0
 	for len(out) < want {
 		n, err := tx.body.Read(rb)
+		if n > 0 && !tx.msgid.Done() {
+			tx.msgid.Write(rb[:n])
+			if tx.msgid.Done() {
+				tx.setMessageID(tx.msgid.MessageID())
+			}
+		}
 		if n > 0 {
 			zero = 0
 			var ok bool
@@ -517,6 +524,13 @@ func (tx *Tx) fill(rb, out []byte, want int) ([]byte, bool) {
 		}
 	}
 	return out, false
+}
+
+// setMessageID records the Message-ID the body showed, for the events.
+func (tx *Tx) setMessageID(id string) {
+	tx.c.mu.Lock()
+	defer tx.c.mu.Unlock()
+	tx.msgID = id
 }
 
 // setBodyErr records why the body cannot be sent.
@@ -637,10 +651,14 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 			c.sync(ctx)
 			// Bound the octets owed (the RFC 2920 deadlock): a server
 			// that stops reading while its replies pile up unread would
-			// block these writes for ever if nobody read them.
+			// block these writes for ever if nobody read them. With a
+			// goroutine in ReadReplies somebody always reads, and the
+			// bound would only cost a round trip per few KiB of replies
+			// (100 recipients with AllowPartial at RTT 10 ms: 93 msg/s
+			// against the wire's 868): it applies only without one.
 			over := func() bool { return tx.owed*c.owedReplyEstimate() > maxOwedReplyBytes && !tx.done }
 			c.mu.Lock()
-			wait := over()
+			wait := c.readers == 0 && over()
 			c.mu.Unlock()
 			if wait {
 				c.flush(ctx, OpBDAT)

@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 
 	"github.com/smtpkit/smtpkit/sender"
-	"github.com/smtpkit/smtpkit/smtp"
-	"github.com/smtpkit/smtpkit/transport"
 )
 
 // runVerify is smtpsend -verify: it checks the setup as a service would
@@ -24,7 +21,7 @@ func runVerify(ctx context.Context, o *options, cfg sender.Config, con *console)
 	if err == nil {
 		defer snd.Close()
 		vctx, cancel := context.WithTimeout(ctx, o.timeout)
-		err = verify(vctx, snd, cfg)
+		err = snd.Verify(vctx)
 		cancel()
 	}
 	con.Outf("\n--- verify ---\n")
@@ -40,72 +37,4 @@ func runVerify(ctx context.Context, o *options, cfg sender.Config, con *console)
 	}
 	(&job{o: o, con: con}).explain(result{src: source{name: o.server}, err: err, status: st})
 	return st.exitCode()
-}
-
-// verify runs (*sender.Sender).Verify.
-//
-// TODO(issue 18): sender.Sender.Verify(ctx) error is being added to the
-// sender package. Until this branch has it, the type assertion fails and
-// verifyShim does the same steps with the smtp package. Once Verify is
-// in sender, replace the body with "return snd.Verify(ctx)" and delete
-// verifyShim and this comment.
-func verify(ctx context.Context, snd *sender.Sender, cfg sender.Config) error {
-	if v, ok := any(snd).(interface{ Verify(context.Context) error }); ok {
-		return v.Verify(ctx)
-	}
-	return verifyShim(ctx, cfg)
-}
-
-// verifyShim dials, upgrades, greets, logs in and quits as the sender's
-// sessions do, returning the errors they would. It is a stand-in for
-// sender.Sender.Verify (see verify), not a second implementation to
-// keep.
-func verifyShim(ctx context.Context, cfg sender.Config) error {
-	var t transport.Transport
-	var err error
-	if cfg.Security == sender.ImplicitTLS {
-		t, err = transport.DialTLS(ctx, cfg.Addr, cfg.TLSConfig)
-	} else {
-		t, err = transport.Dial(ctx, cfg.Addr)
-	}
-	if err != nil {
-		return &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: err}
-	}
-	local := cfg.LocalName
-	if local == "" {
-		local = "localhost"
-	}
-	opts := cfg.Options
-	opts.ServerName = cfg.Addr
-	opts.InsecureAllowPlaintext = cfg.Security == sender.InsecurePlaintext
-	var c *smtp.Client
-	if cfg.Security == sender.StartTLS {
-		st, ok := t.(transport.StartTLSCapable)
-		if !ok {
-			t.Close()
-			return errors.New("smtpsend: transport cannot be upgraded")
-		}
-		c, err = smtp.ConnectStartTLS(ctx, st, local, transport.ClientTLSConfig(cfg.TLSConfig, cfg.Addr), &opts)
-	} else {
-		c, err = smtp.Connect(ctx, t, local, &opts)
-	}
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if cfg.Credentials != nil {
-		cr, err := cfg.Credentials(ctx)
-		if err != nil {
-			return &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Message: "credentials provider failed", Err: err}
-		}
-		if cr.Mechanism == "" {
-			err = c.Login(ctx, cr.Username, cr.Secret)
-		} else {
-			err = c.LoginWith(ctx, cr.Mechanism, cr.Username, cr.Secret)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return c.Quit(ctx)
 }
