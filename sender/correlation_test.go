@@ -7,9 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	fs "github.com/smtpkit/smtpkit/internal/faultserver"
 	"github.com/smtpkit/smtpkit/internal/testpeers"
 	"github.com/smtpkit/smtpkit/sender"
 	"github.com/smtpkit/smtpkit/smtp"
@@ -72,4 +74,47 @@ func TestCallerGaveUpAfterCommitLateEventCarriesMessageIDAndTag(t *testing.T) {
 			assert.Equal(t, "order-8812", e.Tag, "%s", e.Type)
 		}
 	}
+}
+
+// TestServerEchoesPasswordInNextSessionsGreeting (issue 20, point 1):
+// session 1 logs in with PLAIN and gets 421 at MAIL; the next sessions'
+// greetings echo the password. The Sender's one redactor remembers what
+// session 1 sent: neither the Send's error nor any audit event shows it.
+func TestServerEchoesPasswordInNextSessionsGreeting(t *testing.T) {
+	const password = "s3cret-Passw0rd-42"
+	first := []fs.Step{fs.Reply("220 mx.example ESMTP\r\n"), fs.ExpectLine("EHLO localhost"),
+		fs.Reply("250-mx.example\r\n250 AUTH PLAIN\r\n"), fs.ReadLine(), fs.Reply("235 2.7.0 ok\r\n"),
+		fs.ReadLine(), fs.Reply("421 4.3.2 bye\r\n"), fs.Close()}
+	echo := []fs.Step{fs.Reply("421 4.7.0 busy, your password was " + password + "\r\n"), fs.Close()}
+	srv := fs.StartMulti(t, first, echo, echo, echo, echo)
+	var mu sync.Mutex
+	var events []smtp.Event
+	s, err := sender.New(sender.Config{Addr: srv.Addr(), Security: sender.InsecurePlaintext, MaxDialFailures: 3,
+		Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Millisecond) },
+		Credentials: func(context.Context) (sender.Credentials, error) {
+			return sender.Credentials{Mechanism: smtp.MechPLAIN, Username: "u", Secret: password}, nil
+		},
+		Options: smtp.Options{Audit: func(e smtp.Event) {
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+		}}})
+	require.NoError(t, err)
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(1)))
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), password)
+	assert.Contains(t, err.Error(), "busy", "the server's text, redacted, is still there")
+	mu.Lock()
+	defer mu.Unlock()
+	greetings := 0
+	for _, e := range events {
+		assert.NotContains(t, e.Error, password, "%s", e.Type)
+		if e.Type == smtp.EventGreeting && e.Code == 421 {
+			greetings++
+		}
+	}
+	assert.Positive(t, greetings, "later sessions were greeted with the echo")
 }

@@ -276,3 +276,30 @@ func TestManyRecipientsServerThatStopsReadingNoDeadlock(t *testing.T) {
 		})
 	}
 }
+
+// TestServerRepliesBeforeCommandsAreWritten: the server sends, in the
+// same write as its EHLO reply (no gap), replies to commands the client
+// has not written yet. They would be taken as the answers to the next
+// MAIL and RCPT: the client ends the session instead, before it writes
+// anything, whether one goroutine drives it or a reader reads.
+func TestServerRepliesBeforeCommandsAreWritten(t *testing.T) {
+	for _, reader := range []bool{false, true} {
+		t.Run(map[bool]string{false: "one goroutine", true: "reader goroutine"}[reader], func(t *testing.T) {
+			early := "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: queued as FAKE\r\n"
+			srv, c, conn := trConnect(t, nil, trSteps(fs.Reply(trGreeting), fs.ExpectLine("EHLO client.example"),
+				fs.Reply(trCaps("PIPELINING", "CHUNKING")+early), fs.Stall())...)
+			ctx := trCtx(t)
+			readDone := make(chan error, 1)
+			if reader {
+				go func() { readDone <- c.ReadReplies(ctx, nil) }()
+				require.ErrorIs(t, <-readDone, smtp.ErrClosed)
+			}
+			_, err := c.WriteTx(ctx, trEnv, strings.NewReader("x\r\n"))
+			require.ErrorIs(t, err, smtp.ErrClosed)
+			assert.Contains(t, err.Error(), "before its command was written")
+			assert.Equal(t, []string{trEHLO}, conn.Writes(), "nothing written after the early replies")
+			c.Close()
+			<-srv.Done()
+		})
+	}
+}

@@ -327,9 +327,7 @@ func chainWired(t *testing.T) bool {
 // in a later session's greeting or EHLO reply, before that session's
 // AUTH (issue 20, point 1): the Redactor the chain shares removes it.
 func TestRedactorChain(t *testing.T) {
-	if !chainWired(t) {
-		t.Skip("newClient does not yet hand Options.Redactor to the session (c.texts.share) and read the greeting through it (readReplyIn with &c.texts): the lead's client.go")
-	}
+	require.True(t, chainWired(t), "newClient hands Options.Redactor to the session and reads the greeting through it")
 	for _, v := range []struct {
 		name   string
 		script []fs.Step
