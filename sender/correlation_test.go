@@ -2,6 +2,7 @@ package sender_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -117,4 +118,33 @@ func TestServerEchoesPasswordInNextSessionsGreeting(t *testing.T) {
 		}
 	}
 	assert.Positive(t, greetings, "later sessions were greeted with the echo")
+}
+
+// TestPolicyHookSeesCallersContextValues: the Policy hook runs on the
+// session's writer, but sees the values of the caller's context (not its
+// cancellation): here the tag, with which it can decide per request.
+func TestPolicyHookSeesCallersContextValues(t *testing.T) {
+	srv := testpeers.GoSMTP(t, testpeers.GoSMTPOptions{})
+	seen := make(chan string, 2)
+	s, err := sender.New(sender.Config{Addr: srv.Addr(), Security: sender.InsecurePlaintext,
+		Options: smtp.Options{Policy: func(ctx context.Context, req smtp.PolicyRequest) error {
+			seen <- sender.Tag(ctx)
+			if sender.Tag(ctx) == "blocked" {
+				return errors.New("this tenant may not send")
+			}
+			return nil
+		}}})
+	require.NoError(t, err)
+	defer s.Close()
+	env := smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+	_, err = s.Send(sender.WithTag(context.Background(), "tenant-7"), env, strings.NewReader(msg(1)))
+	require.NoError(t, err)
+	assert.Equal(t, "tenant-7", <-seen)
+	_, err = s.Send(sender.WithTag(context.Background(), "blocked"), env, strings.NewReader(msg(2)))
+	assert.Equal(t, "blocked", <-seen)
+	var se *smtp.Error
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, smtp.KindPolicy, se.Kind)
+	assert.True(t, smtp.IsPermanent(err))
+	assert.EqualValues(t, 1, srv.Count())
 }

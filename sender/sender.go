@@ -793,12 +793,12 @@ func (s *Sender) sleep(ctx context.Context, d time.Duration) bool {
 // parent and DialTimeout (which bounds all of it, whatever the caller's
 // context). A session that never got going because client and server
 // disagree on TLS says so.
-func (s *Sender) connect(parent context.Context) (*smtp.Client, error) {
+func (s *Sender) connect(parent context.Context, a *conn) (*smtp.Client, error) {
 	s.stats.dials.Add(1)
 	cfg := &s.cfg
 	ctx, cancel := context.WithTimeout(parent, cfg.DialTimeout)
 	defer cancel()
-	c, err := s.dialSession(ctx)
+	c, err := s.dialSession(ctx, a)
 	if err != nil && parent.Err() == nil {
 		if hint := tlsModeHint(cfg.Security, err); hint != "" {
 			// A setup error (smtp.IsConfig): nothing will go until the
@@ -818,7 +818,7 @@ func (s *Sender) connect(parent context.Context) (*smtp.Client, error) {
 	return c, err
 }
 
-func (s *Sender) dialSession(ctx context.Context) (*smtp.Client, error) {
+func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error) {
 	cfg := &s.cfg
 	var t transport.Transport
 	var err error
@@ -841,6 +841,14 @@ func (s *Sender) dialSession(ctx context.Context) (*smtp.Client, error) {
 	}
 	if opts.Redactor == nil {
 		opts.Redactor = s.red
+	}
+	if p := opts.Policy; p != nil && a != nil {
+		// The hook sees the caller's context (its values, not its
+		// cancellation): the smtp core calls it from WriteTx, on the
+		// writer, which set a.caller just before.
+		opts.Policy = func(_ context.Context, req smtp.PolicyRequest) error {
+			return p(context.WithoutCancel(a.caller), req)
+		}
 	}
 	var c *smtp.Client
 	if cfg.Security == StartTLS {
@@ -900,7 +908,7 @@ func (s *Sender) Verify(ctx context.Context) error {
 	defer cancel()
 	stop := context.AfterFunc(s.ctx, cancel)
 	defer stop()
-	c, err := s.connect(ctx)
+	c, err := s.connect(ctx, nil)
 	if err != nil {
 		if s.ctx.Err() != nil {
 			return ErrClosed

@@ -37,6 +37,9 @@ type conn struct {
 	// Owned by the writer goroutine.
 	born    time.Time
 	written int // attempts written on the connection
+	// caller is the context of the Send being written, for the Policy
+	// hook (see dialSession).
+	caller context.Context
 
 	// noMore is set once the session must take no more attempts: the
 	// server is closing it (a 421 seen by WriteTx), or answered 503 to a
@@ -151,7 +154,7 @@ func (a *conn) run() {
 	if !s.sleep(a.ctx, s.dialDelay()) || isShutdown(s) || !s.waitingNow() {
 		return
 	}
-	c, err := s.connect(a.ctx)
+	c, err := s.connect(a.ctx, a)
 	a.mu.Lock()
 	a.inDial = false
 	a.mu.Unlock()
@@ -287,6 +290,7 @@ func (a *conn) serve() (broke bool) {
 		if !take {
 			s.notLooking(a)
 		}
+		busy = a.nflight.Load() > 0
 		var idleC <-chan time.Time
 		if !busy && !done {
 			if idle == nil {
@@ -297,6 +301,10 @@ func (a *conn) serve() (broke bool) {
 			idleC = idle.C
 			s.stats.idle.Add(1)
 		}
+		shutdownC := s.shutdown
+		if done {
+			shutdownC = nil // seen already: wait for the answers
+		}
 		timedOut := false
 		select {
 		case <-a.wake:
@@ -304,7 +312,7 @@ func (a *conn) serve() (broke bool) {
 		case <-a.progress:
 		case <-idleC:
 			timedOut = true
-		case <-s.shutdown:
+		case <-shutdownC:
 		case <-a.ctx.Done():
 		}
 		if idleC != nil {
@@ -344,7 +352,9 @@ func (a *conn) start(at *attempt) {
 		a.c.Flush(a.ctx)
 		a.answerDone()
 	}
+	a.caller = at.req.ctx
 	tx, err := a.c.WriteTx(a.ctx, at.req.env, req)
+	a.caller = nil
 	if err != nil {
 		// Nothing of it was written: on a closed (or closing)
 		// connection it may go to another session, and this was not

@@ -99,13 +99,18 @@ type Options struct {
 	// Timeouts bounds each step when its context has no deadline.
 	Timeouts Timeouts
 
-	// Policy, when set, may veto each transaction before it starts.
+	// Policy, when set, may veto each transaction before it starts. It
+	// is called from WriteTx, on the goroutine writing; the sessions of
+	// a sender.Sender call it from several goroutines at once (the
+	// sender passes it the values of the caller's context).
 	Policy Policy
 
-	// Audit, when set, receives an [Event] for each step of the session.
-	// It is called synchronously from the session's methods and must
-	// not call back into the Client. Events never carry credentials or
-	// message content.
+	// Audit, when set, receives an [Event] for each step of the session,
+	// in order, from one goroutine of the session at a time (the one
+	// that wrote or read the step: a reader goroutine too), never while
+	// the Client holds its lock; the sessions of a sender.Sender call
+	// it from several goroutines at once. It must not call back into
+	// the Client. Events never carry credentials or message content.
 	Audit func(Event)
 
 	// Redactor, when set, is shared with the other sessions of a chain
