@@ -213,9 +213,15 @@ type attempt struct {
 	prev, next *attempt
 	listed     bool
 
-	// tx is the transaction written for it; owned by the session
-	// goroutine that took it.
+	// tx is the transaction written for it; set by the writer that took
+	// it before it is put in the window.
 	tx *smtp.Tx
+	// bodyBusy is set while the writer may still read the body: from
+	// before WriteTx until the writer's next write-half call has
+	// returned (a DATA body is written after its 354, by the next
+	// Flush or WriteTx). An attempt is not answered before: a caller
+	// told to write it again rewinds the body.
+	bodyBusy atomic.Bool
 }
 
 const (

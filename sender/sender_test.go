@@ -284,7 +284,7 @@ func TestServerIdleTimeout(t *testing.T) {
 			}
 			st := s.Stats()
 			assert.EqualValues(t, 3, srv.Count())
-			assert.EqualValues(t, 3+st.Replayed, st.Dials)
+			assert.EqualValues(t, 3, st.Dials, "one session per message: each was closed by the server's idle timeout")
 			assert.EqualValues(t, 3, st.Sent)
 			assert.LessOrEqual(t, st.Replayed, int64(1), "a 421 crossing the next command is rare")
 			assert.Zero(t, st.Unknown)

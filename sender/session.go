@@ -40,6 +40,9 @@ type conn struct {
 	// caller is the context of the Send being written, for the Policy
 	// hook (see dialSession).
 	caller context.Context
+	// last is the attempt written last, whose body the next write-half
+	// call may still read (see attempt.bodyBusy).
+	last *attempt
 
 	// noMore is set once the session must take no more attempts: the
 	// server is closing it (a 421 seen by WriteTx), or answered 503 to a
@@ -176,7 +179,9 @@ func (a *conn) run() {
 	s.wg.Add(1)
 	go a.read()
 	broke := a.serve()
+	a.bodyDone()
 	<-a.readerDone
+	a.answerDone() // what the reader could not answer while a body was busy
 	a.mu.Lock()
 	a.note421Locked(nil)
 	if errors.Is(c.Err(), errWithdrawn) {
@@ -272,6 +277,7 @@ func (a *conn) serve() (broke bool) {
 		// a transaction that waited for its replies), then the writer
 		// waits for an attempt, an answer or the end.
 		a.c.Flush(a.ctx)
+		a.bodyDone()
 		// The writer may have read replies itself, while the reader
 		// was between two reads: it answers what they finished.
 		a.answerDone()
@@ -350,12 +356,16 @@ func (a *conn) start(at *attempt) {
 	req := &at.req.body
 	if !inMemory(req.r) {
 		a.c.Flush(a.ctx)
+		a.bodyDone()
 		a.answerDone()
 	}
 	a.caller = at.req.ctx
+	at.bodyBusy.Store(true)
 	tx, err := a.c.WriteTx(a.ctx, at.req.env, req)
 	a.caller = nil
+	a.bodyDone() // the one before it: WriteTx finished its body
 	if err != nil {
+		at.bodyBusy.Store(false)
 		// Nothing of it was written: on a closed (or closing)
 		// connection it may go to another session, and this was not
 		// its fault. This session takes no more (its caller would
@@ -373,10 +383,21 @@ func (a *conn) start(at *attempt) {
 	a.inflight = append(a.inflight, at)
 	a.nflight.Store(int32(len(a.inflight)))
 	a.mu.Unlock()
+	a.last = at
 	// Settled while it was written (refused without PIPELINING, or the
 	// session closed), or earlier ones finished by replies the writer
 	// read itself: the reader may have nothing more to read.
 	a.answerDone()
+}
+
+// bodyDone records that the writer is done with the body of the attempt
+// it wrote last: its last write-half call has returned (see
+// attempt.bodyBusy).
+func (a *conn) bodyDone() {
+	if a.last != nil {
+		a.last.bodyBusy.Store(false)
+		a.last = nil
+	}
 }
 
 // inMemory reports whether reading r never waits.
@@ -410,7 +431,7 @@ func (a *conn) take(at *attempt) bool {
 func (a *conn) answerDone() {
 	for {
 		a.mu.Lock()
-		if len(a.inflight) == 0 || !a.inflight[0].tx.Done() {
+		if len(a.inflight) == 0 || a.inflight[0].bodyBusy.Load() || !a.inflight[0].tx.Done() {
 			a.mu.Unlock()
 			return
 		}
