@@ -148,3 +148,57 @@ func TestPolicyHookSeesCallersContextValues(t *testing.T) {
 	assert.True(t, smtp.IsPermanent(err))
 	assert.EqualValues(t, 1, srv.Count())
 }
+
+// requestIDKey is a caller's own context key, as a tracing library has.
+type requestIDKey struct{}
+
+// TestAuditContextSeesCallersValuesEvenLate: with Options.AuditContext,
+// every event of a message reaches the hook with the values of its
+// caller's context (a request id a slog.Handler would log), the late
+// event after the caller gave up included.
+func TestAuditContextSeesCallersValuesEvenLate(t *testing.T) {
+	holding := make(chan struct{})
+	release := make(chan struct{})
+	srv := testpeers.GoSMTP(t, testpeers.GoSMTPOptions{Delay: func(stage string) time.Duration {
+		if stage == "DATA" {
+			close(holding)
+			<-release
+		}
+		return 0
+	}})
+	late := make(chan any, 1)
+	var mu sync.Mutex
+	var ids []any
+	s, err := sender.New(sender.Config{Addr: srv.Addr(), Security: sender.InsecurePlaintext,
+		Options: smtp.Options{AuditContext: func(ctx context.Context, e smtp.Event) {
+			switch e.Type {
+			case smtp.EventMailAccepted, smtp.EventRcptAccepted:
+				mu.Lock()
+				ids = append(ids, ctx.Value(requestIDKey{}))
+				mu.Unlock()
+			case smtp.EventMessage:
+				late <- ctx.Value(requestIDKey{})
+			}
+		}}})
+	require.NoError(t, err)
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.WithValue(context.Background(), requestIDKey{}, "req-77"))
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(1)))
+		done <- err
+	}()
+	<-holding
+	cancel()
+	require.ErrorIs(t, <-done, sender.ErrOutcomeUnknown)
+	close(release)
+	select {
+	case id := <-late:
+		assert.Equal(t, "req-77", id)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no late event")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []any{"req-77", "req-77"}, ids)
+}

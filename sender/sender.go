@@ -100,6 +100,10 @@ type Sender struct {
 	// sessions' hot path need not take mu to report progress.
 	failing atomic.Bool
 
+	// hookValues is set when a hook reads the caller's context values
+	// (Options.Policy or Options.AuditContext): WriteTx then gets them.
+	hookValues bool
+
 	// red remembers every secret any session of the Sender sent during
 	// AUTH, and filters every reply of every later session with them
 	// (greetings and EHLO replies before AUTH included): a server that
@@ -160,6 +164,7 @@ func New(cfg Config) (*Sender, error) {
 		bo:       cfg.Backoff(),
 		red:      cfg.Options.Redactor,
 	}
+	s.hookValues = cfg.Options.Policy != nil || cfg.Options.AuditContext != nil
 	if s.red == nil {
 		s.red = new(smtp.Redactor)
 	}
@@ -847,14 +852,6 @@ func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error)
 	}
 	if opts.Redactor == nil {
 		opts.Redactor = s.red
-	}
-	if p := opts.Policy; p != nil && a != nil {
-		// The hook sees the caller's context (its values, not its
-		// cancellation): the smtp core calls it from WriteTx, on the
-		// writer, which set a.caller just before.
-		opts.Policy = func(_ context.Context, req smtp.PolicyRequest) error {
-			return p(context.WithoutCancel(a.caller), req)
-		}
 	}
 	var c *smtp.Client
 	if cfg.Security == StartTLS {

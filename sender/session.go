@@ -37,9 +37,6 @@ type conn struct {
 	// Owned by the writer goroutine.
 	born    time.Time
 	written int // attempts written on the connection
-	// caller is the context of the Send being written, for the Policy
-	// hook (see dialSession).
-	caller context.Context
 	// last is the attempt written last, whose body the next write-half
 	// call may still read (see attempt.bodyBusy).
 	last *attempt
@@ -359,10 +356,14 @@ func (a *conn) start(at *attempt) {
 		a.bodyDone()
 		a.answerDone()
 	}
-	a.caller = at.req.ctx
 	at.bodyBusy.Store(true)
-	tx, err := a.c.WriteTx(a.ctx, at.req.env, req)
-	a.caller = nil
+	ctx := a.ctx
+	if a.s.hookValues {
+		// The Policy and AuditContext hooks see the values of the
+		// caller's context; the I/O keeps the connection's.
+		ctx = callerValues{Context: a.ctx, caller: at.req.ctx}
+	}
+	tx, err := a.c.WriteTx(ctx, at.req.env, req)
 	a.bodyDone() // the one before it: WriteTx finished its body
 	if err != nil {
 		at.bodyBusy.Store(false)
@@ -388,6 +389,21 @@ func (a *conn) start(at *attempt) {
 	// session closed), or earlier ones finished by replies the writer
 	// read itself: the reader may have nothing more to read.
 	a.answerDone()
+}
+
+// callerValues is a connection's context (its cancellation, which the
+// smtp core watches once per connection, the Done channel being the
+// same) with the values of a caller's context looked up first.
+type callerValues struct {
+	context.Context
+	caller context.Context
+}
+
+func (v callerValues) Value(key any) any {
+	if x := v.caller.Value(key); x != nil {
+		return x
+	}
+	return v.Context.Value(key)
 }
 
 // bodyDone records that the writer is done with the body of the attempt

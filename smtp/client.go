@@ -73,6 +73,9 @@ type Client struct {
 	authed     bool   // AUTH succeeded
 	id         uint64 // audit session id
 	dl         deadliner
+	// evctx is the context whose values the session's own events (not
+	// a transaction's) carry to AuditContext: the Connect call's.
+	evctx context.Context
 
 	// The write half: owned by the goroutine in a write-half call, which
 	// holds wmu for the call.
@@ -138,7 +141,7 @@ type Client struct {
 	// evmu guards the audit events waiting to be handed to the hook, in
 	// order, outside mu (see audit).
 	evmu     sync.Mutex
-	evq      []Event
+	evq      []queuedEvent
 	draining bool
 }
 
@@ -249,6 +252,7 @@ func Connect(ctx context.Context, t transport.Transport, localName string, opts 
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	c.evctx = context.WithoutCancel(ctx)
 	c.watch(ctx)
 	defer c.endWatch()
 	if err := c.hello(ctx); err != nil {
@@ -272,6 +276,7 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	c.evctx = context.WithoutCancel(ctx)
 	c.watch(ctx)
 	defer c.endWatch()
 	if err := c.hello(ctx); err != nil {
@@ -472,7 +477,9 @@ type watcher struct {
 }
 
 func (w *watcher) watch(ctx context.Context, dl *deadliner, which *time.Time) {
-	if ctx == w.ctx {
+	if ctx == w.ctx || w.ctx != nil && ctx.Done() == w.ctx.Done() && ctx.Done() != nil {
+		// The same cancellation (a context that only adds values to
+		// the armed one): the arrangement holds.
 		return
 	}
 	if w.unwatch() {
@@ -775,28 +782,38 @@ func (c *Client) Close() error {
 	return nil
 }
 
+// queuedEvent is an event waiting for the hook, with the context whose
+// values AuditContext gets (nil: none).
+type queuedEvent struct {
+	ctx context.Context
+	e   Event
+}
+
 // audit hands an event to the hook, after those queued before it; it
 // must not be called with mu held (see auditLocked).
 func (c *Client) audit(e Event) {
-	c.auditLocked(e)
+	c.auditCtxLocked(c.evctx, e)
 	c.drainEvents()
 }
 
-// auditLocked queues an event for the hook; drainEvents (from unlock)
-// hands the queue over, in order, from one goroutine at a time and never
-// under mu.
-func (c *Client) auditLocked(e Event) {
-	if c.opts.Audit == nil {
+// auditLocked queues an event of the session for the hook; drainEvents
+// (from unlock) hands the queue over, in order, from one goroutine at a
+// time and never under mu.
+func (c *Client) auditLocked(e Event) { c.auditCtxLocked(c.evctx, e) }
+
+// auditCtxLocked queues an event whose AuditContext gets ctx's values.
+func (c *Client) auditCtxLocked(ctx context.Context, e Event) {
+	if c.opts.Audit == nil && c.opts.AuditContext == nil {
 		return
 	}
 	e.Session = c.id
 	c.evmu.Lock()
-	c.evq = append(c.evq, e)
+	c.evq = append(c.evq, queuedEvent{ctx, e})
 	c.evmu.Unlock()
 }
 
 func (c *Client) drainEvents() {
-	if c.opts.Audit == nil {
+	if c.opts.Audit == nil && c.opts.AuditContext == nil {
 		return
 	}
 	c.evmu.Lock()
@@ -809,8 +826,16 @@ func (c *Client) drainEvents() {
 		q := c.evq
 		c.evq = nil
 		c.evmu.Unlock()
-		for _, e := range q {
-			c.opts.Audit(e)
+		for _, qe := range q {
+			if h := c.opts.AuditContext; h != nil {
+				ctx := qe.ctx
+				if ctx == nil {
+					ctx = context.Background()
+				}
+				h(ctx, qe.e)
+			} else {
+				c.opts.Audit(qe.e)
+			}
 		}
 		c.evmu.Lock()
 	}

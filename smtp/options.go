@@ -113,6 +113,16 @@ type Options struct {
 	// the Client. Events never carry credentials or message content.
 	Audit func(Event)
 
+	// AuditContext, when set, is called instead of Audit, with the
+	// values (not the cancellation) of the context of the call the
+	// event belongs to: for a transaction's events, the ctx given to
+	// WriteTx (or Send), even for a late event that comes after the
+	// call returned; for a session's, the ctx of the call that made
+	// it. A slog.Handler that reads a trace or request id from the
+	// context then finds the caller's ([SlogAuditContext]). It is
+	// called as Audit is.
+	AuditContext func(context.Context, Event)
+
 	// Redactor, when set, is shared with the other sessions of a chain
 	// (the sessions of one sender, of one account): the session
 	// registers with it every secret it sends during AUTH, and removes

@@ -22,6 +22,9 @@ type Tx struct {
 	deferCommit bool // the commit waits for the RCPT replies (more than one recipient, all-or-nothing)
 	enc         bodyEncoder
 	tag         string // Envelope.Tag, for the audit events
+	// evctx carries the values of WriteTx's ctx (not its cancellation)
+	// to AuditContext, for every event of the transaction.
+	evctx context.Context
 	// msgid reads the Message-ID header as the body streams; owned by
 	// the write half. Its value is copied to msgID once found.
 	msgid MessageIDScanner

@@ -232,7 +232,7 @@ func (tx *Tx) onReply(p pending, rep *Reply) {
 	switch p.kind {
 	case kMail:
 		if ok {
-			c.auditLocked(tx.event(Event{Type: EventMailAccepted, Op: OpMail, Code: rep.Code, Enhanced: rep.Enhanced, From: tx.from}))
+			c.auditCtxLocked(tx.evctx, tx.event(Event{Type: EventMailAccepted, Op: OpMail, Code: rep.Code, Enhanced: rep.Enhanced, From: tx.from}))
 		} else {
 			tx.mailErr = replyError(OpMail, rep)
 		}
@@ -243,7 +243,7 @@ func (tx *Tx) onReply(p pending, rep *Reply) {
 		if !ok {
 			ev.Type = EventRcptRefused
 		}
-		c.auditLocked(tx.event(ev))
+		c.auditCtxLocked(tx.evctx, tx.event(ev))
 	case kData:
 		tx.dataRep = *rep
 		tx.dataReply = &tx.dataRep
@@ -352,7 +352,7 @@ func (tx *Tx) finish() {
 		if !tx.aborted && !tx.committed {
 			c.needReset = true
 		}
-		c.auditLocked(tx.event(Event{Type: EventMessageFailed, Op: tx.err.Op, Code: tx.err.Code, Enhanced: tx.err.Enhanced, Kind: tx.err.Kind, Error: tx.err.Error()}))
+		c.auditCtxLocked(tx.evctx, tx.event(Event{Type: EventMessageFailed, Op: tx.err.Op, Code: tx.err.Code, Enhanced: tx.err.Enhanced, Kind: tx.err.Kind, Error: tx.err.Error()}))
 		return
 	}
 	// One allocation holds the Outcome and, for one recipient, the
@@ -375,7 +375,7 @@ func (tx *Tx) finish() {
 	if tx.chunking {
 		op = OpBDAT
 	}
-	c.auditLocked(tx.event(Event{Type: EventMessage, Op: op, Code: o.Reply.Code, Enhanced: o.Reply.Enhanced, QueueID: o.QueueID}))
+	c.auditCtxLocked(tx.evctx, tx.event(Event{Type: EventMessage, Op: op, Code: o.Reply.Code, Enhanced: o.Reply.Enhanced, QueueID: o.QueueID}))
 }
 
 // sessionLost settles a transaction whose session broke (or is closing)

@@ -233,6 +233,9 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 		chunking: caps.Chunking,
 		tag:      env.Tag,
 	}
+	if c.opts.AuditContext != nil {
+		tx.evctx = context.WithoutCancel(ctx)
+	}
 	if len(env.To) == 1 {
 		tx.rcpt = tx.rcpt1[:]
 	} else {
