@@ -202,3 +202,32 @@ func TestAuditContextSeesCallersValuesEvenLate(t *testing.T) {
 	defer mu.Unlock()
 	assert.Equal(t, []any{"req-77", "req-77"}, ids)
 }
+
+// TestVerifyChecksTheSetupAtStartup: Verify dials, greets, logs in and
+// QUITs, sending nothing: nil with the right password, a setup error
+// (IsConfig) with a wrong one, a temporary one when the server is down;
+// ErrClosed after Close.
+func TestVerifyChecksTheSetupAtStartup(t *testing.T) {
+	srv := testpeers.GoSMTP(t, testpeers.GoSMTPOptions{Auth: map[string]string{"u": "right"}, AllowInsecureAuth: true})
+	verify := func(addr, password string) (*sender.Sender, error) {
+		s, err := sender.New(sender.Config{Addr: addr, Security: sender.InsecurePlaintext, DialTimeout: 2 * time.Second,
+			Credentials: func(context.Context) (sender.Credentials, error) {
+				return sender.Credentials{Username: "u", Secret: password}, nil
+			}})
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return s, s.Verify(ctx)
+	}
+	s, err := verify(srv.Addr(), "right")
+	require.NoError(t, err)
+	assert.Zero(t, srv.Count(), "nothing sent")
+	s.Close()
+	s, err = verify(srv.Addr(), "wrong")
+	assert.True(t, smtp.IsConfig(err), "%v", err)
+	s.Close()
+	s, err = verify("127.0.0.1:1", "right") // nothing listens there
+	assert.True(t, smtp.IsTemporary(err), "%v", err)
+	s.Close()
+	assert.ErrorIs(t, s.Verify(context.Background()), sender.ErrClosed)
+}
