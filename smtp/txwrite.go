@@ -236,6 +236,10 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 	if c.opts.AuditContext != nil {
 		tx.evctx = context.WithoutCancel(ctx)
 	}
+	if c.opts.Audit == nil && c.opts.AuditContext == nil {
+		// Nobody sees the events: the Message-ID is not looked for.
+		tx.msgid.skip()
+	}
 	if len(env.To) == 1 {
 		tx.rcpt = tx.rcpt1[:]
 	} else {
