@@ -89,6 +89,7 @@ func TestCallerDeadlinesMidBodyDoNotFailHealthyServer(t *testing.T) {
 		require.NoError(t, err, "Send %d after the withdrawals", i)
 	}
 	st := s.Stats()
+	t.Logf("6 callers gave up mid-body, then %d of 20 Sends delivered; dial failures %d", st.Sent, st.DialFailures)
 	assert.Zero(t, st.DialFailures)
 	assert.EqualValues(t, 6, st.Withdrawn)
 	n := deliveries(srv)
@@ -126,6 +127,8 @@ func TestServer503AfterIts421IsNotAVerdict(t *testing.T) {
 				}
 				assert.NoError(t, err, id)
 			}
+			conns, _ := m.stats()
+			t.Logf("100 messages, 10 callers: %d permanent failures, %d connections", permanent, conns)
 			assert.Zero(t, permanent)
 			_, n := m.stats()
 			for _, id := range ids("m", 100) {
@@ -168,7 +171,9 @@ func TestServer421ThenCloseLeavesWindowReplayable(t *testing.T) {
 		}
 		assert.Equal(t, 1, n[id], "%s delivered once", id)
 	}
-	assert.Zero(t, s.Stats().Unknown)
+	st := s.Stats()
+	t.Logf("100 messages, 2 connections at a time: %d delivered, %d unknown, %d failed, %d replayed", st.Sent, st.Unknown, st.Failed, st.Replayed)
+	assert.Zero(t, st.Unknown)
 }
 
 // TestSilentServerGetsAHandfulAndTheFirstTimesOut (point 4): one
@@ -208,6 +213,7 @@ func TestSilentServerGetsAHandfulAndTheFirstTimesOut(t *testing.T) {
 		m.mu.Lock()
 		written := m.mailsOn[0]
 		m.mu.Unlock()
+		t.Logf("%d of 20 Sends written on the silent connection; the first answered after %v", written, time.Duration(first.Load()))
 		assert.LessOrEqual(t, written, 5, "Sends written on the silent connection")
 		assert.GreaterOrEqual(t, written, 1)
 		assert.Equal(t, time.Second, time.Duration(first.Load()), "the first Send ends at its own timeout")
@@ -265,6 +271,7 @@ func TestSlowBodyDoesNotDelayAnotherCallersReply(t *testing.T) {
 			bDone <- err
 		}()
 		took := <-aDone
+		t.Logf("A answered after %v (virtual time)", took)
 		assert.Equal(t, 100*time.Millisecond, took, "A is answered when its reply arrives")
 		require.NoError(t, <-bDone)
 	})
@@ -371,6 +378,7 @@ func TestStartTLSToImplicitTLSPortFailsWithinDialTimeout(t *testing.T) {
 			_, err = s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(1)))
 			// A guard, not a measurement: the old client waited the
 			// caller's 10 s.
+			t.Logf("failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
 			assert.Less(t, time.Since(start), 5*time.Second)
 			var se *smtp.Error
 			require.ErrorAs(t, err, &se, "%v", err)
@@ -439,6 +447,7 @@ func TestLongRepliesLoseNoSession(t *testing.T) {
 		require.NoError(t, err, id)
 	}
 	st := s.Stats()
+	t.Logf("2,000 messages with 5,000-octet final replies: %d dials, %d unknown", st.Dials, st.Unknown)
 	assert.EqualValues(t, 2, st.Dials, "no session lost, none redialed")
 	assert.Zero(t, st.Unknown)
 }
@@ -475,4 +484,5 @@ func TestFailFastErrorKeepsItsCause(t *testing.T) {
 	assert.NotContains(t, err.Error(), "wrong-password")
 	assert.True(t, smtp.IsConfig(err), "%v", err)
 	assert.True(t, errors.Is(err, sender.ErrFailingFast))
+	t.Logf("fail-fast error: %v", err)
 }

@@ -578,7 +578,11 @@ func (s *Sender) next(a *conn, park bool) *attempt {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dialedLocked(a)
-	if at := s.head; at != nil {
+	// A session with transactions in flight leaves to the sessions
+	// being dialed as many attempts as there are of them: behind a slow
+	// reply (a content filter), a new connection may be the faster way,
+	// and the enqueue that started one meant it for this attempt.
+	if at := s.head; at != nil && (a.nflight.Load() == 0 || s.nwaiting > len(s.dialers)) {
 		s.unlinkLocked(at)
 		a.looking = false
 		return at

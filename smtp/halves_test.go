@@ -242,39 +242,26 @@ func TestManyRecipientsServerThatStopsReadingNoDeadlock(t *testing.T) {
 		to = append(to, fmt.Sprintf("r%04d@example.com", i))
 	}
 	env := smtp.Envelope{From: "a@example.com", To: to, AllowPartial: true}
-	for _, reader := range []bool{true} {
-		t.Run("reader goroutine", func(t *testing.T) {
-			synctest.Test(t, func(t *testing.T) {
-				cc, sc := net.Pipe()
-				go pipeServer(sc)
-				ctx := context.Background()
-				c, err := smtp.Connect(ctx, cc, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
-				require.NoError(t, err)
-				readDone := make(chan error, 1)
-				if reader {
-					go func() { readDone <- c.ReadReplies(ctx, nil) }()
-				}
-				tx, err := c.WriteTx(ctx, env, strings.NewReader("Subject: many\r\n\r\nhello\r\n"))
-				require.NoError(t, err)
-				var out *smtp.Outcome
-				if reader {
-					require.NoError(t, c.Flush(ctx))
-					synctest.Wait()
-					require.True(t, tx.Done())
-					out, err = tx.Result()
-				} else {
-					out, err = c.ReadTx(ctx, tx)
-				}
-				require.NoError(t, err)
-				assert.Len(t, out.Accepted, 1000)
-				assert.Equal(t, "P1", out.QueueID)
-				require.NoError(t, c.Quit(ctx))
-				if reader {
-					assert.ErrorIs(t, <-readDone, smtp.ErrClosed)
-				}
-			})
-		})
-	}
+	synctest.Test(t, func(t *testing.T) {
+		cc, sc := net.Pipe()
+		go pipeServer(sc)
+		ctx := context.Background()
+		c, err := smtp.Connect(ctx, cc, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+		require.NoError(t, err)
+		readDone := make(chan error, 1)
+		go func() { readDone <- c.ReadReplies(ctx, nil) }()
+		tx, err := c.WriteTx(ctx, env, strings.NewReader("Subject: many\r\n\r\nhello\r\n"))
+		require.NoError(t, err)
+		require.NoError(t, c.Flush(ctx))
+		synctest.Wait()
+		require.True(t, tx.Done())
+		out, err := tx.Result()
+		require.NoError(t, err)
+		assert.Len(t, out.Accepted, 1000)
+		assert.Equal(t, "P1", out.QueueID)
+		require.NoError(t, c.Quit(ctx))
+		assert.ErrorIs(t, <-readDone, smtp.ErrClosed)
+	})
 }
 
 // TestServerRepliesBeforeCommandsAreWritten: the server sends, in the
