@@ -731,10 +731,11 @@ func (s *Sender) sessionFailed(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.failures++
-	if credentialsRefused(err) {
+	if credentialsRefused(err) || smtp.IsConfig(err) {
 		// Retrying a refused password soon only risks locking the
-		// account: fail fast now, and let the backoff pace the next
-		// attempt, which only a Send starts.
+		// account, and no setup error (an untrusted certificate, the
+		// wrong TLS mode) goes away by itself: fail fast now, and let
+		// the backoff pace the next attempt, which only a Send starts.
 		s.failures = max(s.failures, s.cfg.MaxDialFailures)
 	}
 	s.lastErr = err
