@@ -18,6 +18,22 @@ import (
 	"github.com/smtpkit/smtpkit/smtp"
 )
 
+// holdingFinalReply starts a go-smtp server that holds the reply to the
+// end of its first message's data: holding is closed once the server
+// has the whole message, and the reply goes out when release is closed.
+func holdingFinalReply(t *testing.T) (srv *testpeers.GoSMTPServer, holding, release chan struct{}) {
+	holding, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	srv = testpeers.GoSMTP(t, testpeers.GoSMTPOptions{Delay: func(stage string) time.Duration {
+		if stage == "DATA" {
+			once.Do(func() { close(holding) })
+			<-release
+		}
+		return 0
+	}})
+	return srv, holding, release
+}
+
 // TestCallerGaveUpAfterCommitLateEventCarriesMessageIDAndTag: the caller
 // gives up while the server holds its final reply (the message is
 // committed: ErrOutcomeUnknown). The server then accepts it; the late
@@ -25,15 +41,7 @@ import (
 // its header as the body streamed, and the caller's tag (sender.WithTag),
 // so the unknown outcome can be matched to it in the log.
 func TestCallerGaveUpAfterCommitLateEventCarriesMessageIDAndTag(t *testing.T) {
-	holding := make(chan struct{})
-	release := make(chan struct{})
-	srv := testpeers.GoSMTP(t, testpeers.GoSMTPOptions{Delay: func(stage string) time.Duration {
-		if stage == "DATA" {
-			close(holding)
-			<-release
-		}
-		return 0
-	}})
+	srv, holding, release := holdingFinalReply(t)
 	var mu sync.Mutex
 	var events []smtp.Event
 	late := make(chan smtp.Event, 1)
@@ -157,15 +165,7 @@ type requestIDKey struct{}
 // caller's context (a request id a slog.Handler would log), the late
 // event after the caller gave up included.
 func TestAuditContextSeesCallersValuesEvenLate(t *testing.T) {
-	holding := make(chan struct{})
-	release := make(chan struct{})
-	srv := testpeers.GoSMTP(t, testpeers.GoSMTPOptions{Delay: func(stage string) time.Duration {
-		if stage == "DATA" {
-			close(holding)
-			<-release
-		}
-		return 0
-	}})
+	srv, holding, release := holdingFinalReply(t)
 	late := make(chan any, 1)
 	var mu sync.Mutex
 	var ids []any
@@ -230,4 +230,43 @@ func TestVerifyChecksTheSetupAtStartup(t *testing.T) {
 	assert.True(t, smtp.IsTemporary(err), "%v", err)
 	s.Close()
 	assert.ErrorIs(t, s.Verify(context.Background()), sender.ErrClosed)
+}
+
+// TestCallersGivingUpBeforeAndAfterTheirBodyBlameNoServer: with one
+// session and a window of one, the server holds A's final reply; B, waiting for the session,
+// gives up before its body was read, and then A's caller gives up after
+// its commit point (ErrOutcomeUnknown). Neither is the server's failure:
+// with fail-fast after one failed session and a backoff of an hour, the
+// next Send goes out at once on the same session, and no dial failed.
+func TestCallersGivingUpBeforeAndAfterTheirBodyBlameNoServer(t *testing.T) {
+	srv, holding, release := holdingFinalReply(t)
+	s, err := sender.New(sender.Config{Addr: srv.Addr(), Security: sender.InsecurePlaintext, MaxConns: 1, MaxInFlight: 1,
+		MaxDialFailures: 1, Backoff: func() backoff.BackOff { return backoff.NewConstantBackOff(time.Hour) }})
+	require.NoError(t, err)
+	defer s.Close()
+	env := smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+	ctxA, cancelA := context.WithCancel(context.Background())
+	doneA := make(chan error, 1)
+	go func() { _, err := s.Send(ctxA, env, strings.NewReader(idBody("A"))); doneA <- err }()
+	<-holding
+	ctxB, cancelB := context.WithCancel(context.Background())
+	doneB := make(chan error, 1)
+	go func() { _, err := s.Send(ctxB, env, strings.NewReader(idBody("B"))); doneB <- err }()
+	require.Eventually(t, func() bool { return s.Stats().Waiting == 1 }, 10*time.Second, time.Millisecond)
+	cancelB() // before its body: withdrawn
+	assert.Equal(t, context.Canceled, <-doneB)
+	cancelA() // after its commit point
+	assert.ErrorIs(t, <-doneA, sender.ErrOutcomeUnknown)
+	close(release)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // a hang guard
+	defer cancel()
+	_, err = s.Send(ctx, env, strings.NewReader(idBody("C")))
+	require.NoError(t, err)
+	st := s.Stats()
+	assert.Zero(t, st.DialFailures)
+	assert.EqualValues(t, 1, st.Dials, "the session was kept")
+	n := deliveries(srv)
+	assert.Zero(t, n["B"])
+	assert.Equal(t, 1, n["A"], "the held message was delivered once")
+	assert.Equal(t, 1, n["C"])
 }

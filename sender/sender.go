@@ -35,19 +35,20 @@ var ErrClosed = errors.New("sender: closed")
 // does.
 var ErrFailingFast = errors.New("sender: failing fast")
 
-// Sender sends messages over a bounded set of SMTP sessions, each owned
-// by one goroutine. It is safe for concurrent use; share one per server.
+// Sender sends messages over a bounded set of SMTP sessions, each run by
+// a writer and a reader goroutine of its own. It is safe for concurrent
+// use; share one per server.
 //
 // The life of one Send, in brief (docs/architecture.md has the diagram):
 // the caller's goroutine makes an attempt, puts it on the waiting list
-// and waits for its answer. A session goroutine takes the attempt, writes
-// it on its one connection and answers it. If the answer says the
-// message was never committed and may be written again (its own 421, or a
-// connection lost before its commit point), the caller's goroutine
+// and waits for its answer. A session's writer takes the attempt and
+// writes it on its one connection; its reader answers it the moment the
+// server's replies settle it. If the answer says the message cannot have
+// been delivered and may be written again, the caller's goroutine
 // decides whether to try again, with a new attempt: the replay decision
-// lives with the caller, as in net/http's Transport, so a session
-// goroutine owns exactly one connection and an attempt's state only moves
-// forward.
+// lives with the caller, as in net/http's Transport, so a session's
+// goroutines own exactly one connection and an attempt's state only
+// moves forward.
 type Sender struct {
 	cfg Config
 	sem *semaphore.Weighted // one unit per session goroutine

@@ -270,8 +270,8 @@ func (c Class) String() string {
 //     context having ended (sender.Send returns it bare when the
 //     message was withdrawn before its commit point); a TLS certificate
 //     or TLS record error is [ClassConfig]; anything else (an error of a
-//     custom Dial, a closed Sender's sender.ErrClosed, [ErrInterrupted])
-//     is [ClassTemporary].
+//     custom Dial, a closed Sender's sender.ErrClosed) is
+//     [ClassTemporary].
 //
 // An *Error is classified by its Op, Kind, Code and cause:
 //
