@@ -126,7 +126,10 @@ func TestClosedLoopUsesLooper(t *testing.T) {
 
 func TestRunOnceMeasures(t *testing.T) {
 	f := &fakeClient{}
-	tm := timing{Runs: 1, Window: 20 * time.Millisecond, Warm: 5 * time.Millisecond, MinMsgs: 5, MaxRun: time.Minute, MaxMsgs: 100_000}
+	// No message cap that an instant fake could reach in the warm-up on a
+	// loaded machine (100,000 was: the stretch then measured nothing);
+	// MaxRun bounds the run.
+	tm := timing{Runs: 1, Window: 20 * time.Millisecond, Warm: 5 * time.Millisecond, MinMsgs: 5, MaxRun: time.Minute, MaxMsgs: 1 << 40}
 	s := spec{Client: clientCore, Conns: 1, Window: 1, Callers: 2}
 	smp, err := runOnceWith(context.Background(), s, tm, nil, func(context.Context) (client, error) { return f, nil })
 	if err != nil {
