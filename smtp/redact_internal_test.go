@@ -145,16 +145,21 @@ func FuzzReplyRedacted(f *testing.F) {
 			// received: a secret made of them alone is not redacted.
 			shown, code = rep.Enhanced+" "+shown, len(rep.Enhanced)+1
 		}
-		out := strings.Split(shown+"\x00"+in.outcomeQueueID(&rep), servertext.Marker)
+		// The text and the queue id are checked apart: joined by any
+		// separator, the separator could complete a secret that holds it.
+		out := append(strings.Split(shown, servertext.Marker), strings.Split(in.outcomeQueueID(&rep), servertext.Marker)...)
 		for _, f := range []string{string(secret), servertext.Printable(string(secret))} {
 			for i := 0; i+servertext.MinFragment <= len(f); i++ {
 				w := f[i : i+servertext.MinFragment]
 				for k, piece := range out {
-					j := strings.Index(piece, w)
-					if k == 0 && j >= 0 && j+len(w) <= code {
-						j = strings.Index(piece[j+1:], w)
+					// In the first piece, a fragment that starts in
+					// the code has fewer than MinFragment of its
+					// characters in the text: it is not a leak.
+					from := 0
+					if k == 0 {
+						from = code
 					}
-					if j >= 0 {
+					if strings.Contains(piece[min(from, len(piece)):], w) {
 						t.Fatalf("fragment %q of %q survives in %q", w, secret, out)
 					}
 				}
