@@ -7,7 +7,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -471,68 +470,6 @@ func (c *Client) abort(tx *Tx) {
 	c.writeCommand(tx, kReset, 0, resetLine)
 }
 
-var bodyBufPool = sync.Pool{New: func() any { b := make([]byte, DefaultChunkSize/4+DefaultChunkSize*2); return &b }}
-
-// bodyBuffers returns a read buffer and an encode buffer for one body,
-// and the pooled buffer to give back to putBodyBuffers (nil if none).
-func (c *Client) bodyBuffers() (rb, eb []byte, pooled *[]byte) {
-	cs := c.opts.chunkSize()
-	if cs == DefaultChunkSize {
-		p := bodyBufPool.Get().(*[]byte)
-		b := *p
-		return b[:cs/4], b[cs/4 : cs/4 : len(b)], p
-	}
-	return make([]byte, cs/4), make([]byte, 0, 2*cs), nil
-}
-
-// putBodyBuffers returns a buffer from bodyBuffers to the pool.
-func putBodyBuffers(p *[]byte) {
-	if p != nil {
-		bodyBufPool.Put(p)
-	}
-}
-
-// fill reads the body until at least want encoded octets are in out or
-// the body ends. It returns the encoded octets and whether the body
-// ended; a bad or failing body is recorded in tx.bodyErr.
-func (tx *Tx) fill(rb, out []byte, want int) ([]byte, bool) {
-	zero := 0
-	for len(out) < want {
-		n, err := tx.body.Read(rb)
-		if n > 0 && !tx.msgid.Done() {
-			tx.msgid.Write(rb[:n])
-			if tx.msgid.Done() {
-				tx.setMessageID(tx.msgid.MessageID())
-			}
-		}
-		if n > 0 {
-			zero = 0
-			var ok bool
-			if out, ok = tx.enc.encode(out, rb[:n]); !ok {
-				tx.bodyProblem()
-				return out, false
-			}
-		}
-		switch {
-		case err == io.EOF:
-			var ok bool
-			if out, ok = tx.enc.finish(out); !ok {
-				tx.bodyProblem()
-			}
-			return out, true
-		case err != nil:
-			tx.setBodyErr(&Error{Op: OpBody, Kind: KindInvalidInput, Message: "reading the body failed", Err: err})
-			return out, false
-		case n == 0:
-			if zero++; zero > 100 {
-				tx.setBodyErr(&Error{Op: OpBody, Kind: KindInvalidInput, Message: "body reader returned no data and no error 100 times", Err: io.ErrNoProgress})
-				return out, false
-			}
-		}
-	}
-	return out, false
-}
-
 // setMessageID records the Message-ID the body showed, for the events.
 func (tx *Tx) setMessageID(id string) {
 	tx.c.mu.Lock()
@@ -547,13 +484,6 @@ func (tx *Tx) setBodyErr(e *Error) {
 	if tx.bodyErr == nil {
 		tx.bodyErr = e
 	}
-}
-
-// failedBody reports whether the body failed (see fill).
-func (tx *Tx) failedBody() bool {
-	tx.c.mu.Lock()
-	defer tx.c.mu.Unlock()
-	return tx.bodyErr != nil
 }
 
 func (tx *Tx) bodyProblem() {
@@ -619,72 +549,13 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 		c.abort(tx)
 		return
 	}
-	rb, eb, pooled := c.bodyBuffers()
-	defer putBodyBuffers(pooled)
-	cs := c.opts.chunkSize()
-	for c.writable() {
-		out, eof := tx.fill(rb, eb[:0], cs)
-		if tx.failedBody() {
-			c.abort(tx)
-			return
-		}
-		c.setWriteDeadline(ctx, c.opts.Timeouts.DataBlock)
-		b := c.scratch[:0]
-		b = append(b, "BDAT "...)
-		b = strconv.AppendInt(b, int64(len(out)), 10)
-		if eof {
-			b = append(b, " LAST"...)
-		}
-		b = append(b, '\r', '\n')
-		c.scratch = b
-		if len(out) > 0 || eof {
-			end := c.queued() + int64(len(b)+len(out))
-			kind := kChunk
-			if eof {
-				kind = kFinal
-			}
-			c.mu.Lock()
-			c.pushLocked(tx, kind, 0, nil, "", end)
-			if eof {
-				tx.committed = true
-				tx.commitEnd = end
-			}
-			c.mu.Unlock()
-			c.w.Write(b)
-			if _, err := c.w.Write(out); err != nil {
-				c.writeFailed(ioError(ctx, OpBDAT, err))
-				return
-			}
-			c.sync(ctx)
-			// Bound the octets owed (the RFC 2920 deadlock): a server
-			// that stops reading while its replies pile up unread would
-			// block these writes for ever if nobody read them. With a
-			// goroutine in ReadReplies somebody always reads, and the
-			// bound would only cost a round trip per few KiB of replies
-			// (100 recipients with AllowPartial at RTT 10 ms: 93 msg/s
-			// against the wire's 868): it applies only without one.
-			over := func() bool { return tx.owed*c.owedReplyEstimate() > maxOwedReplyBytes && !tx.done }
-			c.mu.Lock()
-			wait := c.readers == 0 && over()
-			c.mu.Unlock()
-			if wait {
-				c.flush(ctx, OpBDAT)
-				c.await(ctx, func() bool { return !over() })
-			}
-			c.mu.Lock()
-			stop := !c.writableLocked() || !eof && tx.dataErr != nil
-			c.mu.Unlock()
-			if stop {
-				if c.writable() {
-					// A refused chunk fails the transaction: send no more.
-					c.abort(tx)
-				}
-				return
-			}
-		}
-		if eof {
-			return
-		}
+	s := c.newBodyStream(ctx, tx)
+	defer s.release()
+	if s.copyBody() && s.emit(nil, true) {
+		return
+	}
+	if s.stop == stopBody && c.writable() {
+		c.abort(tx)
 	}
 }
 
@@ -692,34 +563,16 @@ func (c *Client) writeChunks(ctx context.Context, tx *Tx) {
 // dot. A bad body can only be abandoned by dropping the session before
 // the dot: the bad octets are never written.
 func (c *Client) writeData(ctx context.Context, tx *Tx) {
-	rb, eb, pooled := c.bodyBuffers()
-	defer putBodyBuffers(pooled)
-	cs := c.opts.chunkSize()
-	for c.writable() {
-		out, eof := tx.fill(rb, eb[:0], cs)
-		if tx.failedBody() {
-			c.mu.Lock()
-			tx.aborted = true
-			berr := tx.bodyErr
-			c.failLocked(&Error{Op: OpBody, Kind: KindIO, Message: "session dropped before the final dot because the body failed", Err: berr})
-			c.unlock()
-			return
-		}
-		c.setWriteDeadline(ctx, c.opts.Timeouts.DataBlock)
-		if eof {
-			end := c.queued() + int64(len(out))
-			c.mu.Lock()
-			c.pushLocked(tx, kFinal, 0, nil, "", end)
-			tx.committed = true
-			tx.commitEnd = end
-			c.mu.Unlock()
-		}
-		if _, err := c.w.Write(out); err != nil {
-			c.writeFailed(ioError(ctx, OpData, err))
-			return
-		}
-		if eof {
-			return
-		}
+	s := c.newBodyStream(ctx, tx)
+	defer s.release()
+	if s.copyBody() && s.emit(nil, true) {
+		return
+	}
+	if s.stop == stopBody {
+		c.mu.Lock()
+		tx.aborted = true
+		berr := tx.bodyErr
+		c.failLocked(&Error{Op: OpBody, Kind: KindIO, Message: "session dropped before the final dot because the body failed", Err: berr})
+		c.unlock()
 	}
 }
