@@ -238,6 +238,29 @@ func (s *bodyStream) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// push records the reply a chunk (or the final dot, for DATA) is owed,
+// in one look at the session: it reports false, with s.stop set, if the
+// session can no longer be written. The last one is the commit point.
+// DATA's other parts are owed nothing: push records only when last.
+func (s *bodyStream) push(kind replyKind, end int64, last bool) bool {
+	c, tx := s.c, s.tx
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.writableLocked() {
+		s.stop = stopWire
+		return false
+	}
+	if !tx.chunking && !last {
+		return true
+	}
+	c.pushLocked(tx, kind, 0, nil, "", end)
+	if last {
+		tx.committed = true
+		tx.commitEnd = end
+	}
+	return true
+}
+
 // emit writes eb and then direct: as one BDAT chunk (the last with
 // LAST), or as the next part of the DATA stream (the last ending in the
 // final dot that eb holds). The last one is the commit point. It reports
@@ -245,10 +268,6 @@ func (s *bodyStream) Write(p []byte) (int, error) {
 // refused (then the transaction is abandoned with RSET here).
 func (s *bodyStream) emit(direct []byte, last bool) bool {
 	c, tx, ctx := s.c, s.tx, s.ctx
-	if !c.writable() {
-		s.stop = stopWire
-		return false
-	}
 	size := len(s.eb) + len(direct)
 	c.setWriteDeadline(ctx, c.opts.Timeouts.DataBlock)
 	op := OpData
@@ -266,22 +285,12 @@ func (s *bodyStream) emit(direct []byte, last bool) bool {
 		if last {
 			kind = kFinal
 		}
-		end := c.queued() + int64(len(b)+size)
-		c.mu.Lock()
-		c.pushLocked(tx, kind, 0, nil, "", end)
-		if last {
-			tx.committed = true
-			tx.commitEnd = end
+		if !s.push(kind, c.queued()+int64(len(b)+size), last) {
+			return false
 		}
-		c.mu.Unlock()
 		c.w.Write(b)
-	} else if last {
-		end := c.queued() + int64(size)
-		c.mu.Lock()
-		c.pushLocked(tx, kFinal, 0, nil, "", end)
-		tx.committed = true
-		tx.commitEnd = end
-		c.mu.Unlock()
+	} else if !s.push(kFinal, c.queued()+int64(size), last) {
+		return false
 	}
 	if _, err := c.w.Write(s.eb); err != nil {
 		s.stop = stopWire
@@ -308,14 +317,15 @@ func (s *bodyStream) emit(direct []byte, last bool) bool {
 	over := func() bool { return tx.owed*c.owedReplyEstimate() > maxOwedReplyBytes && !tx.done }
 	c.mu.Lock()
 	wait := c.readers == 0 && over()
-	c.mu.Unlock()
-	if wait {
-		c.flush(ctx, OpBDAT)
-		c.await(ctx, func() bool { return !over() })
-	}
-	c.mu.Lock()
 	stopped := !c.writableLocked() || !last && tx.dataErr != nil
 	c.mu.Unlock()
+	if wait && !stopped {
+		c.flush(ctx, OpBDAT)
+		c.await(ctx, func() bool { return !over() })
+		c.mu.Lock()
+		stopped = !c.writableLocked() || !last && tx.dataErr != nil
+		c.mu.Unlock()
+	}
 	if stopped {
 		s.stop = stopWire
 		if c.writable() {

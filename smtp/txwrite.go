@@ -82,13 +82,18 @@ func (c *Client) writeTx(ctx context.Context, tx *Tx, env *Envelope, mail []byte
 	c.writeCommand(tx, kMail, 0, mail)
 	c.sync(ctx)
 	for i, rcpt := range tx.to {
+		line := c.rcptCommand(rcpt, env)
+		end := c.queued() + int64(len(line))
 		c.mu.Lock()
 		stop := tx.mailErr != nil || !c.writableLocked()
+		if !stop {
+			c.pushLocked(tx, kRcpt, i, nil, "", end)
+		}
 		c.mu.Unlock()
 		if stop {
 			break
 		}
-		c.writeCommand(tx, kRcpt, i, c.rcptCommand(rcpt, env))
+		c.w.Write(line)
 		c.sync(ctx)
 	}
 	c.mu.Lock()
