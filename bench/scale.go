@@ -59,7 +59,7 @@ func quickScalePlan() scalePlan {
 		CallerMsgs:   5_000,
 		Sizes:        []int{1 << 10, 1 << 20, 25 << 20},
 		SizeRTTs:     []time.Duration{0, 10 * time.Millisecond},
-		Rcpts:        []int{1, 100},
+		Rcpts:        []int{1, 100, 1000},
 		RcptRTTs:     []time.Duration{10 * time.Millisecond},
 		Conns:        []int{1, 4},
 		Timing:       timing{Runs: 1, Window: 500 * time.Millisecond, Warm: 200 * time.Millisecond, MinMsgs: 2, MaxRun: 3 * time.Second, MaxMsgs: 1_000_000},
