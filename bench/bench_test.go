@@ -442,14 +442,14 @@ func TestLatencyAndScale(t *testing.T) {
 			t.Errorf("point %+v: %v %s", p, p.err, p.firstErr)
 		}
 	}
-	sp := scalePlan{Callers: []int{100}, CallerMsgs: 200, Sizes: []int{4 << 10}, Rcpts: []int{3}, RcptRTTs: []time.Duration{0}, Conns: []int{1},
+	sp := scalePlan{Callers: []int{100}, CallerMsgs: 200, Sizes: []int{4 << 10}, SizeRTTs: []time.Duration{0}, Rcpts: []int{3}, RcptRTTs: []time.Duration{0}, Conns: []int{1},
 		Timing:     timing{Runs: 1, Window: 100 * time.Millisecond, Warm: 50 * time.Millisecond, MinMsgs: 2, MaxRun: 2 * time.Second, MaxMsgs: 100_000},
 		DriverRTTs: []time.Duration{0}, DriverTiming: timing{Runs: 1, Window: 50 * time.Millisecond, Warm: 20 * time.Millisecond, MinMsgs: 2, MaxRun: 2 * time.Second, MaxMsgs: 100_000}}
 	sc := measureScale(ctx, l, sp, func(s string) { lines = append(lines, s) }, func(any) {})
 	if len(sc.Callers) != 1 || sc.Callers[0].err != nil || sc.Callers[0].Waiting != 100 || sc.Callers[0].PerSendUs <= 0 {
 		t.Errorf("callers: %+v", sc.Callers)
 	}
-	if len(sc.Sizes) != 1 || sc.Sizes[0].err != nil || len(sc.Rcpts) != 1 || sc.Rcpts[0].err != nil || len(sc.Conns) != 1 || sc.Conns[0].err != nil {
+	if len(sc.Sizes) != 1 || sc.Sizes[0].err != nil || sc.Sizes[0].CPUmsPerMB == 0 || sc.Sizes[0].WireCPUmsPerMB == 0 || len(sc.Rcpts) != 1 || sc.Rcpts[0].err != nil || len(sc.Conns) != 1 || sc.Conns[0].err != nil {
 		t.Errorf("scale: %+v %+v %+v", sc.Sizes, sc.Rcpts, sc.Conns)
 	}
 	if len(sc.Drivers) != len(driverSpecs) {
@@ -461,7 +461,7 @@ func TestLatencyAndScale(t *testing.T) {
 		}
 	}
 	md := string(lat.markdown("go test", time.Now(), machine())) + string(sc.markdown("go test", time.Now()))
-	for _, want := range []string{"<!-- bench:latency -->", "### Saturation", "### TLS+AUTH, RTT 0 ms", clientNetSMTPPerMsg, clientGoMailReuse, "<!-- /bench:scale -->", "### Callers waiting in Send", "### Who drives the connection", driveHandoff} {
+	for _, want := range []string{"<!-- bench:latency -->", "### Saturation", "### TLS+AUTH, RTT 0 ms", clientNetSMTPPerMsg, clientGoMailReuse, "<!-- /bench:scale -->", "### Callers waiting in Send", "### Message size", "CPU ms per MB", "### Who drives the connection", driveHandoff} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
 		}

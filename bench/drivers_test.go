@@ -362,6 +362,44 @@ func TestGoalsTableMarksMetAndMissed(t *testing.T) {
 	}
 }
 
+// TestScaleGoals checks issue 21's rows: a row the run measured is met
+// or missed, one it did not (the quick plan has no 10 MiB) is not
+// measured, and the heap row takes the most of every size.
+func TestScaleGoals(t *testing.T) {
+	sc := &scaleReport{
+		Sizes: []sizeRow{
+			{Size: 1 << 20, MsgsPerS: 80, WireMsgsS: 100, HeapB: 300 << 10},
+			{Size: 25 << 20, MsgsPerS: 30, WireMsgsS: 100, HeapB: 2 << 20, err: errors.New("sink gone")},
+			{Size: 1 << 20, RTTms: 10, MsgsPerS: 89, WireMsgsS: 100, HeapB: 700 << 10},
+		},
+		Rcpts: []rcptRow{{Rcpts: 100, RTTms: 10, PartialMsgsS: 90, WireMsgsS: 100}, {Rcpts: 1000, RTTms: 0, PartialMsgsS: 10, WireMsgsS: 100}},
+	}
+	byName := map[string]goal{}
+	for _, g := range scaleGoals(sc) {
+		byName[g.Name] = g
+	}
+	for name, want := range map[string]string{
+		"message size 1 MiB, RTT 0 ms":                                             "met",
+		"message size 25 MiB, RTT 0 ms":                                            "not measured",
+		"message size 10 MiB, RTT 0 ms":                                            "not measured",
+		"message size 1 MiB, RTT 10 ms":                                            "MISSED by 1 point",
+		"100 recipients, AllowPartial, RTT 10 ms":                                  "met",
+		"1,000 recipients, AllowPartial, RTT 10 ms":                                "not measured",
+		"live heap held while sending, every message size measured":                "met",
+		"memory per caller waiting in Send, 100,000 callers, beyond its goroutine": "not measured",
+	} {
+		if g, ok := byName[name]; !ok || g.Met != want {
+			t.Errorf("%s: %+v, want %s", name, g, want)
+		}
+	}
+	if g := byName["live heap held while sending, every message size measured"]; g.Measured != "at most 700 KiB (1 MiB, RTT 10 ms), over 2 rows" {
+		t.Errorf("heap: %q", g.Measured)
+	}
+	if g := byName["message size 1 MiB, RTT 0 ms"]; g.Measured != "80.0 against 100 msg/s: 80 %" || g.Goal != "≥ 70 % of wire limit" {
+		t.Errorf("1 MiB: %+v", g)
+	}
+}
+
 func TestTargetsRegionKeepsOtherSections(t *testing.T) {
 	old := targetsRegion(nil, nil, []goal{
 		{Section: "throughput", Name: "a", Measured: "1", Goal: "≥ 1", Met: "met"},

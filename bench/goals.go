@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -95,13 +96,22 @@ func (g ratioGoal) eval(r *report) goal {
 	case g.timesNotPoints:
 		out.Met = fmt.Sprintf("MISSED (%.2f× short)", g.want-ratio)
 	default:
-		pts := math.Round(100 * (g.want - ratio))
-		out.Met = fmt.Sprintf("MISSED by %.0f point", pts)
-		if pts != 1 {
-			out.Met += "s"
-		}
+		out.Met = pointsMet(ratio, g.want)
 	}
 	return out
+}
+
+// pointsMet is the result of a ratio against a goal of at least want:
+// "met", or by how many percentage points it was missed.
+func pointsMet(ratio, want float64) string {
+	if ratio >= want {
+		return "met"
+	}
+	pts := math.Round(100 * (want - ratio))
+	if pts == 1 {
+		return "MISSED by 1 point"
+	}
+	return fmt.Sprintf("MISSED by %.0f points", pts)
 }
 
 // rate is the msg/s of sc on sink at rtt, if measured.
@@ -250,38 +260,106 @@ func latencyGoals(lat *latReport) []goal {
 
 // scaleGoals evaluates the targets of the scale section.
 func scaleGoals(sc *scaleReport) []goal {
+	out := callerGoals(sc)
+	out = append(out, sizeGoals(sc)...)
+	return append(out, rcptGoals(sc)...)
+}
+
+// callerGoals are the targets of the callers table.
+func callerGoals(sc *scaleReport) []goal {
 	var out []goal
-	{
-		var small, big *callerRow
-		for i := range sc.Callers {
-			r := &sc.Callers[i]
-			if r.err != nil {
-				continue
+	var small, big *callerRow
+	for i := range sc.Callers {
+		r := &sc.Callers[i]
+		if r.err != nil {
+			continue
+		}
+		if r.Callers == 100 {
+			small = r
+		}
+		if r.Callers == 100_000 {
+			big = r
+		}
+	}
+	g := goal{Name: "memory per caller waiting in Send, 100,000 callers, beyond its goroutine", Goal: "≤ 1 KiB"}
+	if big != nil {
+		g.Measured = fmt.Sprintf("%s (heap %s; counting the used part of the stack instead of the stack allocated: %s)", fmtBytes(big.BeyondB), fmtBytes(big.HeapB), fmtBytes(big.BeyondUsedB))
+		g.Met = metText(big.BeyondB <= 1024, "over 1 KiB")
+	} else {
+		g = notMeasured(g)
+	}
+	out = append(out, g)
+	g = goal{Name: "time per Send, 100,000 callers against 100", Goal: "at most 20 % more"}
+	if big != nil && small != nil && small.PerSendUs > 0 {
+		d := 100 * (big.PerSendUs/small.PerSendUs - 1)
+		g.Measured = fmt.Sprintf("%.2f against %.2f µs: %+.0f %%", big.PerSendUs, small.PerSendUs, d)
+		g.Met = metText(d <= 20, fmt.Sprintf("%+.0f %%", d))
+	} else {
+		g = notMeasured(g)
+	}
+	return append(out, g)
+}
+
+// wireShare is a goal on smtpkit's msg/s against the wire client's, at
+// least want, measured ok or not.
+func wireShare(name string, ours, wire, want float64, ok bool) goal {
+	g := goal{Name: name, Goal: fmt.Sprintf("≥ %.0f %% of wire limit", 100*want)}
+	if !ok || wire <= 0 {
+		return notMeasured(g)
+	}
+	g.Measured = fmt.Sprintf("%s against %s msg/s: %.0f %%", fmtRateF(ours), fmtRateF(wire), pct(ours, wire))
+	g.Met = pointsMet(ours/wire, want)
+	return g
+}
+
+// sizeGoals are issue 21's targets on message size: 1, 10 and 25 MiB
+// at least 70 % of the wire client at RTT 0 and 90 % at RTT 10 ms, and
+// the live heap held under 1 MiB whatever the size.
+func sizeGoals(sc *scaleReport) []goal {
+	var out []goal
+	for _, rtt := range []struct {
+		ms   float64
+		want float64
+	}{{0, 0.7}, {10, 0.9}} {
+		for _, size := range []int{1 << 20, 10 << 20, 25 << 20} {
+			i := slices.IndexFunc(sc.Sizes, func(r sizeRow) bool { return r.Size == size && r.RTTms == rtt.ms && r.err == nil })
+			var r sizeRow
+			if i >= 0 {
+				r = sc.Sizes[i]
 			}
-			if r.Callers == 100 {
-				small = r
-			}
-			if r.Callers == 100_000 {
-				big = r
+			out = append(out, wireShare(fmt.Sprintf("message size %s, RTT %g ms", fmtBytes(float64(size)), rtt.ms), r.MsgsPerS, r.WireMsgsS, rtt.want, i >= 0))
+		}
+	}
+	g := goal{Name: "live heap held while sending, every message size measured", Goal: "< 1 MiB"}
+	var most *sizeRow
+	rows := 0
+	for i := range sc.Sizes {
+		if r := &sc.Sizes[i]; r.err == nil {
+			rows++
+			if most == nil || r.HeapB > most.HeapB {
+				most = r
 			}
 		}
-		g := goal{Name: "memory per caller waiting in Send, 100,000 callers, beyond its goroutine", Goal: "≤ 1 KiB"}
-		if big != nil {
-			g.Measured = fmt.Sprintf("%s (heap %s; counting the used part of the stack instead of the stack allocated: %s)", fmtBytes(big.BeyondB), fmtBytes(big.HeapB), fmtBytes(big.BeyondUsedB))
-			g.Met = metText(big.BeyondB <= 1024, "over 1 KiB")
-		} else {
-			g.Measured, g.Met = "-", "not measured"
+	}
+	if most == nil {
+		return append(out, notMeasured(g))
+	}
+	g.Measured = fmt.Sprintf("at most %s (%s, RTT %g ms), over %d rows", fmtBytes(most.HeapB), fmtBytes(float64(most.Size)), most.RTTms, rows)
+	g.Met = metText(most.HeapB < 1<<20, "by "+fmtBytes(most.HeapB-(1<<20)))
+	return append(out, g)
+}
+
+// rcptGoals are issue 21's targets on recipients: 100 and 1,000 with
+// AllowPartial at RTT 10 ms at least 80 % of the wire client.
+func rcptGoals(sc *scaleReport) []goal {
+	var out []goal
+	for _, k := range []int{100, 1000} {
+		i := slices.IndexFunc(sc.Rcpts, func(r rcptRow) bool { return r.Rcpts == k && r.RTTms == 10 && r.err == nil })
+		var r rcptRow
+		if i >= 0 {
+			r = sc.Rcpts[i]
 		}
-		out = append(out, g)
-		g = goal{Name: "time per Send, 100,000 callers against 100", Goal: "at most 20 % more"}
-		if big != nil && small != nil && small.PerSendUs > 0 {
-			d := 100 * (big.PerSendUs/small.PerSendUs - 1)
-			g.Measured = fmt.Sprintf("%.2f against %.2f µs: %+.0f %%", big.PerSendUs, small.PerSendUs, d)
-			g.Met = metText(d <= 20, fmt.Sprintf("%+.0f %%", d))
-		} else {
-			g.Measured, g.Met = "-", "not measured"
-		}
-		out = append(out, g)
+		out = append(out, wireShare(fmt.Sprintf("%s recipients, AllowPartial, RTT 10 ms", fmtInt(float64(k))), r.PartialMsgsS, r.WireMsgsS, 0.8, i >= 0))
 	}
 	return out
 }

@@ -26,6 +26,7 @@ type scalePlan struct {
 	Callers    []int // goroutines blocked in Send at once, on MaxConns 4
 	CallerMsgs int   // a caller row sends at least this many messages in bursts
 	Sizes      []int // message sizes in octets
+	SizeRTTs   []time.Duration
 	Rcpts      []int // recipients per message
 	RcptRTTs   []time.Duration
 	Conns      []int // connections at RTT 10 ms over TLS
@@ -42,6 +43,7 @@ func fullScalePlan() scalePlan {
 		Callers:      []int{100, 10_000, 100_000},
 		CallerMsgs:   20_000,
 		Sizes:        []int{1 << 10, 64 << 10, 1 << 20, 10 << 20, 25 << 20},
+		SizeRTTs:     []time.Duration{0, 10 * time.Millisecond},
 		Rcpts:        []int{1, 10, 100, 1000},
 		RcptRTTs:     []time.Duration{0, 10 * time.Millisecond},
 		Conns:        []int{1, 2, 4, 8, 16},
@@ -56,7 +58,8 @@ func quickScalePlan() scalePlan {
 		Callers:      []int{100, 10_000},
 		CallerMsgs:   5_000,
 		Sizes:        []int{1 << 10, 1 << 20, 25 << 20},
-		Rcpts:        []int{1, 100},
+		SizeRTTs:     []time.Duration{0, 10 * time.Millisecond},
+		Rcpts:        []int{1, 100, 1000},
 		RcptRTTs:     []time.Duration{10 * time.Millisecond},
 		Conns:        []int{1, 4},
 		Timing:       timing{Runs: 1, Window: 500 * time.Millisecond, Warm: 200 * time.Millisecond, MinMsgs: 2, MaxRun: 3 * time.Second, MaxMsgs: 1_000_000},
@@ -93,11 +96,17 @@ type callerRow struct {
 // sizeRow is one line of the message-size table.
 type sizeRow struct {
 	Size      int     `json:"size"`
+	RTTms     float64 `json:"rtt_ms"`
 	MsgsPerS  float64 `json:"msgs_per_s"`
 	MBPerS    float64 `json:"mb_per_s"`
 	WireMsgsS float64 `json:"wire_msgs_per_s"`
 	HeapB     float64 `json:"peak_heap_bytes"`
-	err       error
+	// CPU time of the measuring process per MB (10⁶ octets) of message
+	// in ms, with the sender and with the wire client; -1 where the
+	// process's CPU time is not available.
+	CPUmsPerMB     float64 `json:"client_cpu_ms_per_mb"`
+	WireCPUmsPerMB float64 `json:"wire_cpu_ms_per_mb"`
+	err            error
 }
 
 // rcptRow is one line of the recipients table.
@@ -138,10 +147,13 @@ func measureScale(ctx context.Context, l *lab, p scalePlan, text func(string), e
 		text("scale: " + err.Error())
 		return rep
 	}
-	for _, size := range p.Sizes {
-		if !scaleRow(ctx, &rep.Sizes, func() sizeRow { return measureSize(ctx, plain.addr, size, p.Timing) }, sizeLine, text, emit) {
-			return rep
+	sizes := func(t target, rtt time.Duration) bool {
+		for _, size := range p.Sizes {
+			if !scaleRow(ctx, &rep.Sizes, func() sizeRow { return measureSize(ctx, t.addr, size, rtt, p.Timing) }, sizeLine, text, emit) {
+				return false
+			}
 		}
+		return true
 	}
 	rcpts := func(t target, rtt time.Duration) bool {
 		for _, k := range p.Rcpts {
@@ -158,7 +170,7 @@ func measureScale(ctx context.Context, l *lab, p scalePlan, text func(string), e
 		measureDrivers(ctx, rep, t.addr, rtt, text, emit)
 		return true
 	}
-	if !atRTTs(l, p.RcptRTTs, text, rcpts) || !atRTTs(l, p.DriverRTTs, text, drivers) {
+	if !atRTTs(l, p.SizeRTTs, text, sizes) || !atRTTs(l, p.RcptRTTs, text, rcpts) || !atRTTs(l, p.DriverRTTs, text, drivers) {
 		return rep
 	}
 	if t, err := l.latTargetFor(secTLS, 10*time.Millisecond); err != nil {
@@ -207,7 +219,8 @@ func scaleRow[R any](ctx context.Context, rows *[]R, measure func() R, line func
 }
 
 func sizeLine(r sizeRow) string {
-	return fmt.Sprintf("scale size %9s  %8.1f msg/s  %7.1f MB/s  wire %8.1f msg/s  heap +%s  %v", fmtBytes(float64(r.Size)), r.MsgsPerS, r.MBPerS, r.WireMsgsS, fmtBytes(r.HeapB), errText(r.err))
+	return fmt.Sprintf("scale size %9s  RTT %6s  %8.1f msg/s  %7.1f MB/s  wire %8.1f msg/s  CPU %s ms/MB (wire %s)  heap +%s  %v", fmtBytes(float64(r.Size)), fmtRTT(time.Duration(r.RTTms*1e6)),
+		r.MsgsPerS, r.MBPerS, r.WireMsgsS, orDash(r.CPUmsPerMB, r.CPUmsPerMB >= 0, 2), orDash(r.WireCPUmsPerMB, r.WireCPUmsPerMB >= 0, 2), fmtBytes(r.HeapB), errText(r.err))
 }
 
 func rcptLine(r rcptRow) string {
@@ -434,36 +447,17 @@ func bursts(ctx context.Context, c client, n, msgs int) (int, float64, error) {
 }
 
 // measureSize sends messages of size octets with the sender (one
-// connection, window 32) and with the wire client, at RTT 0.
-func measureSize(ctx context.Context, addr string, size int, tm timing) sizeRow {
-	row := sizeRow{Size: size}
+// connection, window 32) and with the wire client, at rtt; the heap the
+// sender holds meanwhile, and what each costs the measuring process in
+// CPU time per MB.
+func measureSize(ctx context.Context, addr string, size int, rtt time.Duration, tm timing) sizeRow {
+	row := sizeRow{Size: size, RTTms: float64(rtt) / 1e6}
 	msg := makeMessage(size)
-	w := min(32, max(1, (64<<20)/size))
-	// The live heap, collected three times while the sender runs, above
-	// what was live before.
-	h0, _ := settledMem()
-	var peak uint64
-	stop, sampled := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(sampled)
-		t := time.NewTicker(tm.Window / 3)
-		defer t.Stop()
-		for i := 0; i < 4; i++ {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-			if i > 0 { // the first tick falls in the warm-up
-				h, _ := settledMem()
-				peak = max(peak, h)
-			}
-		}
-	}()
 	t := target{addr: addr, sec: secPlain, msg: msg}
+	h0, _ := settledMem()
+	held := heapPeak(tm.Window / 3)
 	smp, err := runOnce(ctx, spec{Client: clientSender, Conns: 1, Window: 32}, t, tm, nil)
-	close(stop)
-	<-sampled
+	peak := held()
 	if err != nil {
 		row.err = err
 		return row
@@ -471,13 +465,56 @@ func measureSize(ctx context.Context, addr string, size int, tm timing) sizeRow 
 	row.MsgsPerS = round(smp.rate, 1)
 	row.MBPerS = round(smp.rate*float64(size)/1e6, 1)
 	row.HeapB = max(0, float64(peak)-float64(h0))
+	row.CPUmsPerMB = cpuPerMB(smp, size)
+	// The wire client's window: fewer above 2 MiB, so that its
+	// pre-rendered messages stay under 64 MiB.
+	w := min(32, max(1, (64<<20)/size))
 	wsmp, err := runOnce(ctx, spec{Client: clientWireChunking, Conns: 1, Window: w}, t, tm, nil)
 	if err != nil {
 		row.err = fmt.Errorf("wire: %w", err)
 		return row
 	}
 	row.WireMsgsS = round(wsmp.rate, 1)
+	row.WireCPUmsPerMB = cpuPerMB(wsmp, size)
 	return row
+}
+
+// cpuPerMB is the CPU time of smp per MB of messages of size octets,
+// in ms, or -1 when not measured.
+func cpuPerMB(smp sample, size int) float64 {
+	if smp.cpu < 0 {
+		return -1
+	}
+	return round(smp.cpu/1e6/(float64(size)/1e6), 3)
+}
+
+// heapPeak samples the live heap (after forced collections) every
+// tick, skipping the first (it falls in a run's warm-up), until the
+// returned function is called; that returns the most seen.
+func heapPeak(tick time.Duration) func() uint64 {
+	var peak uint64
+	stop, sampled := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		for i := 0; i < 4; i++ {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			if i > 0 {
+				h, _ := settledMem()
+				peak = max(peak, h)
+			}
+		}
+	}()
+	return func() uint64 {
+		close(stop)
+		<-sampled
+		return peak
+	}
 }
 
 // measureRcpts sends messages to k recipients with the sender (one
@@ -527,13 +564,7 @@ func (s *scaleReport) markdown(cmd string, started time.Time) []byte {
 				r.PerSendUs, fmtInt(float64(r.Msgs)), r.P50WaitMs, r.P99WaitMs, fmtInt(r.P99Displaced), fmtInt(r.MaxDisplaced)), r.err
 		})
 	}
-	if len(s.Sizes) > 0 {
-		p("### Message size (one connection, W=32, go-smtp sink, RTT 0, plaintext)\n\nThe wire limit is the wire-chunking client with the same message (window 32, fewer above 2 MiB so that its pre-rendered window stays under 64 MiB). Heap held: the most of the live heap (after a forced collection, twice during the measured stretch) above what was live before, while 65 callers sent through the sender (the message itself is allocated before, and shared).\n\n")
-		p("| size | msg/s | MB/s | wire msg/s | wire MB/s | of wire limit | live heap held |\n|---:|---:|---:|---:|---:|---:|---:|\n")
-		mdRows(&b, s.Sizes, func(r sizeRow) (string, string, error) {
-			return fmtBytes(float64(r.Size)), fmt.Sprintf("%s | %.1f | %s | %.1f | %.0f %% | %s", fmtRateF(r.MsgsPerS), r.MBPerS, fmtRateF(r.WireMsgsS), r.WireMsgsS*float64(r.Size)/1e6, pct(r.MsgsPerS, r.WireMsgsS), fmtBytes(r.HeapB)), r.err
-		})
-	}
+	s.sizesMD(&b)
 	if len(s.Rcpts) > 0 {
 		p("### Recipients per message (one connection, W=32, go-smtp sink, plaintext)\n\nRCPT commands are pipelined. The wire client writes MAIL, every RCPT and `BDAT n LAST` without waiting; smtpkit, all-or-nothing by default, sends the body's LAST chunk only once every RCPT is accepted when there is more than one recipient, and the next message's MAIL cannot precede it; with `Envelope.AllowPartial` nothing waits.\n\n")
 		p("| recipients | RTT | msg/s | ms per message | AllowPartial msg/s | wire msg/s | of wire limit | AllowPartial, of wire limit |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
@@ -555,6 +586,21 @@ func (s *scaleReport) markdown(cmd string, started time.Time) []byte {
 	s.driversMD(&b)
 	p("%s\n\n%s", strings.TrimSpace(scaleAnalysis), end)
 	return b.Bytes()
+}
+
+// sizesMD renders the message-size table.
+func (s *scaleReport) sizesMD(b *bytes.Buffer) {
+	if len(s.Sizes) == 0 {
+		return
+	}
+	b.WriteString("### Message size (one connection, W=32, go-smtp sink, plaintext)\n\nThe wire limit is the wire-chunking client with the same message (window 32, fewer above 2 MiB so that its pre-rendered window stays under 64 MiB). " +
+		"CPU per MB: the CPU time of the measuring process (getrusage) per 10⁶ octets of message sent, with smtpkit and with the wire client; the sink and the delay line run in helper processes and are not in it, the measuring process's closed loop of callers and, in smtpkit's runs, the forced collections of the heap sampling are. " +
+		"Heap held: the most of the live heap (after a forced collection, twice during the measured stretch) above what was live before, while 65 callers sent through the sender (the message itself is allocated before, and shared).\n\n")
+	b.WriteString("| size | RTT | msg/s | MB/s | wire msg/s | wire MB/s | of wire limit | CPU ms per MB | wire CPU ms per MB | live heap held |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	mdRows(b, s.Sizes, func(r sizeRow) (string, string, error) {
+		return fmt.Sprintf("%s | %g ms", fmtBytes(float64(r.Size)), r.RTTms), fmt.Sprintf("%s | %.1f | %s | %.1f | %.0f %% | %s | %s | %s", fmtRateF(r.MsgsPerS), r.MBPerS, fmtRateF(r.WireMsgsS), r.WireMsgsS*float64(r.Size)/1e6, pct(r.MsgsPerS, r.WireMsgsS),
+			orDash(r.CPUmsPerMB, r.CPUmsPerMB >= 0, 2), orDash(r.WireCPUmsPerMB, r.WireCPUmsPerMB >= 0, 2), fmtBytes(r.HeapB)), r.err
+	})
 }
 
 // mdRows writes a Markdown table line per row: its first cell (or
