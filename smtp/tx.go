@@ -272,14 +272,7 @@ func (c *Client) ReadReplies(ctx context.Context, after func()) error {
 	}
 	c.reading = true
 	c.mu.Unlock()
-	for {
-		c.mu.Lock()
-		closed := c.state == StateClosed
-		c.mu.Unlock()
-		if closed {
-			break
-		}
-		c.readOne(ctx)
+	for !c.readOne(ctx) {
 		if after != nil {
 			after()
 		}

@@ -32,15 +32,15 @@ func (c *Client) await(ctx context.Context, cond func() bool) {
 }
 
 // readOne reads the next reply, with the read token held, and gives it
-// to what owes it. The wait for a reply starts once its command has left
+// to what owes it; it reports whether the session is closed. The wait for a reply starts once its command has left
 // (before that, the write half's flush starts it: see armRead); with
 // nothing owed, the read has no deadline.
-func (c *Client) readOne(ctx context.Context) {
+func (c *Client) readOne(ctx context.Context) (closed bool) {
 	c.rwatch.watch(ctx, &c.dl, &c.dl.r)
 	c.mu.Lock()
 	if c.state == StateClosed {
 		c.unlock()
-		return
+		return true
 	}
 	op := OpSend
 	if len(c.pending) > 0 {
@@ -71,6 +71,7 @@ func (c *Client) readOne(ctx context.Context) {
 	default:
 		c.dispatchLocked(&rep)
 	}
+	return c.state == StateClosed
 }
 
 // unsolicitedLocked ends the session on a reply sent while nothing was
