@@ -786,7 +786,7 @@ func (s *Sender) sessionEnded(a *conn) {
 // permanently refused the credentials (5xx to AUTH) or they were invalid.
 func credentialsRefused(err error) bool {
 	e, ok := errors.AsType[*smtp.Error](err)
-	return ok && e.Op == smtp.OpAuth && (e.Kind == smtp.KindInvalidInput || e.Kind == smtp.KindAuth && e.Code >= 500)
+	return ok && e.Op == smtp.OpAUTH && (e.Kind == smtp.KindInvalidInput || e.Kind == smtp.KindAuth && e.Code >= 500)
 }
 
 // sleep waits d, or until ctx ends or the sender is shut down; it
@@ -881,7 +881,7 @@ func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error)
 		cr, err := cfg.Credentials(ctx)
 		if err != nil {
 			c.Close()
-			return nil, &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Message: "credentials provider failed", Err: err}
+			return nil, &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Message: "credentials provider failed", Err: err}
 		}
 		if cr.Mechanism == "" {
 			err = c.Login(ctx, cr.Username, cr.Secret)

@@ -155,7 +155,7 @@ func TestWrongPasswordFailsFast(t *testing.T) {
 		_, err := s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(i)))
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpAuth, se.Op)
+		assert.Equal(t, smtp.OpAUTH, se.Op)
 		assert.True(t, smtp.IsConfig(err), "a refused login is the setup's: %v", err)
 		assert.NotContains(t, err.Error(), "wrong")
 	}

@@ -151,7 +151,7 @@ func authRequire(t *testing.T, err error, kind smtp.Kind) *smtp.Error {
 	t.Helper()
 	var se *smtp.Error
 	require.ErrorAs(t, err, &se)
-	assert.Equal(t, smtp.OpAuth, se.Op, "%v", err)
+	assert.Equal(t, smtp.OpAUTH, se.Op, "%v", err)
 	assert.Equal(t, kind, se.Kind, "%v", err)
 	return se
 }
@@ -594,7 +594,7 @@ func TestAuthGoSMTPOAuth(t *testing.T) {
 			_, err = c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.org"}}, strings.NewReader("x\r\n"))
 			var mailErr *smtp.Error
 			require.ErrorAs(t, sec.err(err), &mailErr)
-			assert.Equal(t, smtp.OpMail, mailErr.Op, "not authenticated yet: %v", err)
+			assert.Equal(t, smtp.OpMAIL, mailErr.Op, "not authenticated yet: %v", err)
 			require.NoError(t, sec.err(c.LoginWith(ctx, mech, user, token)))
 			ev := authEvents(audit)
 			require.Len(t, ev, 2)

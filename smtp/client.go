@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -646,8 +647,15 @@ func (c *Client) State() SessionState {
 }
 
 // Capabilities returns what the server advertised in its last EHLO
-// reply (after STARTTLS, only what it advertised over TLS).
-func (c *Client) Capabilities() Capabilities { return c.caps }
+// reply (after STARTTLS, only what it advertised over TLS). The result
+// is a copy: changing its Auth or Extensions changes nothing in the
+// session.
+func (c *Client) Capabilities() Capabilities {
+	caps := c.caps
+	caps.Auth = slices.Clone(c.caps.Auth)
+	caps.Extensions = maps.Clone(c.caps.Extensions)
+	return caps
+}
 
 // ctxError returns an error for a context that has already ended, so a
 // call made with it fails without touching (and breaking) the session.
@@ -660,8 +668,13 @@ func ctxError(ctx context.Context, op Op) *Error {
 
 // Greeting returns the server's greeting: on a session upgraded with
 // STARTTLS, the reply to the EHLO sent over TLS, since the plaintext
-// greeting could have been written by anyone on the path.
-func (c *Client) Greeting() Reply { return c.greeting }
+// greeting could have been written by anyone on the path. The result is
+// a copy.
+func (c *Client) Greeting() Reply {
+	g := c.greeting
+	g.Lines = slices.Clone(g.Lines)
+	return g
+}
 
 // IsTLS reports whether the session runs over TLS.
 func (c *Client) IsTLS() bool { return c.secure }
@@ -694,21 +707,21 @@ func (c *Client) Silent() time.Duration {
 func (c *Client) Reset(ctx context.Context) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if err := c.checkReady(OpReset); err != nil {
+	if err := c.checkReady(OpRSET); err != nil {
 		return err
 	}
-	if err := ctxError(ctx, OpReset); err != nil {
+	if err := ctxError(ctx, OpRSET); err != nil {
 		return err
 	}
 	c.watch(ctx)
-	rep, err := c.cmd(ctx, OpReset, c.opts.Timeouts.Command, "RSET\r\n")
+	rep, err := c.cmd(ctx, OpRSET, c.opts.Timeouts.Command, "RSET\r\n")
 	if err != nil {
 		return err
 	}
-	c.audit(Event{Type: EventReset, Op: OpReset, Code: rep.Code})
+	c.audit(Event{Type: EventReset, Op: OpRSET, Code: rep.Code})
 	c.drainEvents()
 	if rep.Code != 250 {
-		return replyError(OpReset, &rep)
+		return replyError(OpRSET, &rep)
 	}
 	c.mu.Lock()
 	c.needReset = false
@@ -720,19 +733,19 @@ func (c *Client) Reset(ctx context.Context) error {
 func (c *Client) Noop(ctx context.Context) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if err := c.checkReady(OpNoop); err != nil {
+	if err := c.checkReady(OpNOOP); err != nil {
 		return err
 	}
-	if err := ctxError(ctx, OpNoop); err != nil {
+	if err := ctxError(ctx, OpNOOP); err != nil {
 		return err
 	}
 	c.watch(ctx)
-	rep, err := c.cmd(ctx, OpNoop, c.opts.Timeouts.Command, "NOOP\r\n")
+	rep, err := c.cmd(ctx, OpNOOP, c.opts.Timeouts.Command, "NOOP\r\n")
 	if err != nil {
 		return err
 	}
 	if rep.Code != 250 {
-		return replyError(OpNoop, &rep)
+		return replyError(OpNOOP, &rep)
 	}
 	return nil
 }
@@ -743,21 +756,21 @@ func (c *Client) Quit(ctx context.Context) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	defer c.wwatch.unwatch()
-	if err := c.checkReady(OpQuit); err != nil {
+	if err := c.checkReady(OpQUIT); err != nil {
 		c.Close()
 		return err
 	}
 	c.watch(ctx)
-	rep, err := c.cmd(ctx, OpQuit, c.opts.Timeouts.Command, "QUIT\r\n")
+	rep, err := c.cmd(ctx, OpQUIT, c.opts.Timeouts.Command, "QUIT\r\n")
 	if err != nil {
 		c.Close()
 		return err
 	}
-	c.audit(Event{Type: EventQuit, Op: OpQuit, Code: rep.Code})
+	c.audit(Event{Type: EventQuit, Op: OpQUIT, Code: rep.Code})
 	c.mu.Lock()
 	if c.state != StateClosed {
 		c.state = StateClosed
-		c.closeErr = &Error{Op: OpQuit, Kind: KindIO, Message: "session ended by QUIT"}
+		c.closeErr = &Error{Op: OpQUIT, Kind: KindIO, Message: "session ended by QUIT"}
 		c.cond.Broadcast()
 	}
 	c.tClosed = true
@@ -765,10 +778,10 @@ func (c *Client) Quit(ctx context.Context) error {
 	cerr := c.t.Close()
 	c.drainEvents()
 	if rep.Code != 221 {
-		return replyError(OpQuit, &rep)
+		return replyError(OpQUIT, &rep)
 	}
 	if cerr != nil && !errors.Is(cerr, net.ErrClosed) {
-		return ioError(ctx, OpQuit, cerr)
+		return ioError(ctx, OpQUIT, cerr)
 	}
 	return nil
 }
@@ -778,7 +791,7 @@ func (c *Client) Quit(ctx context.Context) error {
 // point was written). Close is idempotent, and may be called from any
 // goroutine: a read or write blocked in another ends with the session.
 func (c *Client) Close() error {
-	c.fail(context.Background(), &Error{Op: OpQuit, Kind: KindIO, Err: ErrClosed, Message: "closed by the client"})
+	c.fail(context.Background(), &Error{Op: OpQUIT, Kind: KindIO, Err: ErrClosed, Message: "closed by the client"})
 	return nil
 }
 

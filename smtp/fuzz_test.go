@@ -41,7 +41,7 @@ func FuzzReadReply(f *testing.F) {
 		// Read replies until the input is exhausted or one fails, as a
 		// session would read a pipelined batch.
 		for range 8 {
-			rep, err := readReply(r, OpMail, enhanced)
+			rep, err := readReply(r, OpMAIL, enhanced)
 			if err != nil {
 				var se *Error
 				if errors.As(err, &se) {

@@ -122,7 +122,7 @@ func TestGoSMTPRecipients(t *testing.T) {
 		_, err := c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"ok1@example.com", "bad1@example.com", "ok2@example.com", "bad2@example.com"}}, strings.NewReader("x\r\n"))
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		assert.Equal(t, 550, se.Code)
 		assert.Equal(t, "5.1.1", se.Enhanced)
 		assert.Equal(t, "bad1@example.com", se.Recipient)
@@ -144,7 +144,7 @@ func TestGoSMTPRecipients(t *testing.T) {
 		// A single refused recipient.
 		_, err = c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"bad@example.com"}}, strings.NewReader("x\r\n"))
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		// And a good one after all that.
 		_, err = c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"ok@example.com", "ok2@example.com"}}, strings.NewReader("y\r\n"))
 		require.NoError(t, err)

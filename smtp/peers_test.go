@@ -552,7 +552,7 @@ func TestPostfixPeer(t *testing.T) {
 			if s.bad {
 				var se *smtp.Error
 				require.ErrorAs(t, err, &se, "tx %d", i)
-				assert.Equal(t, smtp.OpRcpt, se.Op)
+				assert.Equal(t, smtp.OpRCPT, se.Op)
 				assert.Equal(t, 554, se.Code)
 				continue
 			}
@@ -579,7 +579,7 @@ func TestPostfixPeer(t *testing.T) {
 		_, err = c.Send(ctx, smtp.Envelope{From: "sender@example.com", To: []string{"someone@example.org"}}, strings.NewReader("Subject: x\r\n\r\nx\r\n"))
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		assert.Equal(t, smtp.KindRejected, se.Kind)
 		assert.Equal(t, 554, se.Code)
 		assert.Equal(t, "5.7.1", se.Enhanced)
@@ -595,7 +595,7 @@ func TestPostfixPeer(t *testing.T) {
 		// nothing is sent to either, and the session stays usable.
 		_, err = c.Send(ctx, smtp.Envelope{From: "sender@example.com", To: []string{"postmaster@localhost", "someone@example.org"}}, strings.NewReader("Subject: x\r\n\r\nx\r\n"))
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		assert.Equal(t, "someone@example.org", se.Recipient)
 		require.Len(t, se.Refused, 1)
 		assert.Equal(t, smtp.StateReady, c.State())
@@ -701,7 +701,7 @@ func TestPostfixForbidBareNewline(t *testing.T) {
 		if i == 3 {
 			var se *smtp.Error
 			require.ErrorAs(t, err, &se)
-			assert.Equal(t, smtp.OpRcpt, se.Op)
+			assert.Equal(t, smtp.OpRCPT, se.Op)
 			assert.Equal(t, "someone@example.org", se.Recipient)
 			continue
 		}

@@ -277,7 +277,7 @@ func TestServerTextPrintable(t *testing.T) {
 	assert.Equal(t, `Q1\x1b[2K`, o.QueueID)
 	assert.Equal(t, `Ok: queued as Q1\x1b[2K`, o.Reply.Text())
 	_, err = c.Send(ctx, env, strings.NewReader("x\r\n"))
-	se := trErr(t, err, smtp.OpMail, smtp.KindRejected)
+	se := trErr(t, err, smtp.OpMAIL, smtp.KindRejected)
 	assert.Equal(t, `no\r\x1b[2K\r sent m.eml: queued as 4Xk9Qz\a\u009b2J\u202e`, se.Message)
 	sec.mu.Lock()
 	defer sec.mu.Unlock()

@@ -46,7 +46,7 @@ type Reply struct {
 }
 
 // Text returns the reply's lines joined by a space.
-func (r *Reply) Text() string {
+func (r Reply) Text() string {
 	switch len(r.Lines) {
 	case 0:
 		return ""

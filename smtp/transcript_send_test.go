@@ -43,29 +43,29 @@ func TestTranscriptSendValidation(t *testing.T) {
 	local65 := strings.Repeat("l", 65) + "@example.com"
 	addr255 := strings.Repeat("l", 64) + "@" + strings.Repeat("d", 190)
 	tests := []trBadEnvelope{
-		{name: "no recipients", env: smtp.Envelope{From: "a@example.com"}, op: smtp.OpRcpt},
-		{name: "empty recipient", env: smtp.Envelope{From: "a@example.com", To: []string{""}}, op: smtp.OpRcpt},
+		{name: "no recipients", env: smtp.Envelope{From: "a@example.com"}, op: smtp.OpRCPT},
+		{name: "empty recipient", env: smtp.Envelope{From: "a@example.com", To: []string{""}}, op: smtp.OpRCPT},
 		{name: "nil body", env: trEnv, nilBody: true, op: smtp.OpBody},
-		{name: "local part of 65", env: smtp.Envelope{From: local65, To: []string{"b@example.com"}}, op: smtp.OpMail},
-		{name: "address of 255", env: smtp.Envelope{From: "a@example.com", To: []string{addr255}}, op: smtp.OpRcpt},
-		{name: "sender without @", env: smtp.Envelope{From: "alice", To: []string{"b@example.com"}}, op: smtp.OpMail},
-		{name: "non-ASCII sender without SMTPUTF8", env: smtp.Envelope{From: "δ@example.com", To: []string{"b@example.com"}}, op: smtp.OpMail},
-		{name: "non-ASCII recipient without SMTPUTF8", env: smtp.Envelope{From: "a@example.com", To: []string{"b@exämple.com"}}, op: smtp.OpMail},
-		{name: "invalid UTF-8", env: smtp.Envelope{From: "a\xff@example.com", To: []string{"b@example.com"}}, op: smtp.OpMail},
-		{name: "SMTPUTF8 not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, SMTPUTF8: true}, op: smtp.OpMail},
-		{name: "8BITMIME not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, EightBitMIME: true}, op: smtp.OpMail},
-		{name: "DSN not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, DSN: &smtp.DSN{Return: "FULL"}}, op: smtp.OpMail},
-		{name: "over the server's SIZE", env: trEnv, body: strings.NewReader(strings.Repeat("x", 1001)), op: smtp.OpMail, kind: smtp.KindPolicy},
-		{name: "over the server's SIZE, declared", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, Size: 5000}, body: trOpaque{strings.NewReader("x")}, op: smtp.OpMail, kind: smtp.KindPolicy},
+		{name: "local part of 65", env: smtp.Envelope{From: local65, To: []string{"b@example.com"}}, op: smtp.OpMAIL},
+		{name: "address of 255", env: smtp.Envelope{From: "a@example.com", To: []string{addr255}}, op: smtp.OpRCPT},
+		{name: "sender without @", env: smtp.Envelope{From: "alice", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
+		{name: "non-ASCII sender without SMTPUTF8", env: smtp.Envelope{From: "δ@example.com", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
+		{name: "non-ASCII recipient without SMTPUTF8", env: smtp.Envelope{From: "a@example.com", To: []string{"b@exämple.com"}}, op: smtp.OpMAIL},
+		{name: "invalid UTF-8", env: smtp.Envelope{From: "a\xff@example.com", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
+		{name: "SMTPUTF8 not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, SMTPUTF8: true}, op: smtp.OpMAIL},
+		{name: "8BITMIME not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, EightBitMIME: true}, op: smtp.OpMAIL},
+		{name: "DSN not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, DSN: &smtp.DSN{Return: "FULL"}}, op: smtp.OpMAIL},
+		{name: "over the server's SIZE", env: trEnv, body: strings.NewReader(strings.Repeat("x", 1001)), op: smtp.OpMAIL, kind: smtp.KindPolicy},
+		{name: "over the server's SIZE, declared", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, Size: 5000}, body: trOpaque{strings.NewReader("x")}, op: smtp.OpMAIL, kind: smtp.KindPolicy},
 		{name: "policy veto", env: smtp.Envelope{From: "veto@example.com", To: []string{"b@example.com"}}, op: smtp.OpSend, kind: smtp.KindPolicy},
-		{name: "command injection", env: smtp.Envelope{From: "a@example.com>\r\nRCPT TO:<evil@example.com", To: []string{"b@example.com"}}, op: smtp.OpMail},
+		{name: "command injection", env: smtp.Envelope{From: "a@example.com>\r\nRCPT TO:<evil@example.com", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
 	}
 	for _, c := range []struct{ name, char string }{
 		{"CR", "\r"}, {"LF", "\n"}, {"CRLF", "\r\n"}, {"NUL", "\x00"}, {"<", "<"}, {">", ">"}, {"space", " "}, {"tab", "\t"}, {"DEL", "\x7f"},
 	} {
 		tests = append(tests,
-			trBadEnvelope{name: c.name + " in sender", env: smtp.Envelope{From: "a" + c.char + "x@example.com", To: []string{"b@example.com"}}, op: smtp.OpMail},
-			trBadEnvelope{name: c.name + " in recipient", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com", "c" + c.char + "x@example.com"}}, op: smtp.OpRcpt},
+			trBadEnvelope{name: c.name + " in sender", env: smtp.Envelope{From: "a" + c.char + "x@example.com", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
+			trBadEnvelope{name: c.name + " in recipient", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com", "c" + c.char + "x@example.com"}}, op: smtp.OpRCPT},
 		)
 	}
 	audit := &trAudit{}
@@ -100,7 +100,7 @@ func TestTranscriptSendValidation(t *testing.T) {
 			assert.False(t, smtp.IsTemporary(err))
 			assert.NotContains(t, err.Error(), "\r")
 			assert.NotContains(t, err.Error(), "\n")
-			if tt.op == smtp.OpRcpt && len(tt.env.To) > 0 && tt.env.To[len(tt.env.To)-1] != "" {
+			if tt.op == smtp.OpRCPT && len(tt.env.To) > 0 && tt.env.To[len(tt.env.To)-1] != "" {
 				assert.NotEmpty(t, se.Recipient)
 			}
 			if tt.name == "policy veto" {
@@ -308,7 +308,7 @@ func TestTranscriptESMTPParameters(t *testing.T) {
 	// Bad DSN values are refused before any byte.
 	for _, d := range []*smtp.DSN{{Return: "ALL"}, {Notify: []string{"NEVER", "SUCCESS"}}, {Notify: []string{"SOMETIMES"}}, {EnvID: strings.Repeat("e", 101)}} {
 		_, err = c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, DSN: d}, strings.NewReader("x\r\n"))
-		trErr(t, err, smtp.OpMail, smtp.KindInvalidInput)
+		trErr(t, err, smtp.OpMAIL, smtp.KindInvalidInput)
 	}
 	require.NoError(t, c.Quit(ctx))
 	data := "x\r\n.\r\n"
@@ -536,7 +536,7 @@ func TestTranscriptRecipientRefused(t *testing.T) {
 			ctx := trCtx(t)
 			out, err := c.Send(ctx, env, strings.NewReader("body\r\n"))
 			assert.Nil(t, out)
-			se := trErr(t, err, smtp.OpRcpt, smtp.KindRejected)
+			se := trErr(t, err, smtp.OpRCPT, smtp.KindRejected)
 			assert.Equal(t, "bad1@example.com", se.Recipient)
 			assert.Equal(t, 550, se.Code)
 			assert.Equal(t, "5.1.1", se.Enhanced)
@@ -617,7 +617,7 @@ func TestTranscriptAllowPartial(t *testing.T) {
 			trQuit)...)
 		ctx := trCtx(t)
 		_, err := c.Send(ctx, env, strings.NewReader("x\r\n"))
-		se := trErr(t, err, smtp.OpRcpt, smtp.KindRejected)
+		se := trErr(t, err, smtp.OpRCPT, smtp.KindRejected)
 		assert.Contains(t, err.Error(), "every recipient was refused")
 		assert.Len(t, se.Refused, 2)
 		_, err = c.Send(ctx, trEnv, strings.NewReader("y\r\n"))
@@ -637,7 +637,7 @@ func TestTranscriptSingleRecipientRefused(t *testing.T) {
 			fs.Expect("ok\r\n.\r\n"), fs.Reply("250 ok\r\n"), trQuit)...)
 		ctx := trCtx(t)
 		_, err := c.Send(ctx, trEnv, strings.NewReader("x\r\n"))
-		se := trErr(t, err, smtp.OpRcpt, smtp.KindRejected)
+		se := trErr(t, err, smtp.OpRCPT, smtp.KindRejected)
 		assert.Equal(t, 550, se.Code)
 		assert.Equal(t, "b@example.com", se.Recipient)
 		_, err = c.Send(ctx, trEnv, strings.NewReader("ok\r\n"))
@@ -652,7 +652,7 @@ func TestTranscriptSingleRecipientRefused(t *testing.T) {
 			trQuit)...)
 		ctx := trCtx(t)
 		_, err := c.Send(ctx, trEnv, strings.NewReader("x\r\n"))
-		se := trErr(t, err, smtp.OpRcpt, smtp.KindRejected)
+		se := trErr(t, err, smtp.OpRCPT, smtp.KindRejected)
 		assert.Equal(t, 550, se.Code)
 		_, err = c.Send(ctx, trEnv, strings.NewReader("ok\r\n"))
 		require.NoError(t, err)
@@ -675,18 +675,18 @@ func TestTranscriptRefusals(t *testing.T) {
 			name:   "MAIL refused, pipelined",
 			caps:   []string{"PIPELINING"},
 			script: []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("552 5.3.4 too big\r\n503 5.5.1 MAIL first\r\n503 5.5.1 MAIL first\r\n")},
-			op:     smtp.OpMail, code: 552, next: "RSET\r\n",
+			op:     smtp.OpMAIL, code: 552, next: "RSET\r\n",
 		},
 		{
 			name:   "MAIL refused, one at a time",
 			script: []fs.Step{fs.ExpectLine("MAIL FROM:<a@example.com>"), fs.Reply("451 4.3.0 later\r\n")},
-			op:     smtp.OpMail, code: 451, next: "RSET\r\n",
+			op:     smtp.OpMAIL, code: 451, next: "RSET\r\n",
 		},
 		{
 			name:   "DATA refused",
 			caps:   []string{"PIPELINING"},
 			script: []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n451 4.3.0 not now\r\n")},
-			op:     smtp.OpData, code: 451, next: "RSET\r\n",
+			op:     smtp.OpDATA, code: 451, next: "RSET\r\n",
 		},
 		{
 			name:   "final reply refused (DATA)",
@@ -694,7 +694,7 @@ func TestTranscriptRefusals(t *testing.T) {
 			script: []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n354 go\r\n"), fs.Expect("x\r\n.\r\n"), fs.Reply("554 5.7.1 spam\r\n")},
 			// Some servers (Mailpit while it shuts down) refuse the
 			// next MAIL with 503 unless RSET comes first.
-			op: smtp.OpData, code: 554, next: "RSET\r\n",
+			op: smtp.OpDATA, code: 554, next: "RSET\r\n",
 		},
 		{
 			name:   "final reply refused (BDAT)",
@@ -791,10 +791,10 @@ func TestTranscriptSend421(t *testing.T) {
 		op      smtp.Op
 		unknown bool
 	}{
-		{"MAIL", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("421 4.3.2 bye\r\n")}, smtp.OpMail, false},
-		{"RCPT", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n421 4.3.2 bye\r\n")}, smtp.OpRcpt, false},
-		{"DATA", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n421 4.3.2 bye\r\n")}, smtp.OpData, false},
-		{"final", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n354 go\r\n"), fs.Expect("x\r\n.\r\n"), fs.Reply("421 4.3.2 bye\r\n")}, smtp.OpData, false},
+		{"MAIL", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("421 4.3.2 bye\r\n")}, smtp.OpMAIL, false},
+		{"RCPT", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n421 4.3.2 bye\r\n")}, smtp.OpRCPT, false},
+		{"DATA", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n421 4.3.2 bye\r\n")}, smtp.OpDATA, false},
+		{"final", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n354 go\r\n"), fs.Expect("x\r\n.\r\n"), fs.Reply("421 4.3.2 bye\r\n")}, smtp.OpDATA, false},
 		{"BDAT", []string{"PIPELINING", "CHUNKING"}, []fs.Step{fs.Expect(trMail + trRcpt + trBDAT("x\r\n")), fs.Reply("250 ok\r\n250 ok\r\n421 4.3.2 bye\r\n")}, smtp.OpBDAT, false},
 	}
 	for _, tt := range tests {

@@ -300,7 +300,7 @@ func TestTranscriptEnhancedStatusCodes(t *testing.T) {
 			ctx := trCtx(t)
 			require.NoError(t, c.Noop(ctx))
 			err := c.Noop(ctx)
-			se := trErr(t, err, smtp.OpNoop, smtp.KindRejected)
+			se := trErr(t, err, smtp.OpNOOP, smtp.KindRejected)
 			assert.Equal(t, 550, se.Code)
 			assert.True(t, smtp.IsPermanent(err))
 			if esc {
@@ -312,7 +312,7 @@ func TestTranscriptEnhancedStatusCodes(t *testing.T) {
 				assert.Equal(t, "5.7.1 go 5.7.1 away", se.Message)
 			}
 			err = c.Reset(ctx)
-			se = trErr(t, err, smtp.OpReset, smtp.KindRejected)
+			se = trErr(t, err, smtp.OpRSET, smtp.KindRejected)
 			assert.Equal(t, 451, se.Code)
 			assert.True(t, smtp.IsTemporary(err))
 			assert.Equal(t, smtp.StateReady, c.State(), "a refusal leaves the session usable")
@@ -326,7 +326,7 @@ func TestTranscriptEnhancedStatusCodes(t *testing.T) {
 func TestTranscriptMalformedReplyClosesSession(t *testing.T) {
 	srv, c, _ := trConnect(t, nil, trSteps(trHello(), fs.ExpectLine("NOOP"), fs.Reply("250-a\r\n251 b\r\n"))...)
 	err := c.Noop(trCtx(t))
-	trErr(t, err, smtp.OpNoop, smtp.KindProtocol)
+	trErr(t, err, smtp.OpNOOP, smtp.KindProtocol)
 	assert.Equal(t, smtp.StateClosed, c.State())
 	assert.ErrorIs(t, c.Noop(trCtx(t)), smtp.ErrClosed)
 	assert.Equal(t, trEHLO+"NOOP\r\n", trEnd(t, srv, c))

@@ -184,13 +184,13 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if !c.writable() {
-		return nil, c.closedError(OpMail)
+		return nil, c.closedError(OpMAIL)
 	}
 	tx, mail, err := c.prepare(ctx, &env, body)
 	if err != nil {
 		return nil, err
 	}
-	if err := ctxError(ctx, OpMail); err != nil {
+	if err := ctxError(ctx, OpMAIL); err != nil {
 		return nil, err
 	}
 	c.watch(ctx)

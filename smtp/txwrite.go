@@ -57,7 +57,7 @@ func (c *Client) writeTx(ctx context.Context, tx *Tx, env *Envelope, mail []byte
 		c.advance(ctx, open)
 	}
 	if !c.caps.Pipelining {
-		c.flush(ctx, OpMail)
+		c.flush(ctx, OpMAIL)
 		c.await(ctx, func() bool { return len(c.pending) == 0 })
 	} else {
 		c.checkIdle(ctx)
@@ -65,7 +65,7 @@ func (c *Client) writeTx(ctx context.Context, tx *Tx, env *Envelope, mail []byte
 	c.mu.Lock()
 	if !c.writableLocked() {
 		c.mu.Unlock()
-		return c.closedError(OpMail)
+		return c.closedError(OpMAIL)
 	}
 	c.state = StateTransaction
 	reset := c.needReset
@@ -77,7 +77,7 @@ func (c *Client) writeTx(ctx context.Context, tx *Tx, env *Envelope, mail []byte
 		// Without PIPELINING, RSET is answered before MAIL is sent.
 		c.sync(ctx)
 		if !c.writable() {
-			return c.closedError(OpMail)
+			return c.closedError(OpMAIL)
 		}
 	}
 	c.writeCommand(tx, kMail, 0, mail)
@@ -135,7 +135,7 @@ var (
 // server's extensions, consults the policy, and formats MAIL FROM.
 func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*Tx, []byte, *Error) {
 	if len(env.To) == 0 {
-		return nil, nil, inputError(OpRcpt, "no recipients")
+		return nil, nil, inputError(OpRCPT, "no recipients")
 	}
 	if body == nil {
 		return nil, nil, inputError(OpBody, "nil body")
@@ -144,7 +144,7 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 	if env.From != "" {
 		u, p := validateAddress(env.From)
 		if p != "" {
-			e := inputError(OpMail, "sender: %s", p)
+			e := inputError(OpMAIL, "sender: %s", p)
 			return nil, nil, e
 		}
 		utf8 = utf8 || u
@@ -152,7 +152,7 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 	for _, rcpt := range env.To {
 		u, p := validateAddress(rcpt)
 		if p != "" {
-			e := inputError(OpRcpt, "%s", p)
+			e := inputError(OpRCPT, "%s", p)
 			e.Recipient = sanitize(rcpt)
 			return nil, nil, e
 		}
@@ -160,17 +160,17 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 	}
 	caps := &c.caps
 	if utf8 && !caps.SMTPUTF8 {
-		return nil, nil, inputError(OpMail, "non-ASCII address or SMTPUTF8 requested, but the server does not offer SMTPUTF8")
+		return nil, nil, inputError(OpMAIL, "non-ASCII address or SMTPUTF8 requested, but the server does not offer SMTPUTF8")
 	}
 	if env.EightBitMIME && !caps.EightBitMIME {
-		return nil, nil, inputError(OpMail, "BODY=8BITMIME requested, but the server does not offer 8BITMIME")
+		return nil, nil, inputError(OpMAIL, "BODY=8BITMIME requested, but the server does not offer 8BITMIME")
 	}
 	if env.DSN != nil {
 		if !caps.DSN {
-			return nil, nil, inputError(OpMail, "DSN requested, but the server does not offer DSN")
+			return nil, nil, inputError(OpMAIL, "DSN requested, but the server does not offer DSN")
 		}
 		if p := env.DSN.validate(); p != "" {
-			return nil, nil, inputError(OpMail, "DSN: %s", p)
+			return nil, nil, inputError(OpMAIL, "DSN: %s", p)
 		}
 	}
 	size := env.Size
@@ -188,7 +188,7 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 		maxSize = caps.MaxSize
 	}
 	if maxSize > 0 && size > maxSize {
-		return nil, nil, &Error{Op: OpMail, Kind: KindPolicy, Message: fmt.Sprintf("message size %d exceeds the limit of %d octets", size, maxSize)}
+		return nil, nil, &Error{Op: OpMAIL, Kind: KindPolicy, Message: fmt.Sprintf("message size %d exceeds the limit of %d octets", size, maxSize)}
 	}
 	if c.opts.Policy != nil {
 		if err := c.opts.Policy(ctx, PolicyRequest{From: env.From, To: env.To, Size: size}); err != nil {
@@ -345,7 +345,7 @@ func (c *Client) pushLocked(tx *Tx, kind replyKind, idx int, res *cmdResult, op 
 // sync waits for every owed reply when the server does not pipeline.
 func (c *Client) sync(ctx context.Context) {
 	if !c.caps.Pipelining {
-		c.flush(ctx, OpMail)
+		c.flush(ctx, OpMAIL)
 		c.await(ctx, func() bool { return len(c.pending) == 0 })
 	}
 }
@@ -419,7 +419,7 @@ func (c *Client) advance(ctx context.Context, tx *Tx) {
 	waitRcpt := tx.deferCommit && !tx.dataSent
 	c.mu.Unlock()
 	if waitRcpt {
-		c.flush(ctx, OpRcpt)
+		c.flush(ctx, OpRCPT)
 		c.await(ctx, func() bool { return tx.rcptRead == len(tx.to) || tx.done })
 		c.mu.Lock()
 		if !c.writableLocked() || tx.done {
@@ -443,7 +443,7 @@ func (c *Client) advance(ctx context.Context, tx *Tx) {
 	if tx.chunking {
 		return
 	}
-	c.flush(ctx, OpData)
+	c.flush(ctx, OpDATA)
 	c.await(ctx, func() bool { return tx.dataReply != nil || tx.done })
 	c.mu.Lock()
 	if !c.writableLocked() || tx.done || tx.dataReply == nil || tx.dataReply.Code != 354 {
@@ -454,7 +454,7 @@ func (c *Client) advance(ctx context.Context, tx *Tx) {
 		// A 354 although the envelope failed: after 354 there is no
 		// way back but to drop the connection.
 		tx.aborted = true
-		c.failLocked(protoError(OpData, "server sent 354 for a transaction whose envelope it refused; session dropped so nothing is delivered"))
+		c.failLocked(protoError(OpDATA, "server sent 354 for a transaction whose envelope it refused; session dropped so nothing is delivered"))
 		c.unlock()
 		return
 	}
@@ -715,7 +715,7 @@ func (c *Client) writeData(ctx context.Context, tx *Tx) {
 			c.mu.Unlock()
 		}
 		if _, err := c.w.Write(out); err != nil {
-			c.writeFailed(ioError(ctx, OpData, err))
+			c.writeFailed(ioError(ctx, OpDATA, err))
 			return
 		}
 		if eof {

@@ -115,7 +115,7 @@ func TestMagicRecipients(t *testing.T) {
 		_, err := c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"Reject@example.net"}}, strings.NewReader(body))
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		assert.Equal(t, 550, se.Code)
 		assert.Equal(t, "5.1.1", se.Enhanced)
 		assert.True(t, smtp.IsPermanent(err))
@@ -125,7 +125,7 @@ func TestMagicRecipients(t *testing.T) {
 		_, err := c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"defer@example.net"}}, strings.NewReader(body))
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		assert.Equal(t, 451, se.Code)
 		assert.True(t, smtp.IsTemporary(err))
 	})
