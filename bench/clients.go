@@ -194,7 +194,7 @@ func (c *senderClient) sendBody(ctx context.Context, body io.Reader) error {
 // idle has the sender open n sessions and waits for them to be idle:
 // concurrent sends make it dial, repeated until all n exist.
 func (c *senderClient) idle(ctx context.Context, n int) error {
-	for try := 0; c.s.Stats().Open < n && try < 50; try++ {
+	for try := 0; c.s.Stats().Open < int64(n) && try < 50; try++ {
 		var wg sync.WaitGroup
 		var failed atomic.Value
 		for range n {
@@ -214,7 +214,7 @@ func (c *senderClient) idle(ctx context.Context, n int) error {
 	for deadline := time.Now().Add(5 * time.Second); c.s.Stats().Idle < c.s.Stats().Open && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}
-	if open := c.s.Stats().Open; open != n {
+	if open := c.s.Stats().Open; open != int64(n) {
 		return fmt.Errorf("the sender opened %d sessions, not %d", open, n)
 	}
 	return nil

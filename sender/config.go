@@ -3,6 +3,9 @@ package sender
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -40,7 +43,10 @@ func (s Security) String() string {
 	return "unknown"
 }
 
-// Credentials are what one login uses.
+// Credentials are what one login uses. They print and log without their
+// secret: whatever the verb (%v, %+v, %#v, %s...), and through
+// [log/slog] with any handler, Secret shows as "[redacted]" (or "" when
+// empty); Mechanism and Username are shown.
 type Credentials struct {
 	// Mechanism is a SASL mechanism name (smtp.MechPLAIN, ...); empty
 	// picks the strongest password mechanism both sides offer.
@@ -50,6 +56,47 @@ type Credentials struct {
 	// Secret is the password or, for XOAUTH2 and OAUTHBEARER, the access
 	// token.
 	Secret string
+}
+
+// redacted stands for a secret in what Credentials print and log.
+const redacted = "[redacted]"
+
+func (c Credentials) shownSecret() string {
+	if c.Secret == "" {
+		return ""
+	}
+	return redacted
+}
+
+// String returns the credentials with their secret redacted:
+// {Mechanism:PLAIN Username:me@example.com Secret:[redacted]}.
+func (c Credentials) String() string {
+	return "{Mechanism:" + c.Mechanism + " Username:" + c.Username + " Secret:" + c.shownSecret() + "}"
+}
+
+// GoString returns the credentials as a Go literal, with their secret
+// redacted, for %#v.
+func (c Credentials) GoString() string {
+	return "sender.Credentials{Mechanism:" + strconv.Quote(c.Mechanism) + ", Username:" + strconv.Quote(c.Username) + ", Secret:" + strconv.Quote(c.shownSecret()) + "}"
+}
+
+// Format implements [fmt.Formatter], so that no verb prints the secret:
+// %#v is GoString, every other verb String.
+func (c Credentials) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		fmt.Fprint(f, c.GoString())
+		return
+	}
+	fmt.Fprint(f, c.String())
+}
+
+// LogValue implements [slog.LogValuer]: a group of mechanism, username
+// and the redacted secret.
+func (c Credentials) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("mechanism", c.Mechanism),
+		slog.String("username", c.Username),
+		slog.String("secret", c.shownSecret()))
 }
 
 // CredentialsFunc returns the credentials for one login. It is called

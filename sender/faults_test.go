@@ -745,7 +745,7 @@ func TestFaultPipelinedWindow(t *testing.T) {
 // *s, so that the first window takes them all.
 func dialWhenWaiting(s **sender.Sender, n int, addr string) func(context.Context) (transport.Transport, error) {
 	return func(ctx context.Context) (transport.Transport, error) {
-		for (*s).Stats().Waiting < n {
+		for (*s).Stats().Waiting < int64(n) {
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
@@ -1246,7 +1246,7 @@ func TestFailFast(t *testing.T) {
 	elapsed := time.Since(start)
 	probes := d.calls.Load() - before
 	assert.LessOrEqual(t, probes, int64(elapsed/step)+2, "only the probe dials, with backoff: %d dials in %v", probes, elapsed)
-	assert.LessOrEqual(t, s.Stats().Open, 1, "one probe")
+	assert.LessOrEqual(t, s.Stats().Open, int64(1), "one probe")
 
 	// Still down, and nobody sends: nobody dials.
 	waitFor(t, "the probe to end", func() bool { return s.Stats().Open == 0 })

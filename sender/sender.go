@@ -125,9 +125,9 @@ type counters struct {
 type Stats struct {
 	// Open is the number of sessions (dialing or connected); Idle those
 	// with nothing in flight.
-	Open, Idle int
+	Open, Idle int64
 	// Waiting is the number of Sends waiting for a session.
-	Waiting int
+	Waiting int64
 	// Dials and DialFailures count connection attempts (each includes
 	// TLS, greeting, EHLO and AUTH).
 	Dials, DialFailures int64
@@ -973,9 +973,9 @@ func (s *Sender) beginShutdown() {
 // Stats returns a snapshot of the counters.
 func (s *Sender) Stats() Stats {
 	return Stats{
-		Open:         int(s.stats.open.Load()),
-		Idle:         int(s.stats.idle.Load()),
-		Waiting:      int(s.stats.waiting.Load()),
+		Open:         s.stats.open.Load(),
+		Idle:         s.stats.idle.Load(),
+		Waiting:      s.stats.waiting.Load(),
 		Dials:        s.stats.dials.Load(),
 		DialFailures: s.stats.dialFailures.Load(),
 		Sent:         s.stats.sent.Load(),

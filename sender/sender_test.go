@@ -58,7 +58,7 @@ func TestSendOne(t *testing.T) {
 	require.NoError(t, s.Shutdown(ctx))
 	_, err = s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(2)))
 	assert.ErrorIs(t, err, sender.ErrClosed)
-	assert.Equal(t, 0, s.Stats().Open)
+	assert.Zero(t, s.Stats().Open)
 }
 
 func TestManyCallersFewConns(t *testing.T) {
