@@ -137,10 +137,10 @@ func makeMessage(size int) []byte {
 // with window transactions in flight each (0 for the default) to t, and
 // edit, when set, changes the rest (the scale section gates the dials).
 func newSender(t target, conns, window int, edit func(*sender.Config)) (*sender.Sender, error) {
-	c := sender.Config{Addr: t.addr, LocalName: "localhost", MaxConns: conns, MaxInFlight: window, IdleTimeout: 10 * time.Minute}
+	c := sender.Config{Addr: t.addr, MaxConns: conns, MaxInFlight: window, IdleTimeout: 10 * time.Minute}
 	if t.tls != nil {
 		c.Security = sender.ImplicitTLS
-		c.TLSConfig = t.tls
+		c.Options.TLSConfig = t.tls
 		c.Credentials = func(context.Context) (sender.Credentials, error) {
 			return sender.Credentials{Username: benchUser, Secret: benchPass}, nil
 		}
@@ -263,7 +263,7 @@ func openCore(ctx context.Context, s spec, t target) (client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := smtp.Connect(ctx, tr, "localhost", &smtp.Options{InsecureAllowPlaintext: true})
+	c, err := smtp.Connect(ctx, tr, &smtp.Options{LocalName: "localhost", InsecureAllowPlaintext: true})
 	if err != nil {
 		return nil, err
 	}

@@ -2,7 +2,6 @@ package sender
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -112,16 +111,11 @@ type Config struct {
 	// Security selects implicit TLS (the zero value), STARTTLS or
 	// insecure plaintext.
 	Security Security
-	// TLSConfig configures TLS; nil means the system roots and ServerName
-	// from Addr. TLS 1.2 is the floor.
-	TLSConfig *tls.Config
 	// Dial, when set, replaces dialing Addr: it returns a transport to
 	// the server (for StartTLS, one that is transport.StartTLSCapable;
 	// wrap a net.Conn with transport.Upgradable). With ImplicitTLS the
 	// transport must already be TLS.
 	Dial func(ctx context.Context) (transport.Transport, error)
-	// LocalName is the EHLO name; "localhost" when empty.
-	LocalName string
 	// Credentials, when set, is called at each login. Nil means no AUTH.
 	Credentials CredentialsFunc
 
@@ -165,9 +159,12 @@ type Config struct {
 	// caller's context and the backoff. 0 means 3.
 	MaxAttempts int
 
-	// Options configures each session: policy, audit hook, limits,
-	// timeouts. With Security InsecurePlaintext, its
-	// InsecureAllowPlaintext is set for you.
+	// Options configures each session: the EHLO name (LocalName,
+	// "localhost" when empty), TLS (TLSConfig: nil means the system
+	// roots; an empty ServerName means the host of Addr), policy, audit
+	// hook, limits, timeouts. Its InsecureAllowPlaintext is Security's
+	// to set: New refuses a Config that sets it without Security
+	// InsecurePlaintext.
 	Options smtp.Options
 }
 
@@ -180,8 +177,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Security < ImplicitTLS || c.Security > InsecurePlaintext {
 		return c, &smtp.Error{Op: smtp.OpConfig, Kind: smtp.KindInvalidInput, Message: "sender: unknown Security"}
 	}
-	if c.LocalName == "" {
-		c.LocalName = "localhost"
+	if c.Options.InsecureAllowPlaintext && c.Security != InsecurePlaintext {
+		return c, &smtp.Error{Op: smtp.OpConfig, Kind: smtp.KindInvalidInput, Message: "sender: Options.InsecureAllowPlaintext is set without Security InsecurePlaintext; set Security instead"}
 	}
 	if c.MaxConns <= 0 {
 		c.MaxConns = 2

@@ -45,7 +45,7 @@ func ExampleSender_Send() {
 
 	snd, err := sender.New(sender.Config{
 		Addr:        srv.Addr(),
-		TLSConfig:   srv.ClientTLSConfig(),
+		Options:     smtp.Options{TLSConfig: srv.ClientTLSConfig()},
 		Credentials: exampleCredentials,
 		MaxConns:    2,
 	})
@@ -86,7 +86,7 @@ func ExampleSender_Send() {
 func ExampleSender_Send_errors() {
 	srv := exampleServer()
 	defer srv.Close()
-	snd, err := sender.New(sender.Config{Addr: srv.Addr(), TLSConfig: srv.ClientTLSConfig(), Credentials: exampleCredentials})
+	snd, err := sender.New(sender.Config{Addr: srv.Addr(), Options: smtp.Options{TLSConfig: srv.ClientTLSConfig()}, Credentials: exampleCredentials})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func ExampleCredentialsFunc() {
 	}
 	snd, err := sender.New(sender.Config{
 		Addr:               srv.Addr(),
-		TLSConfig:          srv.ClientTLSConfig(),
+		Options:            smtp.Options{TLSConfig: srv.ClientTLSConfig()},
 		Credentials:        creds,
 		MaxConns:           1,
 		MaxMessagesPerConn: 2, // a new session, and so a new login, every 2 messages

@@ -968,7 +968,7 @@ func TestFaultTLS(t *testing.T) {
 				srv := fs.StartMulti(t, faulty, good)
 				s := faultSender(t, srv.Addr(), func(c *sender.Config) {
 					c.Security = sec
-					c.TLSConfig = &tls.Config{RootCAs: roots}
+					c.Options.TLSConfig = &tls.Config{RootCAs: roots}
 				})
 				out, err := timedSend(t, s, "tls", 5*time.Second)
 				if f == f421 {
@@ -1470,11 +1470,10 @@ func TestFaultStartTLSCustomDialUsesPeerAddress(t *testing.T) {
 	script = append(script, fs.ExpectLine("QUIT"), fs.Reply("221 bye\r\n"), fs.Close())
 	srv := fs.Start(t, script...)
 	s, err := sender.New(sender.Config{
-		Security:  sender.StartTLS,
-		TLSConfig: &tls.Config{RootCAs: roots},
-		MaxConns:  1, MaxDialFailures: 1,
+		Security: sender.StartTLS,
+		MaxConns: 1, MaxDialFailures: 1,
 		Backoff: fastBackoff,
-		Options: smtp.Options{ChunkSize: 512},
+		Options: smtp.Options{TLSConfig: &tls.Config{RootCAs: roots}, ChunkSize: 512},
 		Dial: func(ctx context.Context) (transport.Transport, error) {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "tcp", srv.Addr())

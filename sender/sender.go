@@ -843,7 +843,7 @@ func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error)
 	case cfg.Dial != nil:
 		t, err = cfg.Dial(ctx)
 	case cfg.Security == ImplicitTLS:
-		t, err = transport.DialTLS(ctx, cfg.Addr, cfg.TLSConfig)
+		t, err = transport.DialTLS(ctx, cfg.Addr, cfg.Options.TLSConfig)
 	default:
 		t, err = transport.Dial(ctx, cfg.Addr)
 	}
@@ -853,8 +853,9 @@ func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error)
 		return nil, &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: s.red.WrapError(err)}
 	}
 	opts := cfg.Options
-	if opts.ServerName == "" && cfg.Addr != "" {
-		opts.ServerName = cfg.Addr
+	if (opts.TLSConfig == nil || opts.TLSConfig.ServerName == "") && cfg.Addr != "" {
+		// The server's name, for STARTTLS and OAUTHBEARER: Addr's host.
+		opts.TLSConfig = transport.ClientTLSConfig(opts.TLSConfig, cfg.Addr)
 	}
 	if opts.Redactor == nil {
 		opts.Redactor = s.red
@@ -866,13 +867,9 @@ func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error)
 			t.Close()
 			return nil, &smtp.Error{Op: smtp.OpSTARTTLS, Kind: smtp.KindInvalidInput, Message: "Config.Dial returned a transport that cannot be upgraded (wrap it with transport.Upgradable)"}
 		}
-		tcfg := cfg.TLSConfig
-		if (tcfg == nil || tcfg.ServerName == "") && cfg.Addr != "" {
-			tcfg = transport.ClientTLSConfig(tcfg, cfg.Addr)
-		}
-		c, err = smtp.ConnectStartTLS(ctx, st, cfg.LocalName, tcfg, &opts)
+		c, err = smtp.ConnectStartTLS(ctx, st, &opts)
 	} else {
-		c, err = smtp.Connect(ctx, t, cfg.LocalName, &opts)
+		c, err = smtp.Connect(ctx, t, &opts)
 	}
 	if err != nil {
 		return nil, err

@@ -29,7 +29,7 @@ func newGoSMTPSender(t *testing.T, opts testpeers.GoSMTPOptions, cfg sender.Conf
 	srv := testpeers.GoSMTP(t, opts)
 	cfg.Addr = srv.Addr()
 	if opts.Mode != testpeers.Plain {
-		cfg.TLSConfig = srv.Cert().ClientConfig()
+		cfg.Options.TLSConfig = srv.Cert().ClientConfig()
 	}
 	s, err := sender.New(cfg)
 	require.NoError(t, err)
@@ -339,4 +339,19 @@ func TestWithdrawalKeepsConnection(t *testing.T) {
 	assert.EqualValues(t, 1, st.Dials, "the connection was kept")
 	assert.EqualValues(t, 1, srv.Count(), "the withdrawn message was not committed")
 	assert.EqualValues(t, 1, srv.Connections())
+}
+
+// TestNewPlaintextOptionWithoutInsecureSecurityRefused: a Config that
+// asks for plaintext through Options.InsecureAllowPlaintext, but not
+// through Security, is refused by New as a setup error (Security is the
+// one switch), for every mode but InsecurePlaintext.
+func TestNewPlaintextOptionWithoutInsecureSecurityRefused(t *testing.T) {
+	for _, sec := range []sender.Security{sender.ImplicitTLS, sender.StartTLS} {
+		_, err := sender.New(sender.Config{Addr: "127.0.0.1:1", Security: sec, Options: smtp.Options{InsecureAllowPlaintext: true}})
+		require.Error(t, err, sec.String())
+		assert.True(t, smtp.IsConfig(err), "%v: %v", sec, err)
+	}
+	s, err := sender.New(sender.Config{Addr: "127.0.0.1:1", Security: sender.InsecurePlaintext, Options: smtp.Options{InsecureAllowPlaintext: true}})
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
 }

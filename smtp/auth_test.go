@@ -815,7 +815,7 @@ func authScriptOffering(t *testing.T, mechs string, sec *authSecrets, opts *smtp
 	ctx := testCtx(t)
 	tr, err := transport.DialTLS(ctx, srv.Addr(), &tls.Config{RootCAs: roots})
 	require.NoError(t, err)
-	c, err := smtp.Connect(ctx, tr, "client.example", opts)
+	c, err := smtp.Connect(ctx, tr, withName(opts, "client.example", nil))
 	require.NoError(t, sec.err(err))
 	t.Cleanup(func() { c.Close() })
 	return srv, c

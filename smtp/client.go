@@ -232,12 +232,13 @@ const (
 )
 
 // Connect starts a session on t, which must already be secure (implicit
-// TLS, port 465): it reads the greeting and sends EHLO with localName. A
-// transport that is not TLS (one without a ConnectionState method) is
-// refused unless opts.InsecureAllowPlaintext is set. On failure t is
-// closed and the error is an [*Error] with Op greeting or EHLO.
-func Connect(ctx context.Context, t transport.Transport, localName string, opts *Options) (*Client, error) {
-	c, err := newClient(t, localName, opts)
+// TLS, port 465): it reads the greeting and sends EHLO with
+// opts.LocalName. A transport that is not TLS (one without a
+// ConnectionState method) is refused unless opts.InsecureAllowPlaintext
+// is set. opts may be nil. On failure t is closed and the error is an
+// [*Error] with Op greeting or EHLO.
+func Connect(ctx context.Context, t transport.Transport, opts *Options) (*Client, error) {
+	c, err := newClient(t, opts)
 	if err != nil {
 		t.Close()
 		return nil, err
@@ -263,14 +264,17 @@ func Connect(ctx context.Context, t transport.Transport, localName string, opts 
 }
 
 // ConnectStartTLS starts a session on a plain transport and upgrades it
-// with STARTTLS (RFC 3207): greeting, EHLO, STARTTLS, TLS handshake,
-// EHLO again. The capabilities from before TLS are discarded. A server
-// that does not offer STARTTLS, refuses it, or sends bytes after its 220
-// (response injection) ends the session with an error: there is never a
-// fallback to plaintext. tlsConfig may be nil; its ServerName defaults to
-// opts.ServerName, then to the peer's IP address. TLS 1.2 is the floor.
-func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName string, tlsConfig *tls.Config, opts *Options) (*Client, error) {
-	c, err := newClient(t, localName, opts)
+// with STARTTLS (RFC 3207): greeting, EHLO (with opts.LocalName),
+// STARTTLS, TLS handshake with opts.TLSConfig, EHLO again. The
+// capabilities from before TLS are discarded. A server that does not
+// offer STARTTLS, refuses it, or sends bytes after its 220 (response
+// injection) ends the session with an error: there is never a fallback
+// to plaintext. opts may be nil, and so may opts.TLSConfig (the system
+// roots). The certificate is checked against opts.TLSConfig.ServerName
+// or, when that is empty, the peer's IP address: set ServerName to the
+// host name you dialed. TLS 1.2 is the floor.
+func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, opts *Options) (*Client, error) {
+	c, err := newClient(t, opts)
 	if err != nil {
 		t.Close()
 		return nil, err
@@ -297,15 +301,12 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 		return nil, c.fail(ctx, protoError(OpSTARTTLS, "server sent %d octets after its 220 before the TLS handshake (response injection); aborting", c.r.Buffered()))
 	}
 	name := c.serverName
-	if tlsConfig != nil && tlsConfig.ServerName != "" {
-		name = tlsConfig.ServerName
-	}
 	if name == "" {
 		if rc, ok := t.(interface{ RemoteAddr() net.Addr }); ok && rc.RemoteAddr() != nil {
 			name = rc.RemoteAddr().String()
 		}
 	}
-	cfg := transport.ClientTLSConfig(tlsConfig, name)
+	cfg := transport.ClientTLSConfig(c.opts.TLSConfig, name)
 	c.setWriteDeadline(ctx, c.opts.Timeouts.Command)
 	c.setReadDeadline(ctx, c.opts.Timeouts.Command)
 	tt, err := t.UpgradeTLS(ctx, cfg)
@@ -335,19 +336,25 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 	return c, nil
 }
 
-func newClient(t transport.Transport, localName string, opts *Options) (*Client, error) {
-	if p := validateHostname(localName); p != "" {
-		return nil, inputError(OpEHLO, "%s", p)
-	}
-	c := &Client{t: t, local: localName, state: StateReady}
-	c.cond.L = &c.mu
+func newClient(t transport.Transport, opts *Options) (*Client, error) {
+	c := &Client{t: t, state: StateReady}
 	if opts != nil {
 		c.opts = *opts
 	}
+	c.local = c.opts.LocalName
+	if c.local == "" {
+		c.local = defaultLocalName
+	}
+	if p := validateHostname(c.local); p != "" {
+		return nil, inputError(OpEHLO, "%s", p)
+	}
+	c.cond.L = &c.mu
 	c.texts.share(c.opts.Redactor)
 	c.opts.Timeouts = c.opts.Timeouts.withDefaults()
 	c.id = sessionSeq.Add(1)
-	c.serverName = c.opts.ServerName
+	if c.opts.TLSConfig != nil {
+		c.serverName = c.opts.TLSConfig.ServerName
+	}
 	c.dl.reset(t)
 	c.cw.w = t
 	c.r = bufio.NewReaderSize(t, 4096)

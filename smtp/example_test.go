@@ -35,7 +35,7 @@ func exampleDial(ctx context.Context, srv *demoserver.Server, opts *smtp.Options
 	if err != nil {
 		log.Fatal(err)
 	}
-	c, err := smtp.Connect(ctx, t, "client.example.com", opts)
+	c, err := smtp.Connect(ctx, t, opts)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func ExampleConnect() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	c, err := smtp.Connect(ctx, t, "client.example.com", nil)
+	c, err := smtp.Connect(ctx, t, &smtp.Options{LocalName: "client.example.com"})
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -38,16 +38,16 @@ func connectGoSMTP(t *testing.T, opts testpeers.GoSMTPOptions, copts *smtp.Optio
 	case testpeers.ImplicitTLS:
 		tr, derr := transport.DialTLS(ctx, srv.Addr(), srv.Cert().ClientConfig())
 		require.NoError(t, derr)
-		c, err = smtp.Connect(ctx, tr, "client.example", copts)
+		c, err = smtp.Connect(ctx, tr, withName(copts, "client.example", nil))
 	case testpeers.StartTLS:
 		tr, derr := transport.Dial(ctx, srv.Addr())
 		require.NoError(t, derr)
-		c, err = smtp.ConnectStartTLS(ctx, tr, "client.example", srv.Cert().ClientConfig(), copts)
+		c, err = smtp.ConnectStartTLS(ctx, tr, withName(copts, "client.example", srv.Cert().ClientConfig()))
 	default:
 		tr, derr := transport.Dial(ctx, srv.Addr())
 		require.NoError(t, derr)
 		copts.InsecureAllowPlaintext = true
-		c, err = smtp.Connect(ctx, tr, "client.example", copts)
+		c, err = smtp.Connect(ctx, tr, withName(copts, "client.example", nil))
 	}
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })

@@ -62,7 +62,7 @@ func TestHalvesReaderWaitsWhileWriterWrites(t *testing.T) {
 				conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", srv.Addr())
 			}
 			require.NoError(t, err)
-			c, err := smtp.Connect(ctx, conn, "client.example", &smtp.Options{InsecureAllowPlaintext: !useTLS})
+			c, err := smtp.Connect(ctx, conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: !useTLS})
 			require.NoError(t, err)
 
 			tx1, err := c.WriteTx(ctx, trEnv, strings.NewReader("Subject: 1\r\n\r\none\r\n"))
@@ -157,7 +157,7 @@ func TestReplyTimeoutNotExtendedByNewWork(t *testing.T) {
 	opts := &smtp.Options{InsecureAllowPlaintext: true}
 	opts.Timeouts.Command = 300 * time.Millisecond
 	opts.Timeouts.DataEnd = 300 * time.Millisecond
-	c, err := smtp.Connect(ctx, conn, "client.example", opts)
+	c, err := smtp.Connect(ctx, conn, withName(opts, "client.example", nil))
 	require.NoError(t, err)
 	tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(""))
 	require.NoError(t, err)
@@ -246,7 +246,7 @@ func TestManyRecipientsServerThatStopsReadingNoDeadlock(t *testing.T) {
 		cc, sc := net.Pipe()
 		go pipeServer(sc)
 		ctx := context.Background()
-		c, err := smtp.Connect(ctx, cc, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+		c, err := smtp.Connect(ctx, cc, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 		require.NoError(t, err)
 		readDone := make(chan error, 1)
 		go func() { readDone <- c.ReadReplies(ctx, nil) }()

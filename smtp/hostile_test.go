@@ -207,7 +207,7 @@ func TestConnectWorstEHLO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := Connect(ctx, conn, "client.example", &Options{InsecureAllowPlaintext: true})
+	c, err := Connect(ctx, conn, &Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -464,7 +464,7 @@ func (c *slowDeadlineConn) SetDeadline(d time.Time) error {
 // otherwise land on the next call's I/O and fail it for no reason.
 func TestWatchStopWaitsForAfterFunc(t *testing.T) {
 	tr := &slowDeadlineConn{}
-	c, err := newClient(tr, "client.example", &Options{InsecureAllowPlaintext: true})
+	c, err := newClient(tr, &Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 	require.NoError(t, err)
 	for range 5 {
 		ctx, cancel := context.WithCancel(context.Background())

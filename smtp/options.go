@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"context"
+	"crypto/tls"
 	"time"
 )
 
@@ -67,10 +68,29 @@ type PolicyRequest struct {
 // Kind [KindPolicy].
 type Policy func(ctx context.Context, req PolicyRequest) error
 
+// defaultLocalName is the EHLO name of a session whose
+// Options.LocalName is empty.
+const defaultLocalName = "localhost"
+
 // Options configures a session. The zero value (and a nil *Options) is a
-// TLS-only session with RFC 5321 timeouts, 998-octet lines, no policy and
+// TLS-only session, greeting as "localhost", with RFC 5321 timeouts, 998-octet lines, no policy and
 // no audit hook.
 type Options struct {
+	// LocalName is the name this client gives in EHLO (or HELO): its
+	// host name, ideally one the server can resolve. Empty means
+	// "localhost", in package sender too.
+	LocalName string
+
+	// TLSConfig configures the STARTTLS handshake of [ConnectStartTLS]
+	// (a transport that is already TLS was configured when it was
+	// dialed). Nil means the system roots. Its ServerName is the
+	// server's name: the certificate is verified against it, and
+	// OAUTHBEARER sends it; when empty, ConnectStartTLS takes the
+	// peer's IP address, and Connect the name the TLS connection was
+	// made for. The caller's config is never modified; TLS 1.2 is the
+	// floor.
+	TLSConfig *tls.Config
+
 	// InsecureAllowPlaintext allows a session, and AUTH, on a transport
 	// that is not TLS. Use it only for loopback test sinks: everything,
 	// credentials included, crosses the network in clear.
@@ -131,12 +151,6 @@ type Options struct {
 	// session has its own, which knows the session's secrets from its
 	// AUTH on.
 	Redactor *Redactor
-
-	// ServerName is the server's host name, used to verify its
-	// certificate on STARTTLS when the tls.Config has no ServerName, and
-	// sent in OAUTHBEARER. When empty it is taken from the TLS
-	// configuration or the connection.
-	ServerName string
 }
 
 func (o *Options) chunkSize() int {

@@ -134,7 +134,7 @@ func peerDialPlain(t *testing.T, ctx context.Context, addr string, opts *smtp.Op
 	tr, err := transport.Dial(ctx, addr)
 	require.NoError(t, err)
 	w := newPeerWire()
-	c, err := smtp.Connect(ctx, &peerConn{StartTLSCapable: tr, w: w}, "client.example", opts)
+	c, err := smtp.Connect(ctx, &peerConn{StartTLSCapable: tr, w: w}, withName(opts, "client.example", nil))
 	if err == nil {
 		t.Cleanup(func() { c.Close() })
 	}
@@ -148,7 +148,7 @@ func peerDialStartTLS(t *testing.T, ctx context.Context, addr string, cfg *tls.C
 	tr, err := transport.Dial(ctx, addr)
 	require.NoError(t, err)
 	w := newPeerWire()
-	c, err := smtp.ConnectStartTLS(ctx, &peerConn{StartTLSCapable: tr, w: w}, "client.example", cfg, opts)
+	c, err := smtp.ConnectStartTLS(ctx, &peerConn{StartTLSCapable: tr, w: w}, withName(opts, "client.example", cfg))
 	if err == nil {
 		t.Cleanup(func() { c.Close() })
 	}
@@ -165,7 +165,7 @@ func peerDialTLS(t *testing.T, ctx context.Context, addr string, cfg *tls.Config
 	require.True(t, ok, "DialTLS returned a %T", tr)
 	w := newPeerWire()
 	w.markTLS()
-	c, err := smtp.Connect(ctx, &peerTLSConn{Conn: tc, w: w}, "client.example", opts)
+	c, err := smtp.Connect(ctx, &peerTLSConn{Conn: tc, w: w}, withName(opts, "client.example", nil))
 	if err == nil {
 		t.Cleanup(func() { c.Close() })
 	}

@@ -317,7 +317,7 @@ func chainWired(t *testing.T) bool {
 	srv := fs.Start(t, fs.Reply("220 mx.example\r\n"), fs.ExpectLine("EHLO client.example"), fs.Reply("250 mx.example\r\n"))
 	tr, err := net.Dial("tcp", srv.Addr())
 	require.NoError(t, err)
-	c, err := smtp.Connect(testCtx(t), tr, "client.example", &smtp.Options{Redactor: red, InsecureAllowPlaintext: true})
+	c, err := smtp.Connect(testCtx(t), tr, &smtp.Options{LocalName: "client.example", Redactor: red, InsecureAllowPlaintext: true})
 	require.NoError(t, err)
 	defer c.Close()
 	return smtp.SharesRedactor(c, red)
@@ -348,7 +348,7 @@ func TestRedactorChain(t *testing.T) {
 			srv := fs.Start(t, v.script...)
 			tr, err := net.Dial("tcp", srv.Addr())
 			require.NoError(t, err)
-			c, err := smtp.Connect(testCtx(t), tr, "client.example", opts)
+			c, err := smtp.Connect(testCtx(t), tr, withName(opts, "client.example", nil))
 			if c != nil {
 				c.Close()
 			}
@@ -444,7 +444,7 @@ func TestStartTLSCertNamesRedacted(t *testing.T) {
 	opts := &smtp.Options{Redactor: red, Audit: func(e smtp.Event) { events = append(events, fmt.Sprintf("%+v", e)) }}
 	tr, err := transport.Dial(testCtx(t), srv.Addr())
 	require.NoError(t, err)
-	_, err = smtp.ConnectStartTLS(testCtx(t), tr, "client.example", &tls.Config{RootCAs: pool, ServerName: "localhost"}, opts)
+	_, err = smtp.ConnectStartTLS(testCtx(t), tr, withName(opts, "client.example", &tls.Config{RootCAs: pool, ServerName: "localhost"}))
 	require.Error(t, err)
 	<-srv.Done()
 	for _, text := range append(events, err.Error(), fmt.Sprintf("%+v", err)) {

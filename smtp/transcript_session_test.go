@@ -352,7 +352,7 @@ func TestTranscriptContext(t *testing.T) {
 	})
 	t.Run("Timeouts.Greeting", func(t *testing.T) {
 		srv, conn := trDial(t, []fs.Step{fs.Stall()})
-		_, err := smtp.Connect(context.Background(), conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true, Timeouts: smtp.Timeouts{Greeting: 200 * time.Millisecond}})
+		_, err := smtp.Connect(context.Background(), conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true, Timeouts: smtp.Timeouts{Greeting: 200 * time.Millisecond}})
 		trErr(t, err, smtp.OpGreeting, smtp.KindIO)
 		assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
 		assert.Empty(t, trEnd(t, srv, nil))
@@ -363,7 +363,7 @@ func TestTranscriptContext(t *testing.T) {
 		defer cancel()
 		timer := time.AfterFunc(50*time.Millisecond, cancel)
 		defer timer.Stop()
-		_, err := smtp.Connect(ctx, conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+		_, err := smtp.Connect(ctx, conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 		trErr(t, err, smtp.OpGreeting, smtp.KindIO)
 		assert.ErrorIs(t, err, context.Canceled)
 		assert.Empty(t, trEnd(t, srv, nil))

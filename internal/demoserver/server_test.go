@@ -42,7 +42,7 @@ func connect(t *testing.T, srv *demoserver.Server, opts *smtp.Options) *smtp.Cli
 	defer cancel()
 	tr, err := transport.DialTLS(ctx, srv.Addr(), srv.ClientTLSConfig())
 	require.NoError(t, err)
-	c, err := smtp.Connect(ctx, tr, "client.example", opts)
+	c, err := smtp.Connect(ctx, tr, opts)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
@@ -174,9 +174,9 @@ func TestCertificate(t *testing.T) {
 func TestSenderConcurrent(t *testing.T) {
 	srv := start(t, demoserver.Options{Users: map[string]string{"demo": "secret"}})
 	snd, err := sender.New(sender.Config{
-		Addr:      srv.Addr(),
-		TLSConfig: srv.ClientTLSConfig(),
-		MaxConns:  3,
+		Addr:     srv.Addr(),
+		Options:  smtp.Options{TLSConfig: srv.ClientTLSConfig()},
+		MaxConns: 3,
 		Credentials: func(context.Context) (sender.Credentials, error) {
 			return sender.Credentials{Username: "demo", Secret: "secret"}, nil
 		},
