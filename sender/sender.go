@@ -15,6 +15,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/smtpkit/smtpkit/internal/tlsconf"
 	"github.com/smtpkit/smtpkit/smtp"
 	"github.com/smtpkit/smtpkit/transport"
 )
@@ -855,7 +856,7 @@ func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error)
 	opts := cfg.Options
 	if (opts.TLSConfig == nil || opts.TLSConfig.ServerName == "") && cfg.Addr != "" {
 		// The server's name, for STARTTLS and OAUTHBEARER: Addr's host.
-		opts.TLSConfig = transport.ClientTLSConfig(opts.TLSConfig, cfg.Addr)
+		opts.TLSConfig = tlsconf.Client(opts.TLSConfig, cfg.Addr)
 	}
 	if opts.Redactor == nil {
 		opts.Redactor = s.red

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/smtpkit/smtpkit/internal/tlsconf"
 	"github.com/smtpkit/smtpkit/transport"
 )
 
@@ -306,7 +307,7 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, opts *Opt
 			name = rc.RemoteAddr().String()
 		}
 	}
-	cfg := transport.ClientTLSConfig(c.opts.TLSConfig, name)
+	cfg := tlsconf.Client(c.opts.TLSConfig, name)
 	c.setWriteDeadline(ctx, c.opts.Timeouts.Command)
 	c.setReadDeadline(ctx, c.opts.Timeouts.Command)
 	tt, err := t.UpgradeTLS(ctx, cfg)

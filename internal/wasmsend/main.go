@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smtpkit/smtpkit/internal/tlsconf"
 	"github.com/smtpkit/smtpkit/smtp"
 	"github.com/smtpkit/smtpkit/transport"
 )
@@ -81,7 +82,7 @@ func send(ctx context.Context, cfg config) error {
 	case "starttls":
 		c, err = smtp.ConnectStartTLS(ctx, transport.Upgradable(conn), &smtp.Options{LocalName: local, TLSConfig: tlsConf})
 	case "tls":
-		tc := tls.Client(conn, transport.ClientTLSConfig(tlsConf, cfg.addr))
+		tc := tls.Client(conn, tlsconf.Client(tlsConf, cfg.addr))
 		if err = tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
 			return fmt.Errorf("tls handshake: %w", err)

@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/smtpkit/smtpkit/internal/selfsigned"
+	"github.com/smtpkit/smtpkit/internal/tlsconf"
 	"github.com/smtpkit/smtpkit/transport"
 )
 
@@ -281,7 +282,7 @@ func testDeadlineInterruptsRead(t *testing.T, tr transport.Transport, peer net.C
 func testTLSSurvivesTimeout(t *testing.T, tr transport.Transport, peer net.Conn) {
 	cert := newCert(t)
 	srv := tls.Server(peer, &tls.Config{Certificates: []tls.Certificate{cert.TLS}})
-	cli := tls.Client(asConn(tr), transport.ClientTLSConfig(&tls.Config{RootCAs: cert.Pool}, "localhost"))
+	cli := tls.Client(asConn(tr), tlsconf.Client(&tls.Config{RootCAs: cert.Pool}, "localhost"))
 	handshake(t, cli, srv)
 
 	if err := cli.SetDeadline(time.Now().Add(2 * time.Millisecond)); err != nil {
