@@ -134,7 +134,7 @@ type Client struct {
 	// probed for an unsolicited 421 before it is used again.
 	lastActive time.Time
 	// heard is when the server last answered, or when a command was
-	// written while nothing was owed (see Silent); unix nanoseconds.
+	// written while nothing was owed (see silent); unix nanoseconds.
 	heard atomic.Int64
 	// closeT is set when the transport must be closed once mu is
 	// released (see unlock); tClosed once it has been.
@@ -697,11 +697,12 @@ func (c *Client) Err() error {
 	return c.closeErr
 }
 
-// Silent reports how long the server has owed a reply without sending
+// silent reports how long the server has owed a reply without sending
 // any: zero when nothing is owed. It is measured from the server's last
 // reply, or from when a command was written while nothing was owed. It
-// may be called from any goroutine.
-func (c *Client) Silent() time.Duration {
+// may be called from any goroutine (package sender uses it through
+// smtpx.ClientSilent).
+func (c *Client) silent() time.Duration {
 	c.mu.Lock()
 	owed := len(c.pending) > 0
 	c.mu.Unlock()

@@ -264,8 +264,8 @@ func TestReadTxEndedContextSettles(t *testing.T) {
 	cancel()
 	_, err = c.ReadTx(done, tx)
 	assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
-	assert.True(t, tx.Done())
-	assert.False(t, tx.Replayable())
+	assert.True(t, smtp.TxDone(tx))
+	assert.False(t, smtp.TxReplayable(tx))
 }
 
 // SIZE is declared from a body of known length, but not when line
@@ -294,7 +294,7 @@ func TestSizeNotDeclaredWhenNormalising(t *testing.T) {
 // The SES form of queue id needs an id-shaped token: a two-word "OK x"
 // reply from another server is not one.
 func TestQueueIDSESShape(t *testing.T) {
-	assert.Equal(t, "0100018b1c2d3e4f-5a6b7c8d-000000", smtp.QueueID("Ok 0100018b1c2d3e4f-5a6b7c8d-000000"))
-	assert.Empty(t, smtp.QueueID("OK done"))
-	assert.Empty(t, smtp.QueueID("OK accepted"))
+	assert.Equal(t, "0100018b1c2d3e4f-5a6b7c8d-000000", smtp.ParseQueueID("Ok 0100018b1c2d3e4f-5a6b7c8d-000000"))
+	assert.Empty(t, smtp.ParseQueueID("OK done"))
+	assert.Empty(t, smtp.ParseQueueID("OK accepted"))
 }

@@ -219,8 +219,8 @@ func TestQueueID(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			assert.Equal(t, tt.want, QueueID(tt.text))
-			assert.Zero(t, testing.AllocsPerRun(10, func() { QueueID(tt.text) }))
+			assert.Equal(t, tt.want, parseQueueID(tt.text))
+			assert.Zero(t, testing.AllocsPerRun(10, func() { parseQueueID(tt.text) }))
 		})
 	}
 }
@@ -239,7 +239,7 @@ func TestQueueIDNoPanic(t *testing.T) {
 		" gsmtp",
 		"ok gsmtp",
 	} {
-		assert.NotPanics(t, func() { QueueID(text) }, "%q", text)
+		assert.NotPanics(t, func() { parseQueueID(text) }, "%q", text)
 	}
 }
 

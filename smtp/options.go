@@ -9,16 +9,16 @@ import (
 // Default RFC 5321 §4.5.3.2 timeouts, used for a step when its context
 // has no earlier deadline.
 const (
-	DefaultGreetingTimeout  = 5 * time.Minute
-	DefaultCommandTimeout   = 5 * time.Minute
-	DefaultDataInitTimeout  = 2 * time.Minute
-	DefaultDataBlockTimeout = 3 * time.Minute
-	DefaultDataEndTimeout   = 10 * time.Minute
+	defaultGreetingTimeout  = 5 * time.Minute
+	defaultCommandTimeout   = 5 * time.Minute
+	defaultDataInitTimeout  = 2 * time.Minute
+	defaultDataBlockTimeout = 3 * time.Minute
+	defaultDataEndTimeout   = 10 * time.Minute
 )
 
-// DefaultChunkSize is the size of a BDAT chunk, and so the bound on the
+// defaultChunkSize is the size of a BDAT chunk, and so the bound on the
 // memory a body takes while it streams.
-const DefaultChunkSize = 64 << 10
+const defaultChunkSize = 64 << 10
 
 // Timeouts bounds each step of a session when the context has no earlier
 // deadline. A zero field takes the RFC 5321 default.
@@ -44,11 +44,11 @@ func (t Timeouts) withDefaults() Timeouts {
 			*d = v
 		}
 	}
-	def(&t.Greeting, DefaultGreetingTimeout)
-	def(&t.Command, DefaultCommandTimeout)
-	def(&t.DataInit, DefaultDataInitTimeout)
-	def(&t.DataBlock, DefaultDataBlockTimeout)
-	def(&t.DataEnd, DefaultDataEndTimeout)
+	def(&t.Greeting, defaultGreetingTimeout)
+	def(&t.Command, defaultCommandTimeout)
+	def(&t.DataInit, defaultDataInitTimeout)
+	def(&t.DataBlock, defaultDataBlockTimeout)
+	def(&t.DataEnd, defaultDataEndTimeout)
 	return t
 }
 
@@ -113,7 +113,7 @@ type Options struct {
 	MaxMessageSize int64
 
 	// ChunkSize is the BDAT chunk size and the unit in which a body is
-	// read. Zero means DefaultChunkSize.
+	// read. Zero means 64 KiB; a value below 512 means 512.
 	ChunkSize int
 
 	// Timeouts bounds each step when its context has no deadline.
@@ -155,7 +155,7 @@ type Options struct {
 
 func (o *Options) chunkSize() int {
 	if o.ChunkSize <= 0 {
-		return DefaultChunkSize
+		return defaultChunkSize
 	}
 	if o.ChunkSize < 512 {
 		return 512

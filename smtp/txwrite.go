@@ -471,13 +471,13 @@ func (c *Client) abort(tx *Tx) {
 	c.writeCommand(tx, kReset, 0, resetLine)
 }
 
-var bodyBufPool = sync.Pool{New: func() any { b := make([]byte, DefaultChunkSize/4+DefaultChunkSize*2); return &b }}
+var bodyBufPool = sync.Pool{New: func() any { b := make([]byte, defaultChunkSize/4+defaultChunkSize*2); return &b }}
 
 // bodyBuffers returns a read buffer and an encode buffer for one body,
 // and the pooled buffer to give back to putBodyBuffers (nil if none).
 func (c *Client) bodyBuffers() (rb, eb []byte, pooled *[]byte) {
 	cs := c.opts.chunkSize()
-	if cs == DefaultChunkSize {
+	if cs == defaultChunkSize {
 		p := bodyBufPool.Get().(*[]byte)
 		b := *p
 		return b[:cs/4], b[cs/4 : cs/4 : len(b)], p
