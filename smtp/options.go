@@ -58,7 +58,9 @@ type PolicyRequest struct {
 	From string
 	// To lists the recipients.
 	To []string
-	// Size is the message size when known before sending, or -1.
+	// Size is the message size when known before sending (from
+	// Envelope.Size, or the length of a *bytes.Reader, *strings.Reader
+	// or *bytes.Buffer body); 0 means unknown, as in Envelope.Size.
 	Size int64
 }
 

@@ -58,6 +58,7 @@ func TestTranscriptSendValidation(t *testing.T) {
 		{name: "over the server's SIZE", env: trEnv, body: strings.NewReader(strings.Repeat("x", 1001)), op: smtp.OpMAIL, kind: smtp.KindPolicy},
 		{name: "over the server's SIZE, declared", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, Size: 5000}, body: trOpaque{strings.NewReader("x")}, op: smtp.OpMAIL, kind: smtp.KindPolicy},
 		{name: "policy veto", env: smtp.Envelope{From: "veto@example.com", To: []string{"b@example.com"}}, op: smtp.OpSend, kind: smtp.KindPolicy},
+		{name: "policy veto, size unknown", env: smtp.Envelope{From: "veto@example.com", To: []string{"c@example.com"}}, body: trOpaque{strings.NewReader("x")}, op: smtp.OpSend, kind: smtp.KindPolicy},
 		{name: "command injection", env: smtp.Envelope{From: "a@example.com>\r\nRCPT TO:<evil@example.com", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
 	}
 	for _, c := range []struct{ name, char string }{
@@ -103,7 +104,7 @@ func TestTranscriptSendValidation(t *testing.T) {
 			if tt.op == smtp.OpRCPT && len(tt.env.To) > 0 && tt.env.To[len(tt.env.To)-1] != "" {
 				assert.NotEmpty(t, se.Recipient)
 			}
-			if tt.name == "policy veto" {
+			if tt.kind == smtp.KindPolicy && tt.op == smtp.OpSend {
 				assert.ErrorIs(t, err, errVeto)
 			}
 			// WriteTx refuses the same way.
@@ -113,11 +114,12 @@ func TestTranscriptSendValidation(t *testing.T) {
 			assert.Equal(t, smtp.StateReady, c.State())
 		})
 	}
-	// The policy saw what passed validation, with the size when known.
-	// Only the envelope that passed every check reached the policy (from
-	// Send, then WriteTx).
+	// The policy saw what passed validation, with the size when known
+	// and 0 when not (as Envelope.Size). Only the envelopes that passed
+	// every check reached the policy (from Send, then WriteTx).
 	want := smtp.PolicyRequest{From: "veto@example.com", To: []string{"b@example.com"}, Size: 7}
-	assert.Equal(t, []smtp.PolicyRequest{want, want}, policyCalls)
+	unknown := smtp.PolicyRequest{From: "veto@example.com", To: []string{"c@example.com"}, Size: 0}
+	assert.Equal(t, []smtp.PolicyRequest{want, want, unknown, unknown}, policyCalls)
 	assert.NotContains(t, audit.Types(), smtp.EventMailAccepted)
 	require.NoError(t, c.Quit(ctx))
 	assert.Equal(t, trEHLO+"QUIT\r\n", trEnd(t, srv, c), "nothing of a refused envelope may be written")

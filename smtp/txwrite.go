@@ -180,8 +180,8 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 			size = int64(l.Len())
 		}
 	}
-	if size <= 0 {
-		size = -1
+	if size < 0 {
+		size = 0
 	}
 	maxSize := c.opts.MaxMessageSize
 	if caps.MaxSize > 0 && (maxSize <= 0 || caps.MaxSize < maxSize) {
