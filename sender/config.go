@@ -114,9 +114,13 @@ type Config struct {
 	// Dial, when set, replaces dialing Addr: it returns a transport to
 	// the server (for StartTLS, one that is transport.StartTLSCapable;
 	// wrap a net.Conn with transport.Upgradable). With ImplicitTLS the
-	// transport must already be TLS.
+	// transport must already be TLS. It is called from the goroutine
+	// of each new session, and of Verify: several calls may run at
+	// once. ctx bounds the dial (with DialTimeout).
 	Dial func(ctx context.Context) (transport.Transport, error)
-	// Credentials, when set, is called at each login. Nil means no AUTH.
+	// Credentials, when set, is called at each login, from the
+	// goroutine of the session logging in (or Verify's): several calls
+	// may run at once. Nil means no AUTH.
 	Credentials CredentialsFunc
 
 	// MaxConns bounds the sessions open at once; 0 means 2.
@@ -162,7 +166,9 @@ type Config struct {
 	// Options configures each session: the EHLO name (LocalName,
 	// "localhost" when empty), TLS (TLSConfig: nil means the system
 	// roots; an empty ServerName means the host of Addr), policy, audit
-	// hook, limits, timeouts. Its InsecureAllowPlaintext is Security's
+	// hook, limits, timeouts. Its Policy, Audit and AuditContext hooks
+	// are called from the goroutines of every session, so several calls
+	// may run at once. Its InsecureAllowPlaintext is Security's
 	// to set: New refuses a Config that sets it without Security
 	// InsecurePlaintext.
 	Options smtp.Options

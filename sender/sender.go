@@ -40,16 +40,11 @@ var ErrFailingFast = errors.New("sender: failing fast")
 // a writer and a reader goroutine of its own. It is safe for concurrent
 // use; share one per server.
 //
-// The life of one Send, in brief (docs/architecture.md has the diagram):
-// the caller's goroutine makes an attempt, puts it on the waiting list
-// and waits for its answer. A session's writer takes the attempt and
-// writes it on its one connection; its reader answers it the moment the
-// server's replies settle it. If the answer says the message cannot have
-// been delivered and may be written again, the caller's goroutine
-// decides whether to try again, with a new attempt: the replay decision
-// lives with the caller, as in net/http's Transport, so a session's
-// goroutines own exactly one connection and an attempt's state only
-// moves forward.
+// A Send waits, in the order Sends came, for a session with room for its
+// message; the session writes it, and answers it the moment the server's
+// replies settle it, whatever the other messages on that session are
+// doing. A message that cannot have been delivered is written again on
+// another session (see [Sender.Send]).
 type Sender struct {
 	cfg Config
 	sem *semaphore.Weighted // one unit per session goroutine
@@ -352,10 +347,9 @@ func newRequest(ctx context.Context, env smtp.Envelope, r io.Reader) *request {
 //
 // If ctx ends before the message's commit point (the final "." or BDAT
 // ... LAST) was written, Send returns ctx.Err() at once and the message
-// is withdrawn: it is never committed (the session abandons it with
-// RSET, or drops the connection when bytes of it are half-written; a
-// connection left with nothing else to do is kept if the server answers
-// within a second, and interrupted otherwise). If ctx ends after, Send
+// is withdrawn: it is never committed, and the session goes on serving
+// others when it can (a caller that gives up never counts as a failing
+// server). If ctx ends after, Send
 // returns at once an [*smtp.Error] wrapping both ctx.Err() and
 // [ErrOutcomeUnknown]; the session finishes the transaction and its real
 // outcome still reaches the audit hook. A Send cut short by Shutdown or
@@ -368,6 +362,15 @@ func newRequest(ctx context.Context, env smtp.Envelope, r io.Reader) *request {
 // transaction with 421 or the connection was lost before its commit
 // point, and only if its body is unread or an io.Seeker; the attempts
 // that failed by its own fault are bounded by MaxAttempts.
+//
+// Send reads body and env.To. When it returns an Outcome, or an error
+// other than those below, it no longer uses them. When it returns because
+// its ctx ended, or with an error wrapping ErrClosed (Shutdown or Close)
+// or ErrOutcomeUnknown, a session may still be using them: a Read of body
+// already under way may still run (none begins after Send returned), and
+// env.To is read until the server's replies to the message are in. Do not
+// change env.To's elements, or what body reads from, after such an error;
+// give a later Send a new body (as net/http asks of a Request's Body).
 func (s *Sender) Send(ctx context.Context, env smtp.Envelope, body io.Reader) (*smtp.Outcome, error) {
 	out, err := s.send(ctx, env, body)
 	st := &s.stats
@@ -925,10 +928,12 @@ func (s *Sender) Verify(ctx context.Context) error {
 	return c.Quit(ctx)
 }
 
-// Shutdown stops accepting Sends (they return ErrClosed), lets the
-// sessions finish their in-flight work and QUIT, and waits for them
-// until ctx ends; then it closes what is left, like Close, and returns
-// ctx.Err(). It is idempotent.
+// Shutdown stops accepting Sends: new Sends, and Sends still waiting for
+// a session (none has written their message yet), return ErrClosed at
+// once, as does a message in flight that would have to be written again
+// on another session. It lets the sessions finish the messages they have
+// written, QUIT, and waits for them until ctx ends; then it closes what
+// is left, like Close, and returns ctx.Err(). It is idempotent.
 func (s *Sender) Shutdown(ctx context.Context) error {
 	s.beginShutdown()
 	done := make(chan struct{})
@@ -947,9 +952,9 @@ func (s *Sender) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close aborts at once: every session is closed without QUIT, requests
-// in flight are answered (ErrOutcomeUnknown for those past their commit
-// point), and Close waits for every goroutine the Sender started. It is
+// Close aborts at once: Sends waiting for a session return ErrClosed,
+// every session is closed without QUIT, messages in flight are answered
+// (ErrOutcomeUnknown for those past their commit point), and Close waits for every goroutine the Sender started. It is
 // idempotent.
 func (s *Sender) Close() error {
 	s.beginShutdown()

@@ -55,13 +55,22 @@ func (s SessionState) String() string {
 //
 // Whoever needs a reply reads it: a write-half call waiting for a 354
 // reads it itself when no read-half call is reading, and waits for the
-// reader otherwise. A context's cancellation reaches a blocked read or
-// write through context.AfterFunc, which sets a past deadline on the
-// transport (so a Transport's SetDeadline must be safe to call
-// concurrently, as net.Conn's is). A transport with SetReadDeadline and
-// SetWriteDeadline (any net.Conn) gets separate deadlines for the two
-// halves; on one with SetDeadline alone, the sooner of the two is in
-// force.
+// reader otherwise.
+//
+// Each call's ctx bounds its I/O. A ctx that has already ended when a
+// call begins fails the call (an [*Error] wrapping the ctx's error) and
+// leaves the session as it was. A ctx that ends while the call is
+// blocked reading or writing interrupts that I/O, from another
+// goroutine, through the transport's SetDeadline (which must be safe for
+// that, as net.Conn's is), and the session is closed: a reply or command
+// cut in the middle leaves nothing to continue from. The call returns an
+// [*Error] of Kind KindIO wrapping the ctx's error; every transaction
+// whose commit point had been written and whose reply had not been read
+// then ends with an error wrapping [ErrOutcomeUnknown], and the others
+// with the error that closed the session. A transport with
+// SetReadDeadline and SetWriteDeadline (any net.Conn) gets separate
+// deadlines for the two halves; on one with SetDeadline alone, the
+// sooner of the two is in force.
 type Client struct {
 	// Set while the session opens (Connect, STARTTLS, Login), before
 	// either half runs, and only read after.

@@ -82,10 +82,9 @@ const (
 	// or LF without [Options.NormalizeLineEndings], an overlong line, a
 	// reader that fails) is found while the body streams, after MAIL and
 	// RCPT have been sent (and DATA's 354 or earlier BDAT chunks): the
-	// transaction is then abandoned before its commit point, with RSET
-	// under BDAT and by dropping the session before the final dot under
-	// DATA. Either way nothing is committed and the offending octets
-	// never reach the wire.
+	// transaction is then abandoned before its commit point (under DATA
+	// this closes the session). Either way nothing is committed and the
+	// offending octets never reach the wire.
 	KindInvalidInput
 	// KindPolicy is a veto by the [Options.Policy] hook or a size limit.
 	KindPolicy

@@ -31,9 +31,10 @@ import (
 //     a [net.Error] whose Timeout and Temporary methods report true, such
 //     as [os.ErrDeadlineExceeded]. crypto/tls looks at the error itself,
 //     not at what it wraps, and takes any other read error for a
-//     permanent one: the smtp package probes an idle session with a read
-//     of 2 ms, and an [*os.File]'s [*io/fs.PathError] there would end a TLS
-//     session at its next message. Nothing read after a timeout is lost.
+//     permanent one: the smtp package probes an idle session with a
+//     short read deadline, and an [*os.File]'s [*io/fs.PathError] there
+//     would end a TLS session at its next message. Nothing read after a
+//     timeout is lost.
 //
 // Close ends a blocked Read or Write. Package transporttest checks an
 // implementation against this contract.

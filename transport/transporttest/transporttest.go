@@ -9,7 +9,7 @@
 // package cancels I/O that way when a context ends); the error it returns
 // is a [net.Error] whose Timeout and Temporary methods report true, so
 // that a crypto/tls session over the transport survives a timed-out read
-// (the smtp package probes an idle session with a read of 2 ms); nothing
+// (the smtp package probes an idle session with a short read); nothing
 // is lost across a timeout; a Write that a deadline ends never reports
 // fewer octets than the peer gets unless its error matches
 // [transport.ErrMaybeWritten] (the smtp package counts a commit point as
