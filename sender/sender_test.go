@@ -355,3 +355,39 @@ func TestNewPlaintextOptionWithoutInsecureSecurityRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
 }
+
+// TestDocumentedCallsOnReturnedValues: the calls the README and godoc
+// show, written as a user writes them, on the values the API returns,
+// against a real server.
+func TestDocumentedCallsOnReturnedValues(t *testing.T) {
+	creds := func(context.Context) (sender.Credentials, error) {
+		return sender.Credentials{Username: "user", Secret: "pass"}, nil
+	}
+	_, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{Auth: map[string]string{"user": "pass"}}, sender.Config{Credentials: creds})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	require.NoError(t, s.Verify(ctx))
+	tctx := sender.WithTag(ctx, "order-8812")
+	assert.Equal(t, "order-8812", sender.Tag(tctx))
+	out, err := s.Send(tctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("Subject: hi\r\n\r\nhello\r\n"))
+	require.NoError(t, err)
+	assert.Equal(t, 250, out.Reply.Code)
+	assert.NotEmpty(t, out.Reply.Text())
+
+	// Every Stats field is an int64.
+	st := s.Stats()
+	for _, n := range []int64{st.Open, st.Idle, st.Waiting, st.Dials, st.DialFailures, st.Sent, st.Failed, st.Unknown, st.Replayed, st.Seen421, st.Withdrawn} {
+		assert.GreaterOrEqual(t, n, int64(0))
+	}
+	assert.Equal(t, int64(1), s.Stats().Sent)
+
+	assert.Equal(t, "implicit-tls", sender.ImplicitTLS.String())
+	assert.NotContains(t, sender.Credentials{Username: "user", Secret: "pass"}.String(), "pass")
+
+	require.NoError(t, s.Shutdown(ctx))
+	_, err = s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("x\r\n"))
+	assert.ErrorIs(t, err, sender.ErrClosed)
+	require.NoError(t, s.Close())
+	require.NoError(t, s.Close(), "idempotent")
+}
