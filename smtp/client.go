@@ -534,11 +534,15 @@ func (w *watcher) unwatch() (fired bool) {
 	return fired
 }
 
-// Flush writes what WriteTx left buffered, first writing the body of the
-// last transaction written if it only waited for replies (the 354 after
-// DATA, or the RCPT replies of an all-or-nothing transaction): with a
-// concurrent reader, Flush is how the write half finishes a transaction
-// without starting the next one.
+// Flush is a write-half call that writes what WriteTx left buffered,
+// first writing the body of the last transaction written if it only
+// waited for replies (the 354 after DATA, or the RCPT replies of an
+// all-or-nothing transaction), waiting for those replies to be read.
+// A goroutine that writes while another reads ([Client.ReadReplies])
+// must call Flush before it stops writing: until then the server may not
+// have the commands it owes replies to. (ReadTx flushes by itself.) It
+// returns an [*Error] wrapping [ErrClosed] on a closed session, and the
+// ctx's error, with the session untouched, if ctx has already ended.
 func (c *Client) Flush(ctx context.Context) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
