@@ -53,8 +53,8 @@ func Example() {
 	defer srv.Close()
 
 	snd, err := sender.New(sender.Config{
-		Addr:      srv.Addr(),            // "smtp.example.com:465"
-		TLSConfig: srv.ClientTLSConfig(), // nil: the system roots
+		Addr:    srv.Addr(),                                     // "smtp.example.com:465"
+		Options: smtp.Options{TLSConfig: srv.ClientTLSConfig()}, // TLSConfig nil: the system roots
 		Credentials: func(ctx context.Context) (sender.Credentials, error) {
 			return sender.Credentials{Username: "demo", Secret: "secret"}, nil
 		},
@@ -85,9 +85,9 @@ func Example_httpHandler() {
 	defer srv.Close()
 
 	snd, err := sender.New(sender.Config{
-		Addr:      srv.Addr(),
-		TLSConfig: srv.ClientTLSConfig(),
-		MaxConns:  4,
+		Addr:     srv.Addr(),
+		Options:  smtp.Options{TLSConfig: srv.ClientTLSConfig()},
+		MaxConns: 4,
 		Credentials: func(ctx context.Context) (sender.Credentials, error) {
 			return sender.Credentials{Username: "demo", Secret: "secret"}, nil
 		},
@@ -163,8 +163,8 @@ func Example_mime() {
 	srv := exampleServer()
 	defer srv.Close()
 	snd, err := sender.New(sender.Config{
-		Addr:      srv.Addr(),
-		TLSConfig: srv.ClientTLSConfig(),
+		Addr:    srv.Addr(),
+		Options: smtp.Options{TLSConfig: srv.ClientTLSConfig()},
 		Credentials: func(ctx context.Context) (sender.Credentials, error) {
 			return sender.Credentials{Username: "demo", Secret: "secret"}, nil
 		},
@@ -386,8 +386,8 @@ func Example_rateLimit() {
 	srv := exampleServer()
 	defer srv.Close()
 	snd, err := sender.New(sender.Config{
-		Addr:      srv.Addr(),
-		TLSConfig: srv.ClientTLSConfig(),
+		Addr:    srv.Addr(),
+		Options: smtp.Options{TLSConfig: srv.ClientTLSConfig()},
 		Credentials: func(ctx context.Context) (sender.Credentials, error) {
 			return sender.Credentials{Username: "demo", Secret: "secret"}, nil
 		},

@@ -137,10 +137,10 @@ func makeMessage(size int) []byte {
 // with window transactions in flight each (0 for the default) to t, and
 // edit, when set, changes the rest (the scale section gates the dials).
 func newSender(t target, conns, window int, edit func(*sender.Config)) (*sender.Sender, error) {
-	c := sender.Config{Addr: t.addr, LocalName: "localhost", MaxConns: conns, MaxInFlight: window, IdleTimeout: 10 * time.Minute}
+	c := sender.Config{Addr: t.addr, MaxConns: conns, MaxInFlight: window, IdleTimeout: 10 * time.Minute}
 	if t.tls != nil {
 		c.Security = sender.ImplicitTLS
-		c.TLSConfig = t.tls
+		c.Options.TLSConfig = t.tls
 		c.Credentials = func(context.Context) (sender.Credentials, error) {
 			return sender.Credentials{Username: benchUser, Secret: benchPass}, nil
 		}
@@ -194,7 +194,7 @@ func (c *senderClient) sendBody(ctx context.Context, body io.Reader) error {
 // idle has the sender open n sessions and waits for them to be idle:
 // concurrent sends make it dial, repeated until all n exist.
 func (c *senderClient) idle(ctx context.Context, n int) error {
-	for try := 0; c.s.Stats().Open < n && try < 50; try++ {
+	for try := 0; c.s.Stats().Open < int64(n) && try < 50; try++ {
 		var wg sync.WaitGroup
 		var failed atomic.Value
 		for range n {
@@ -214,7 +214,7 @@ func (c *senderClient) idle(ctx context.Context, n int) error {
 	for deadline := time.Now().Add(5 * time.Second); c.s.Stats().Idle < c.s.Stats().Open && time.Now().Before(deadline); {
 		time.Sleep(time.Millisecond)
 	}
-	if open := c.s.Stats().Open; open != n {
+	if open := c.s.Stats().Open; open != int64(n) {
 		return fmt.Errorf("the sender opened %d sessions, not %d", open, n)
 	}
 	return nil
@@ -263,7 +263,7 @@ func openCore(ctx context.Context, s spec, t target) (client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := smtp.Connect(ctx, tr, "localhost", &smtp.Options{InsecureAllowPlaintext: true})
+	c, err := smtp.Connect(ctx, tr, &smtp.Options{LocalName: "localhost", InsecureAllowPlaintext: true})
 	if err != nil {
 		return nil, err
 	}

@@ -301,7 +301,7 @@ func measureCallers(ctx context.Context, addr string, n, msgs int) callerRow {
 	defer sl.Close()
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	row := waiters(sctx, sl, n, func() int { return snd.Stats().Waiting }, func() { close(open) })
+	row := waiters(sctx, sl, n, func() int { return int(snd.Stats().Waiting) }, func() { close(open) })
 	if row.err != nil {
 		return row
 	}

@@ -367,7 +367,7 @@ func TestStartTLSToImplicitTLSPortFailsWithinDialTimeout(t *testing.T) {
 			srv := testpeers.GoSMTP(t, testpeers.GoSMTPOptions{Mode: tc.server})
 			cfg := sender.Config{Addr: srv.Addr(), Security: tc.client, DialTimeout: 300 * time.Millisecond}
 			if srv.Cert() != nil {
-				cfg.TLSConfig = srv.Cert().ClientConfig()
+				cfg.Options.TLSConfig = srv.Cert().ClientConfig()
 			}
 			s, err := sender.New(cfg)
 			require.NoError(t, err)

@@ -2,7 +2,9 @@ package sender
 
 import (
 	"context"
-	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -40,7 +42,10 @@ func (s Security) String() string {
 	return "unknown"
 }
 
-// Credentials are what one login uses.
+// Credentials are what one login uses. They print and log without their
+// secret: whatever the verb (%v, %+v, %#v, %s...), and through
+// [log/slog] with any handler, Secret shows as "[redacted]" (or "" when
+// empty); Mechanism and Username are shown.
 type Credentials struct {
 	// Mechanism is a SASL mechanism name (smtp.MechPLAIN, ...); empty
 	// picks the strongest password mechanism both sides offer.
@@ -50,6 +55,47 @@ type Credentials struct {
 	// Secret is the password or, for XOAUTH2 and OAUTHBEARER, the access
 	// token.
 	Secret string
+}
+
+// redacted stands for a secret in what Credentials print and log.
+const redacted = "[redacted]"
+
+func (c Credentials) shownSecret() string {
+	if c.Secret == "" {
+		return ""
+	}
+	return redacted
+}
+
+// String returns the credentials with their secret redacted:
+// {Mechanism:PLAIN Username:me@example.com Secret:[redacted]}.
+func (c Credentials) String() string {
+	return "{Mechanism:" + c.Mechanism + " Username:" + c.Username + " Secret:" + c.shownSecret() + "}"
+}
+
+// GoString returns the credentials as a Go literal, with their secret
+// redacted, for %#v.
+func (c Credentials) GoString() string {
+	return "sender.Credentials{Mechanism:" + strconv.Quote(c.Mechanism) + ", Username:" + strconv.Quote(c.Username) + ", Secret:" + strconv.Quote(c.shownSecret()) + "}"
+}
+
+// Format implements [fmt.Formatter], so that no verb prints the secret:
+// %#v is GoString, every other verb String.
+func (c Credentials) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		fmt.Fprint(f, c.GoString())
+		return
+	}
+	fmt.Fprint(f, c.String())
+}
+
+// LogValue implements [slog.LogValuer]: a group of mechanism, username
+// and the redacted secret.
+func (c Credentials) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("mechanism", c.Mechanism),
+		slog.String("username", c.Username),
+		slog.String("secret", c.shownSecret()))
 }
 
 // CredentialsFunc returns the credentials for one login. It is called
@@ -65,17 +111,16 @@ type Config struct {
 	// Security selects implicit TLS (the zero value), STARTTLS or
 	// insecure plaintext.
 	Security Security
-	// TLSConfig configures TLS; nil means the system roots and ServerName
-	// from Addr. TLS 1.2 is the floor.
-	TLSConfig *tls.Config
 	// Dial, when set, replaces dialing Addr: it returns a transport to
 	// the server (for StartTLS, one that is transport.StartTLSCapable;
 	// wrap a net.Conn with transport.Upgradable). With ImplicitTLS the
-	// transport must already be TLS.
+	// transport must already be TLS. It is called from the goroutine
+	// of each new session, and of Verify: several calls may run at
+	// once. ctx bounds the dial (with DialTimeout).
 	Dial func(ctx context.Context) (transport.Transport, error)
-	// LocalName is the EHLO name; "localhost" when empty.
-	LocalName string
-	// Credentials, when set, is called at each login. Nil means no AUTH.
+	// Credentials, when set, is called at each login, from the
+	// goroutine of the session logging in (or Verify's): several calls
+	// may run at once. Nil means no AUTH.
 	Credentials CredentialsFunc
 
 	// MaxConns bounds the sessions open at once; 0 means 2.
@@ -118,9 +163,14 @@ type Config struct {
 	// caller's context and the backoff. 0 means 3.
 	MaxAttempts int
 
-	// Options configures each session: policy, audit hook, limits,
-	// timeouts. With Security InsecurePlaintext, its
-	// InsecureAllowPlaintext is set for you.
+	// Options configures each session: the EHLO name (LocalName,
+	// "localhost" when empty), TLS (TLSConfig: nil means the system
+	// roots; an empty ServerName means the host of Addr), policy, audit
+	// hook, limits, timeouts. Its Policy, Audit and AuditContext hooks
+	// are called from the goroutines of every session, so several calls
+	// may run at once. Its InsecureAllowPlaintext is Security's
+	// to set: New refuses a Config that sets it without Security
+	// InsecurePlaintext.
 	Options smtp.Options
 }
 
@@ -133,8 +183,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Security < ImplicitTLS || c.Security > InsecurePlaintext {
 		return c, &smtp.Error{Op: smtp.OpConfig, Kind: smtp.KindInvalidInput, Message: "sender: unknown Security"}
 	}
-	if c.LocalName == "" {
-		c.LocalName = "localhost"
+	if c.Options.InsecureAllowPlaintext && c.Security != InsecurePlaintext {
+		return c, &smtp.Error{Op: smtp.OpConfig, Kind: smtp.KindInvalidInput, Message: "sender: Options.InsecureAllowPlaintext is set without Security InsecurePlaintext; set Security instead"}
 	}
 	if c.MaxConns <= 0 {
 		c.MaxConns = 2

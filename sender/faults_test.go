@@ -745,7 +745,7 @@ func TestFaultPipelinedWindow(t *testing.T) {
 // *s, so that the first window takes them all.
 func dialWhenWaiting(s **sender.Sender, n int, addr string) func(context.Context) (transport.Transport, error) {
 	return func(ctx context.Context) (transport.Transport, error) {
-		for (*s).Stats().Waiting < n {
+		for (*s).Stats().Waiting < int64(n) {
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
@@ -968,7 +968,7 @@ func TestFaultTLS(t *testing.T) {
 				srv := fs.StartMulti(t, faulty, good)
 				s := faultSender(t, srv.Addr(), func(c *sender.Config) {
 					c.Security = sec
-					c.TLSConfig = &tls.Config{RootCAs: roots}
+					c.Options.TLSConfig = &tls.Config{RootCAs: roots}
 				})
 				out, err := timedSend(t, s, "tls", 5*time.Second)
 				if f == f421 {
@@ -1246,7 +1246,7 @@ func TestFailFast(t *testing.T) {
 	elapsed := time.Since(start)
 	probes := d.calls.Load() - before
 	assert.LessOrEqual(t, probes, int64(elapsed/step)+2, "only the probe dials, with backoff: %d dials in %v", probes, elapsed)
-	assert.LessOrEqual(t, s.Stats().Open, 1, "one probe")
+	assert.LessOrEqual(t, s.Stats().Open, int64(1), "one probe")
 
 	// Still down, and nobody sends: nobody dials.
 	waitFor(t, "the probe to end", func() bool { return s.Stats().Open == 0 })
@@ -1470,11 +1470,10 @@ func TestFaultStartTLSCustomDialUsesPeerAddress(t *testing.T) {
 	script = append(script, fs.ExpectLine("QUIT"), fs.Reply("221 bye\r\n"), fs.Close())
 	srv := fs.Start(t, script...)
 	s, err := sender.New(sender.Config{
-		Security:  sender.StartTLS,
-		TLSConfig: &tls.Config{RootCAs: roots},
-		MaxConns:  1, MaxDialFailures: 1,
+		Security: sender.StartTLS,
+		MaxConns: 1, MaxDialFailures: 1,
 		Backoff: fastBackoff,
-		Options: smtp.Options{ChunkSize: 512},
+		Options: smtp.Options{TLSConfig: &tls.Config{RootCAs: roots}, ChunkSize: 512},
 		Dial: func(ctx context.Context) (transport.Transport, error) {
 			var d net.Dialer
 			c, err := d.DialContext(ctx, "tcp", srv.Addr())

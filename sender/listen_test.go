@@ -90,7 +90,7 @@ func TestNewSendJoinsAWaitingSession(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		dials := 0
 		s, err := sender.New(sender.Config{
-			Security: sender.InsecurePlaintext, LocalName: "client.example",
+			Security: sender.InsecurePlaintext, Options: smtp.Options{LocalName: "client.example"},
 			MaxConns: 1, MaxInFlight: 8,
 			Dial: func(ctx context.Context) (transport.Transport, error) {
 				if dials++; dials > 1 {

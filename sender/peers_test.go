@@ -38,9 +38,8 @@ func TestPostfixSharedSessions(t *testing.T) {
 			var mechs, tlsVersions []string
 			var logins int
 			s, err := sender.New(sender.Config{
-				Addr:      tc.addr,
-				Security:  tc.sec,
-				TLSConfig: p.Cert().ClientConfig(),
+				Addr:     tc.addr,
+				Security: tc.sec,
 				Credentials: func(context.Context) (sender.Credentials, error) {
 					mu.Lock()
 					logins++
@@ -48,7 +47,7 @@ func TestPostfixSharedSessions(t *testing.T) {
 					return sender.Credentials{Username: testpeers.PostfixUser, Secret: testpeers.PostfixPass}, nil
 				},
 				MaxConns: 3,
-				Options: smtp.Options{Audit: func(e smtp.Event) {
+				Options: smtp.Options{TLSConfig: p.Cert().ClientConfig(), Audit: func(e smtp.Event) {
 					mu.Lock()
 					defer mu.Unlock()
 					switch e.Type {

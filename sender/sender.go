@@ -16,6 +16,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"golang.org/x/sync/semaphore"
 
+	"github.com/smtpkit/smtpkit/internal/tlsconf"
 	"github.com/smtpkit/smtpkit/smtp"
 	"github.com/smtpkit/smtpkit/transport"
 )
@@ -40,16 +41,11 @@ var ErrFailingFast = errors.New("sender: failing fast")
 // a writer and a reader goroutine of its own. It is safe for concurrent
 // use; share one per server.
 //
-// The life of one Send, in brief (docs/architecture.md has the diagram):
-// the caller's goroutine makes an attempt, puts it on the waiting list
-// and waits for its answer. A session's writer takes the attempt and
-// writes it on its one connection; its reader answers it the moment the
-// server's replies settle it. If the answer says the message cannot have
-// been delivered and may be written again, the caller's goroutine
-// decides whether to try again, with a new attempt: the replay decision
-// lives with the caller, as in net/http's Transport, so a session's
-// goroutines own exactly one connection and an attempt's state only
-// moves forward.
+// A Send waits, in the order Sends came, for a session with room for its
+// message; the session writes it, and answers it the moment the server's
+// replies settle it, whatever the other messages on that session are
+// doing. A message that cannot have been delivered is written again on
+// another session (see [Sender.Send]).
 type Sender struct {
 	cfg Config
 	sem *semaphore.Weighted // one unit per session goroutine
@@ -126,9 +122,9 @@ type counters struct {
 type Stats struct {
 	// Open is the number of sessions (dialing or connected); Idle those
 	// with nothing in flight.
-	Open, Idle int
+	Open, Idle int64
 	// Waiting is the number of Sends waiting for a session.
-	Waiting int
+	Waiting int64
 	// Dials and DialFailures count connection attempts (each includes
 	// TLS, greeting, EHLO and AUTH).
 	Dials, DialFailures int64
@@ -421,10 +417,9 @@ func newRequest(ctx context.Context, env smtp.Envelope, r io.Reader) *request {
 //
 // If ctx ends before the message's commit point (the final "." or BDAT
 // ... LAST) was written, Send returns ctx.Err() at once and the message
-// is withdrawn: it is never committed (the session abandons it with
-// RSET, or drops the connection when bytes of it are half-written; a
-// connection left with nothing else to do is kept if the server answers
-// within a second, and interrupted otherwise). If ctx ends after, Send
+// is withdrawn: it is never committed, and the session goes on serving
+// others when it can (a caller that gives up never counts as a failing
+// server). If ctx ends after, Send
 // returns at once an [*smtp.Error] wrapping both ctx.Err() and
 // [ErrOutcomeUnknown]; the session finishes the transaction and its real
 // outcome still reaches the audit hook. A Send cut short by Shutdown or
@@ -437,6 +432,15 @@ func newRequest(ctx context.Context, env smtp.Envelope, r io.Reader) *request {
 // transaction with 421 or the connection was lost before its commit
 // point, and only if its body is unread or an io.Seeker; the attempts
 // that failed by its own fault are bounded by MaxAttempts.
+//
+// Send reads body and env.To. When it returns an Outcome, or an error
+// other than those below, it no longer uses them. When it returns because
+// its ctx ended, or with an error wrapping ErrClosed (Shutdown or Close)
+// or ErrOutcomeUnknown, a session may still be using them: a Read of body
+// already under way may still run (none begins after Send returned), and
+// env.To is read until the server's replies to the message are in. Do not
+// change env.To's elements, or what body reads from, after such an error;
+// give a later Send a new body (as net/http asks of a Request's Body).
 func (s *Sender) Send(ctx context.Context, env smtp.Envelope, body io.Reader) (*smtp.Outcome, error) {
 	out, err := s.send(ctx, env, body)
 	st := &s.stats
@@ -856,7 +860,7 @@ func (s *Sender) sessionEnded(a *conn) {
 // permanently refused the credentials (5xx to AUTH) or they were invalid.
 func credentialsRefused(err error) bool {
 	e, ok := errors.AsType[*smtp.Error](err)
-	return ok && e.Op == smtp.OpAuth && (e.Kind == smtp.KindInvalidInput || e.Kind == smtp.KindAuth && e.Code >= 500)
+	return ok && e.Op == smtp.OpAUTH && (e.Kind == smtp.KindInvalidInput || e.Kind == smtp.KindAuth && e.Code >= 500)
 }
 
 // sleep waits d, or until ctx ends or the sender is shut down; it
@@ -913,7 +917,7 @@ func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error)
 	case cfg.Dial != nil:
 		t, err = cfg.Dial(ctx)
 	case cfg.Security == ImplicitTLS:
-		t, err = transport.DialTLS(ctx, cfg.Addr, cfg.TLSConfig)
+		t, err = transport.DialTLS(ctx, cfg.Addr, cfg.Options.TLSConfig)
 	default:
 		t, err = transport.Dial(ctx, cfg.Addr)
 	}
@@ -923,8 +927,9 @@ func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error)
 		return nil, &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: s.red.WrapError(err)}
 	}
 	opts := cfg.Options
-	if opts.ServerName == "" && cfg.Addr != "" {
-		opts.ServerName = cfg.Addr
+	if (opts.TLSConfig == nil || opts.TLSConfig.ServerName == "") && cfg.Addr != "" {
+		// The server's name, for STARTTLS and OAUTHBEARER: Addr's host.
+		opts.TLSConfig = tlsconf.Client(opts.TLSConfig, cfg.Addr)
 	}
 	if opts.Redactor == nil {
 		opts.Redactor = s.red
@@ -936,13 +941,9 @@ func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error)
 			t.Close()
 			return nil, &smtp.Error{Op: smtp.OpSTARTTLS, Kind: smtp.KindInvalidInput, Message: "Config.Dial returned a transport that cannot be upgraded (wrap it with transport.Upgradable)"}
 		}
-		tcfg := cfg.TLSConfig
-		if (tcfg == nil || tcfg.ServerName == "") && cfg.Addr != "" {
-			tcfg = transport.ClientTLSConfig(tcfg, cfg.Addr)
-		}
-		c, err = smtp.ConnectStartTLS(ctx, st, cfg.LocalName, tcfg, &opts)
+		c, err = smtp.ConnectStartTLS(ctx, st, &opts)
 	} else {
-		c, err = smtp.Connect(ctx, t, cfg.LocalName, &opts)
+		c, err = smtp.Connect(ctx, t, &opts)
 	}
 	if err != nil {
 		return nil, err
@@ -951,7 +952,7 @@ func (s *Sender) dialSession(ctx context.Context, a *conn) (*smtp.Client, error)
 		cr, err := cfg.Credentials(ctx)
 		if err != nil {
 			c.Close()
-			return nil, &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Message: "credentials provider failed", Err: err}
+			return nil, &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Message: "credentials provider failed", Err: err}
 		}
 		if cr.Mechanism == "" {
 			err = c.Login(ctx, cr.Username, cr.Secret)
@@ -997,10 +998,12 @@ func (s *Sender) Verify(ctx context.Context) error {
 	return c.Quit(ctx)
 }
 
-// Shutdown stops accepting Sends (they return ErrClosed), lets the
-// sessions finish their in-flight work and QUIT, and waits for them
-// until ctx ends; then it closes what is left, like Close, and returns
-// ctx.Err(). It is idempotent.
+// Shutdown stops accepting Sends: new Sends, and Sends still waiting for
+// a session (none has written their message yet), return ErrClosed at
+// once, as does a message in flight that would have to be written again
+// on another session. It lets the sessions finish the messages they have
+// written, QUIT, and waits for them until ctx ends; then it closes what
+// is left, like Close, and returns ctx.Err(). It is idempotent.
 func (s *Sender) Shutdown(ctx context.Context) error {
 	s.beginShutdown()
 	done := make(chan struct{})
@@ -1019,9 +1022,9 @@ func (s *Sender) Shutdown(ctx context.Context) error {
 	}
 }
 
-// Close aborts at once: every session is closed without QUIT, requests
-// in flight are answered (ErrOutcomeUnknown for those past their commit
-// point), and Close waits for every goroutine the Sender started. It is
+// Close aborts at once: Sends waiting for a session return ErrClosed,
+// every session is closed without QUIT, messages in flight are answered
+// (ErrOutcomeUnknown for those past their commit point), and Close waits for every goroutine the Sender started. It is
 // idempotent.
 func (s *Sender) Close() error {
 	s.beginShutdown()
@@ -1043,9 +1046,9 @@ func (s *Sender) beginShutdown() {
 // Stats returns a snapshot of the counters.
 func (s *Sender) Stats() Stats {
 	return Stats{
-		Open:         int(s.stats.open.Load()),
-		Idle:         int(s.stats.idle.Load()),
-		Waiting:      int(s.stats.waiting.Load()),
+		Open:         s.stats.open.Load(),
+		Idle:         s.stats.idle.Load(),
+		Waiting:      s.stats.waiting.Load(),
 		Dials:        s.stats.dials.Load(),
 		DialFailures: s.stats.dialFailures.Load(),
 		Sent:         s.stats.sent.Load(),

@@ -29,7 +29,7 @@ func newGoSMTPSender(t *testing.T, opts testpeers.GoSMTPOptions, cfg sender.Conf
 	srv := testpeers.GoSMTP(t, opts)
 	cfg.Addr = srv.Addr()
 	if opts.Mode != testpeers.Plain {
-		cfg.TLSConfig = srv.Cert().ClientConfig()
+		cfg.Options.TLSConfig = srv.Cert().ClientConfig()
 	}
 	s, err := sender.New(cfg)
 	require.NoError(t, err)
@@ -58,7 +58,7 @@ func TestSendOne(t *testing.T) {
 	require.NoError(t, s.Shutdown(ctx))
 	_, err = s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(2)))
 	assert.ErrorIs(t, err, sender.ErrClosed)
-	assert.Equal(t, 0, s.Stats().Open)
+	assert.Zero(t, s.Stats().Open)
 }
 
 func TestManyCallersFewConns(t *testing.T) {
@@ -155,7 +155,7 @@ func TestWrongPasswordFailsFast(t *testing.T) {
 		_, err := s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(msg(i)))
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpAuth, se.Op)
+		assert.Equal(t, smtp.OpAUTH, se.Op)
 		assert.True(t, smtp.IsConfig(err), "a refused login is the setup's: %v", err)
 		assert.NotContains(t, err.Error(), "wrong")
 	}
@@ -339,4 +339,55 @@ func TestWithdrawalKeepsConnection(t *testing.T) {
 	assert.EqualValues(t, 1, st.Dials, "the connection was kept")
 	assert.EqualValues(t, 1, srv.Count(), "the withdrawn message was not committed")
 	assert.EqualValues(t, 1, srv.Connections())
+}
+
+// TestNewPlaintextOptionWithoutInsecureSecurityRefused: a Config that
+// asks for plaintext through Options.InsecureAllowPlaintext, but not
+// through Security, is refused by New as a setup error (Security is the
+// one switch), for every mode but InsecurePlaintext.
+func TestNewPlaintextOptionWithoutInsecureSecurityRefused(t *testing.T) {
+	for _, sec := range []sender.Security{sender.ImplicitTLS, sender.StartTLS} {
+		_, err := sender.New(sender.Config{Addr: "127.0.0.1:1", Security: sec, Options: smtp.Options{InsecureAllowPlaintext: true}})
+		require.Error(t, err, sec.String())
+		assert.True(t, smtp.IsConfig(err), "%v: %v", sec, err)
+	}
+	s, err := sender.New(sender.Config{Addr: "127.0.0.1:1", Security: sender.InsecurePlaintext, Options: smtp.Options{InsecureAllowPlaintext: true}})
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+}
+
+// TestDocumentedCallsOnReturnedValues: the calls the README and godoc
+// show, written as a user writes them, on the values the API returns,
+// against a real server.
+func TestDocumentedCallsOnReturnedValues(t *testing.T) {
+	creds := func(context.Context) (sender.Credentials, error) {
+		return sender.Credentials{Username: "user", Secret: "pass"}, nil
+	}
+	_, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{Auth: map[string]string{"user": "pass"}}, sender.Config{Credentials: creds})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	require.NoError(t, s.Verify(ctx))
+	tctx := sender.WithTag(ctx, "order-8812")
+	assert.Equal(t, "order-8812", sender.Tag(tctx))
+	out, err := s.Send(tctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("Subject: hi\r\n\r\nhello\r\n"))
+	require.NoError(t, err)
+	assert.Equal(t, 250, out.Reply.Code)
+	assert.NotEmpty(t, out.Reply.Text())
+
+	// Every Stats field is an int64.
+	st := s.Stats()
+	for _, n := range []int64{st.Open, st.Idle, st.Waiting, st.Dials, st.DialFailures, st.Sent, st.Failed, st.Unknown, st.Replayed, st.Seen421, st.Withdrawn} {
+		assert.GreaterOrEqual(t, n, int64(0))
+	}
+	assert.Equal(t, int64(1), s.Stats().Sent)
+
+	assert.Equal(t, "implicit-tls", sender.ImplicitTLS.String())
+	assert.NotContains(t, sender.Credentials{Username: "user", Secret: "pass"}.String(), "pass")
+
+	require.NoError(t, s.Shutdown(ctx))
+	_, err = s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader("x\r\n"))
+	assert.ErrorIs(t, err, sender.ErrClosed)
+	require.NoError(t, s.Close())
+	require.NoError(t, s.Close(), "idempotent")
 }

@@ -12,7 +12,18 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/smtpkit/smtpkit/internal/smtpx"
 	"github.com/smtpkit/smtpkit/smtp"
+)
+
+// What the sessions need of smtp.Tx and smtp.Client beyond the API
+// (package smtp sets them; see internal/smtpx).
+var (
+	txDone        = smtpx.TxDone.(func(*smtp.Tx) bool)
+	txResult      = smtpx.TxResult.(func(*smtp.Tx) (*smtp.Outcome, error))
+	txReplayable  = smtpx.TxReplayable.(func(*smtp.Tx) bool)
+	txAnswered421 = smtpx.TxAnswered421.(func(*smtp.Tx) bool)
+	clientSilent  = smtpx.ClientSilent.(func(*smtp.Client) time.Duration)
 )
 
 // conn is one connection and its two goroutines, as net/http's
@@ -234,7 +245,7 @@ func (a *conn) room() int {
 // silent reports whether the server has owed a reply for longer than
 // silentAfter.
 func (a *conn) silent() bool {
-	return a.c.Silent() > silentAfter
+	return clientSilent(a.c) > silentAfter
 }
 
 // serve runs the writer until the connection is done. It reports true if
@@ -447,7 +458,7 @@ func (a *conn) take(at *attempt) bool {
 func (a *conn) answerDone() {
 	for {
 		a.mu.Lock()
-		if len(a.inflight) == 0 || a.inflight[0].bodyBusy.Load() || !a.inflight[0].tx.Done() {
+		if len(a.inflight) == 0 || a.inflight[0].bodyBusy.Load() || !txDone(a.inflight[0].tx) {
 			a.mu.Unlock()
 			return
 		}
@@ -470,7 +481,7 @@ func (a *conn) answerDone() {
 // message's fault.
 func (a *conn) settle(at *attempt) {
 	tx := at.tx
-	out, err := tx.Result()
+	out, err := txResult(tx)
 	r := result{out: out, err: err, wrote: true}
 	e, _ := errors.AsType[*smtp.Error](err)
 	a.mu.Lock()
@@ -478,10 +489,10 @@ func (a *conn) settle(at *attempt) {
 	switch {
 	case err == nil:
 		a.delivered = true
-	case tx.Answered421():
+	case txAnswered421(tx):
 		r.replay, r.own = true, true
 		a.blamed = true
-	case tx.Replayable():
+	case txReplayable(tx):
 		r.replay = true
 		switch {
 		case e != nil && e.Kind == smtp.KindProtocol && e.Code == 503:
@@ -508,7 +519,7 @@ func (a *conn) note421Locked(tx *smtp.Tx) {
 		return
 	}
 	e, _ := errors.AsType[*smtp.Error](a.c.Err())
-	if tx != nil && tx.Answered421() || e != nil && e.Code == 421 {
+	if tx != nil && txAnswered421(tx) || e != nil && e.Code == 421 {
 		a.seen421 = true
 		a.s.stats.seen421.Add(1)
 	}

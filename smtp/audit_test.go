@@ -16,12 +16,12 @@ import (
 
 // auditEvents are events with addresses in every place one can be.
 var auditEvents = []smtp.Event{
-	{Type: smtp.EventMailAccepted, Session: 7, Op: smtp.OpMail, Code: 250, From: "alice@example.com", MessageID: "<m1@example.com>", Tag: "order-8812"},
-	{Type: smtp.EventRcptAccepted, Session: 7, Op: smtp.OpRcpt, Code: 250, Recipient: "Bob@Example.NET", MessageID: "<m1@example.com>", Tag: "order-8812"},
-	{Type: smtp.EventRcptRefused, Session: 7, Op: smtp.OpRcpt, Code: 550, Enhanced: "5.1.1", Recipient: "carol@example.net", MessageID: "<m1@example.com>", Tag: "order-8812"},
-	{Type: smtp.EventMessageFailed, Session: 7, Op: smtp.OpRcpt, Code: 550, Kind: smtp.KindRejected, MessageID: "<m1@example.com>", Tag: "order-8812",
+	{Type: smtp.EventMailAccepted, Session: 7, Op: smtp.OpMAIL, Code: 250, From: "alice@example.com", MessageID: "<m1@example.com>", Tag: "order-8812"},
+	{Type: smtp.EventRcptAccepted, Session: 7, Op: smtp.OpRCPT, Code: 250, Recipient: "Bob@Example.NET", MessageID: "<m1@example.com>", Tag: "order-8812"},
+	{Type: smtp.EventRcptRefused, Session: 7, Op: smtp.OpRCPT, Code: 550, Enhanced: "5.1.1", Recipient: "carol@example.net", MessageID: "<m1@example.com>", Tag: "order-8812"},
+	{Type: smtp.EventMessageFailed, Session: 7, Op: smtp.OpRCPT, Code: 550, Kind: smtp.KindRejected, MessageID: "<m1@example.com>", Tag: "order-8812",
 		Error: "smtp: RCPT <carol@example.net>: rejected: 550 5.1.1: <carol@example.net>: Recipient address rejected (refused: <carol@example.net> 550; <dave@example.net> 550;)"},
-	{Type: smtp.EventMessage, Session: 7, Op: smtp.OpData, Code: 250, QueueID: "Q1", MessageID: "<m1@example.com>", Tag: "order-8812"},
+	{Type: smtp.EventMessage, Session: 7, Op: smtp.OpDATA, Code: 250, QueueID: "Q1", MessageID: "<m1@example.com>", Tag: "order-8812"},
 }
 
 // logJSON runs events through hook into JSON lines at Debug.

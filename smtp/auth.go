@@ -48,9 +48,9 @@ func (c *Client) Login(ctx context.Context, user, password string) error {
 			if c.caps.StartTLS && !c.secure {
 				msg += " before STARTTLS (servers commonly offer it only over TLS: use ConnectStartTLS)"
 			}
-			return &Error{Op: OpAuth, Kind: KindAuth, Message: msg}
+			return &Error{Op: OpAUTH, Kind: KindAuth, Message: msg}
 		}
-		return &Error{Op: OpAuth, Kind: KindAuth, Message: fmt.Sprintf("no password mechanism in common; server offers %q", strings.Join(c.caps.Auth, " "))}
+		return &Error{Op: OpAUTH, Kind: KindAuth, Message: fmt.Sprintf("no password mechanism in common; server offers %q", strings.Join(c.caps.Auth, " "))}
 	}
 	return c.LoginWith(ctx, mech, user, password)
 }
@@ -79,22 +79,22 @@ func (c *Client) LoginWith(ctx context.Context, mech, user, secret string) error
 		if len(mech) > 32 {
 			mech = mech[:32] + "..."
 		}
-		return inputError(OpAuth, "invalid SASL mechanism name %q", mech)
+		return inputError(OpAUTH, "invalid SASL mechanism name %q", mech)
 	}
 	if !c.caps.HasAuth(mech) {
-		return &Error{Op: OpAuth, Kind: KindAuth, Message: fmt.Sprintf("server does not offer %s; it offers %q", mech, strings.Join(c.caps.Auth, " "))}
+		return &Error{Op: OpAUTH, Kind: KindAuth, Message: fmt.Sprintf("server does not offer %s; it offers %q", mech, strings.Join(c.caps.Auth, " "))}
 	}
 	m, err := c.mechanism(mech, user, secret)
 	if err != nil {
-		return &Error{Op: OpAuth, Kind: KindInvalidInput, Message: mech, Err: err}
+		return &Error{Op: OpAUTH, Kind: KindInvalidInput, Message: mech, Err: err}
 	}
-	if err := ctxError(ctx, OpAuth); err != nil {
+	if err := ctxError(ctx, OpAUTH); err != nil {
 		return err
 	}
 	c.watch(ctx)
 	defer c.endWatch()
 	enhanced, aerr := c.authenticate(ctx, m, secret)
-	ev := Event{Type: EventAuth, Op: OpAuth, Mechanism: mech}
+	ev := Event{Type: EventAuth, Op: OpAUTH, Mechanism: mech}
 	if aerr != nil {
 		ev.Code, ev.Enhanced, ev.Kind, ev.Error = aerr.Code, aerr.Enhanced, aerr.Kind, aerr.Error()
 	} else {
@@ -109,14 +109,14 @@ func (c *Client) LoginWith(ctx context.Context, mech, user, secret string) error
 }
 
 func (c *Client) checkAuth() *Error {
-	if err := c.checkReady(OpAuth); err != nil {
+	if err := c.checkReady(OpAUTH); err != nil {
 		return err
 	}
 	if c.authed {
-		return inputError(OpAuth, "already authenticated: AUTH may succeed only once per session")
+		return inputError(OpAUTH, "already authenticated: AUTH may succeed only once per session")
 	}
 	if !c.secure && !c.opts.InsecureAllowPlaintext {
-		return &Error{Op: OpAuth, Kind: KindAuth, Message: "refusing to send credentials on a session without TLS (Options.InsecureAllowPlaintext allows it)"}
+		return &Error{Op: OpAUTH, Kind: KindAuth, Message: "refusing to send credentials on a session without TLS (Options.InsecureAllowPlaintext allows it)"}
 	}
 	return nil
 }
@@ -181,7 +181,7 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism, secret stri
 	c.texts.addSecret([]byte(secret))
 	ir, hasIR, err := m.Start()
 	if err != nil {
-		return "", &Error{Op: OpAuth, Kind: KindAuth, Message: m.Name(), Err: err}
+		return "", &Error{Op: OpAUTH, Kind: KindAuth, Message: m.Name(), Err: err}
 	}
 	line := "AUTH " + m.Name()
 	// deferred is an initial response too long for the command line: it
@@ -200,7 +200,7 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism, secret stri
 			deferred = enc
 		}
 	}
-	rep, rerr := c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, line+"\r\n")
+	rep, rerr := c.cmd(ctx, OpAUTH, c.opts.Timeouts.Command, line+"\r\n")
 	for step := 0; rerr == nil && rep.Code == 334; step++ {
 		if step == maxAuthSteps {
 			return "", c.cancelAuth(ctx, m, "too many challenges", nil)
@@ -225,7 +225,7 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism, secret stri
 				// SCRAM: the server's signature does not match, so it does
 				// not know the user's keys and may be an impostor. Cancelling
 				// would leave the session open to it: drop it.
-				return "", c.fail(ctx, &Error{Op: OpAuth, Kind: KindAuth, Message: m.Name() + ": server did not prove it knows the credentials; session dropped", Err: merr})
+				return "", c.fail(ctx, &Error{Op: OpAUTH, Kind: KindAuth, Message: m.Name() + ": server did not prove it knows the credentials; session dropped", Err: merr})
 			}
 			if merr != nil {
 				return "", c.cancelAuth(ctx, m, "challenge refused", merr)
@@ -234,14 +234,14 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism, secret stri
 			c.guard(m.Name(), secret, out, resp)
 			clear(out)
 		}
-		rep, rerr = c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, resp+"\r\n")
+		rep, rerr = c.cmd(ctx, OpAUTH, c.opts.Timeouts.Command, resp+"\r\n")
 	}
 	if rerr != nil {
 		var e *Error
 		if errors.As(rerr, &e) {
 			return "", e
 		}
-		return "", ioError(ctx, OpAuth, rerr)
+		return "", ioError(ctx, OpAUTH, rerr)
 	}
 	switch {
 	case rep.Code == 235:
@@ -253,15 +253,15 @@ func (c *Client) authenticate(ctx context.Context, m sasl.Mechanism, secret stri
 			if errors.Is(err, sasl.ErrServerVerification) {
 				msg = m.Name() + ": server did not prove it knows the credentials; session dropped"
 			}
-			return "", c.fail(ctx, &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: msg, Err: err})
+			return "", c.fail(ctx, &Error{Op: OpAUTH, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: msg, Err: err})
 		}
 		return rep.Enhanced, nil
 	case rep.Code < 400:
 		// Not an AUTH reply (smtp-sink answers 250): the client is not
 		// authenticated, whatever the server thinks.
-		return "", &Error{Op: OpAuth, Kind: KindProtocol, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + ": server answered with " + strconv.Itoa(rep.Code) + ", not 235: " + rep.Text()}
+		return "", &Error{Op: OpAUTH, Kind: KindProtocol, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + ": server answered with " + strconv.Itoa(rep.Code) + ", not 235: " + rep.Text()}
 	}
-	e := &Error{Op: OpAuth, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + " refused: " + rep.Text()}
+	e := &Error{Op: OpAUTH, Kind: KindAuth, Code: rep.Code, Enhanced: rep.Enhanced, Message: m.Name() + " refused: " + rep.Text()}
 	if te := sasl.ServerError(m); te != nil {
 		te.Status = c.texts.cleanString(te.Status)
 		te.Schemes = c.texts.cleanString(te.Schemes)
@@ -307,13 +307,13 @@ func (c *Client) guard(mech, secret string, raw []byte, line string) {
 // any: a SCRAM server error (e=) is the server refusing the credentials,
 // so the error is of Kind auth; anything else is a protocol error.
 func (c *Client) cancelAuth(ctx context.Context, m sasl.Mechanism, why string, cause error) *Error {
-	e := &Error{Op: OpAuth, Kind: KindProtocol, Message: m.Name() + ": " + why + "; exchange cancelled", Err: cause}
+	e := &Error{Op: OpAUTH, Kind: KindProtocol, Message: m.Name() + ": " + why + "; exchange cancelled", Err: cause}
 	var se *sasl.SCRAMError
 	if errors.As(cause, &se) {
 		e.Kind = KindAuth
 		se.Value = c.texts.cleanString(se.Value)
 	}
-	rep, err := c.cmd(ctx, OpAuth, c.opts.Timeouts.Command, "*\r\n")
+	rep, err := c.cmd(ctx, OpAUTH, c.opts.Timeouts.Command, "*\r\n")
 	if err != nil {
 		// The session broke (cmd closed it): say so too.
 		if cause == nil {

@@ -151,7 +151,7 @@ func authRequire(t *testing.T, err error, kind smtp.Kind) *smtp.Error {
 	t.Helper()
 	var se *smtp.Error
 	require.ErrorAs(t, err, &se)
-	assert.Equal(t, smtp.OpAuth, se.Op, "%v", err)
+	assert.Equal(t, smtp.OpAUTH, se.Op, "%v", err)
 	assert.Equal(t, kind, se.Kind, "%v", err)
 	return se
 }
@@ -594,7 +594,7 @@ func TestAuthGoSMTPOAuth(t *testing.T) {
 			_, err = c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.org"}}, strings.NewReader("x\r\n"))
 			var mailErr *smtp.Error
 			require.ErrorAs(t, sec.err(err), &mailErr)
-			assert.Equal(t, smtp.OpMail, mailErr.Op, "not authenticated yet: %v", err)
+			assert.Equal(t, smtp.OpMAIL, mailErr.Op, "not authenticated yet: %v", err)
 			require.NoError(t, sec.err(c.LoginWith(ctx, mech, user, token)))
 			ev := authEvents(audit)
 			require.Len(t, ev, 2)
@@ -815,7 +815,7 @@ func authScriptOffering(t *testing.T, mechs string, sec *authSecrets, opts *smtp
 	ctx := testCtx(t)
 	tr, err := transport.DialTLS(ctx, srv.Addr(), &tls.Config{RootCAs: roots})
 	require.NoError(t, err)
-	c, err := smtp.Connect(ctx, tr, "client.example", opts)
+	c, err := smtp.Connect(ctx, tr, withName(opts, "client.example", nil))
 	require.NoError(t, sec.err(err))
 	t.Cleanup(func() { c.Close() })
 	return srv, c

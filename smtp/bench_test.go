@@ -45,7 +45,7 @@ func BenchmarkClientSend(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := smtp.Connect(ctx, tr, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+		c, err := smtp.Connect(ctx, tr, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -156,7 +156,7 @@ func BenchmarkSendAfterIdle(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := smtp.Connect(ctx, tr, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+	c, err := smtp.Connect(ctx, tr, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -5,9 +5,9 @@ import (
 	"strconv"
 )
 
-// MaxLineLength is the longest body line allowed by default, without its
+// maxLineLength is the longest body line allowed by default, without its
 // CRLF (RFC 5322 §2.1.1).
-const MaxLineLength = 998
+const maxLineLength = 998
 
 // bodyEncoder turns a message body, given in pieces of any size, into
 // its wire form: lines checked for bare CR and LF (or normalised to
@@ -28,7 +28,7 @@ type bodyEncoder struct {
 
 func newBodyEncoder(dotStuff, normalize bool, maxLine int, maxSize int64) bodyEncoder {
 	if maxLine == 0 {
-		maxLine = MaxLineLength
+		maxLine = maxLineLength
 	}
 	return bodyEncoder{dotStuff: dotStuff, normalize: normalize, maxLine: maxLine, maxSize: maxSize}
 }

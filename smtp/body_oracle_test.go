@@ -25,7 +25,7 @@ type oldBodyEncoder struct {
 
 func newOldBodyEncoder(dotStuff, normalize bool, maxLine int, maxSize int64) oldBodyEncoder {
 	if maxLine == 0 {
-		maxLine = MaxLineLength
+		maxLine = maxLineLength
 	}
 	return oldBodyEncoder{dotStuff: dotStuff, normalize: normalize, maxLine: maxLine, maxSize: maxSize}
 }

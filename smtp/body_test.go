@@ -57,7 +57,7 @@ type pieceEncoder interface {
 //
 //	go test -run '^$' -bench BodyEncoder -benchmem ./smtp
 func BenchmarkBodyEncoder(b *testing.B) {
-	const cs = DefaultChunkSize
+	const cs = defaultChunkSize
 	for _, size := range []int{1 << 10, 64 << 10, 1 << 20} {
 		for _, mode := range []string{
 			"copy", "bdat", "old-bdat", "data", "old-data",

@@ -171,7 +171,7 @@ func BenchmarkBodySize(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					c, err := Connect(ctx, tr, "client.example", &Options{InsecureAllowPlaintext: true, ChunkSize: benchChunk})
+					c, err := Connect(ctx, tr, &Options{LocalName: "client.example", InsecureAllowPlaintext: true, ChunkSize: benchChunk})
 					if err != nil {
 						b.Fatal(err)
 					}

@@ -147,7 +147,7 @@ func checkBodyStream(t *testing.T, addr string, got <-chan recording, bc bodyCas
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := Connect(ctx, conn, "client.example", &Options{InsecureAllowPlaintext: true, ChunkSize: cs,
+	c, err := Connect(ctx, conn, &Options{LocalName: "client.example", InsecureAllowPlaintext: true, ChunkSize: cs,
 		NormalizeLineEndings: bc.normalize, MaxLineLength: bc.maxLine, MaxMessageSize: bc.maxSize})
 	if err != nil {
 		t.Fatal(err)
@@ -180,7 +180,7 @@ func checkBodyStream(t *testing.T, addr string, got <-chan recording, bc bodyCas
 	switch {
 	case !errors.As(serr, &e):
 		t.Fatalf("%s: %+v: Send gave %v for a body the oracle refuses (%s)", where(), bc, serr, problem)
-	case e.Op == OpMail && e.Kind == KindPolicy && bc.maxSize > 0:
+	case e.Op == OpMAIL && e.Kind == KindPolicy && bc.maxSize > 0:
 		// Refused by its known size before anything was sent.
 		if len(rec.payload) > 0 {
 			t.Fatalf("%s: refused by size, yet the server got %q", where(), rec.payload)
@@ -214,7 +214,7 @@ func ruleBroken(wire []byte, bc bodyCase) string {
 	}
 	maxLine := bc.maxLine
 	if maxLine == 0 {
-		maxLine = MaxLineLength
+		maxLine = maxLineLength
 	}
 	for len(wire) > 0 {
 		line := wire

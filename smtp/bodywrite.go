@@ -270,7 +270,7 @@ func (s *bodyStream) emit(direct []byte, last bool) bool {
 	c, tx, ctx := s.c, s.tx, s.ctx
 	size := len(s.eb) + len(direct)
 	c.setWriteDeadline(ctx, c.opts.Timeouts.DataBlock)
-	op := OpData
+	op := OpDATA
 	if tx.chunking {
 		op = OpBDAT
 		b := c.scratch[:0]

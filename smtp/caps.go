@@ -42,14 +42,14 @@ type Capabilities struct {
 
 // Has reports whether the server advertised the extension keyword
 // (case-insensitive).
-func (c *Capabilities) Has(keyword string) bool {
+func (c Capabilities) Has(keyword string) bool {
 	_, ok := c.Extensions[strings.ToUpper(keyword)]
 	return ok
 }
 
 // HasAuth reports whether the server offered the SASL mechanism
 // (case-insensitive).
-func (c *Capabilities) HasAuth(mech string) bool {
+func (c Capabilities) HasAuth(mech string) bool {
 	return slices.Contains(c.Auth, strings.ToUpper(mech))
 }
 

@@ -57,10 +57,10 @@ func TestClassifyEveryError(t *testing.T) {
 		return &smtp.Error{Op: op, Kind: smtp.KindProtocol, Message: "malformed"}
 	}
 	auth := func(code int) *smtp.Error {
-		return &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: code, Message: "PLAIN refused"}
+		return &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Code: code, Message: "PLAIN refused"}
 	}
 	unknown := func(cause error) *smtp.Error {
-		return &smtp.Error{Op: smtp.OpData, Kind: smtp.KindIO, Message: "reply to the committed message lost", Err: fmt.Errorf("%w: %w", smtp.ErrOutcomeUnknown, cause)}
+		return &smtp.Error{Op: smtp.OpDATA, Kind: smtp.KindIO, Message: "reply to the committed message lost", Err: fmt.Errorf("%w: %w", smtp.ErrOutcomeUnknown, cause)}
 	}
 	certUnknown := &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}
 	certName := &tls.CertificateVerificationError{Err: x509.HostnameError{Host: "mx.example"}}
@@ -117,60 +117,60 @@ func TestClassifyEveryError(t *testing.T) {
 		{"AUTH no AUTH offered", auth(0), C},
 		{"AUTH SCRAM server not proven (235)", auth(235), C},
 		{"AUTH SCRAM e= then 501", auth(501), C},
-		{"AUTH credentials provider failed", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Message: "credentials provider failed", Err: errors.New("token endpoint down")}, C},
-		{"AUTH credentials cannot be encoded", input(smtp.OpAuth), C},
-		{"AUTH malformed challenge, cancelled with 501", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindProtocol, Code: 501, Message: "challenge is not base64; exchange cancelled"}, T},
-		{"AUTH 250 instead of 235", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindProtocol, Code: 250}, T},
-		{"AUTH io", ioErr(smtp.OpAuth, eofErr()), T},
+		{"AUTH credentials provider failed", &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Message: "credentials provider failed", Err: errors.New("token endpoint down")}, C},
+		{"AUTH credentials cannot be encoded", input(smtp.OpAUTH), C},
+		{"AUTH malformed challenge, cancelled with 501", &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindProtocol, Code: 501, Message: "challenge is not base64; exchange cancelled"}, T},
+		{"AUTH 250 instead of 235", &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindProtocol, Code: 250}, T},
+		{"AUTH io", ioErr(smtp.OpAUTH, eofErr()), T},
 		// MAIL
-		{"MAIL 550", rej(smtp.OpMail, 550), P},
-		{"MAIL 552", rej(smtp.OpMail, 552), P},
-		{"MAIL 451", rej(smtp.OpMail, 451), T},
-		{"MAIL 530 authentication required", rej(smtp.OpMail, 530), C},
-		{"MAIL 538 encryption required", rej(smtp.OpMail, 538), C},
-		{"MAIL bad sender", input(smtp.OpMail), P},
-		{"MAIL size policy", &smtp.Error{Op: smtp.OpMail, Kind: smtp.KindPolicy}, P},
-		{"MAIL idle session closed", ioErr(smtp.OpMail, errors.New("server closed the idle session: EOF")), T},
-		{"MAIL unsolicited reply", proto(smtp.OpMail), T},
+		{"MAIL 550", rej(smtp.OpMAIL, 550), P},
+		{"MAIL 552", rej(smtp.OpMAIL, 552), P},
+		{"MAIL 451", rej(smtp.OpMAIL, 451), T},
+		{"MAIL 530 authentication required", rej(smtp.OpMAIL, 530), C},
+		{"MAIL 538 encryption required", rej(smtp.OpMAIL, 538), C},
+		{"MAIL bad sender", input(smtp.OpMAIL), P},
+		{"MAIL size policy", &smtp.Error{Op: smtp.OpMAIL, Kind: smtp.KindPolicy}, P},
+		{"MAIL idle session closed", ioErr(smtp.OpMAIL, errors.New("server closed the idle session: EOF")), T},
+		{"MAIL unsolicited reply", proto(smtp.OpMAIL), T},
 		// RCPT
-		{"RCPT 550", rej(smtp.OpRcpt, 550), P},
-		{"RCPT 452", rej(smtp.OpRcpt, 452), T},
-		{"RCPT 530", rej(smtp.OpRcpt, 530), C},
-		{"RCPT none", input(smtp.OpRcpt), P},
+		{"RCPT 550", rej(smtp.OpRCPT, 550), P},
+		{"RCPT 452", rej(smtp.OpRCPT, 452), T},
+		{"RCPT 530", rej(smtp.OpRCPT, 530), C},
+		{"RCPT none", input(smtp.OpRCPT), P},
 		// DATA, BDAT, body
-		{"DATA 554", rej(smtp.OpData, 554), P},
-		{"DATA 451", rej(smtp.OpData, 451), T},
-		{"DATA 250 where 354 was due", rej(smtp.OpData, 250), T},
-		{"DATA io before commit", ioErr(smtp.OpData, eofErr()), T},
+		{"DATA 554", rej(smtp.OpDATA, 554), P},
+		{"DATA 451", rej(smtp.OpDATA, 451), T},
+		{"DATA 250 where 354 was due", rej(smtp.OpDATA, 250), T},
+		{"DATA io before commit", ioErr(smtp.OpDATA, eofErr()), T},
 		{"DATA io after commit", unknown(eofErr()), U},
-		{"DATA 354 to a refused envelope", proto(smtp.OpData), T},
+		{"DATA 354 to a refused envelope", proto(smtp.OpDATA), T},
 		{"BDAT 552", rej(smtp.OpBDAT, 552), P},
 		{"BDAT io after commit", unknown(errors.New("reset")), U},
 		{"body bare LF", input(smtp.OpBody), P},
 		{"body too large", &smtp.Error{Op: smtp.OpBody, Kind: smtp.KindPolicy}, P},
 		{"body: session dropped for another's body", &smtp.Error{Op: smtp.OpBody, Kind: smtp.KindIO, Message: "session dropped"}, T},
 		// other steps
-		{"RSET 500", rej(smtp.OpReset, 500), P},
-		{"NOOP io", ioErr(smtp.OpNoop, eofErr()), T},
-		{"QUIT 421", rej(smtp.OpQuit, 421), T},
+		{"RSET 500", rej(smtp.OpRSET, 500), P},
+		{"NOOP io", ioErr(smtp.OpNOOP, eofErr()), T},
+		{"QUIT 421", rej(smtp.OpQUIT, 421), T},
 		{"send policy veto", &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindPolicy, Err: errors.New("quota")}, P},
 		{"send: tx of another client", input(smtp.OpSend), P},
 		{"send: caller's ctx ended after the commit", &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindIO, Err: fmt.Errorf("%w: %w", smtp.ErrOutcomeUnknown, context.Canceled)}, U},
-		{"closed session", ioErr(smtp.OpNoop, smtp.ErrClosed), T},
-		{"ctx ended before the call", &smtp.Error{Op: smtp.OpMail, Kind: smtp.KindIO, Message: "context ended before the call", Err: context.Canceled}, T},
-		{"ctx deadline during a step", ioErr(smtp.OpRcpt, timeout), T},
+		{"closed session", ioErr(smtp.OpNOOP, smtp.ErrClosed), T},
+		{"ctx ended before the call", &smtp.Error{Op: smtp.OpMAIL, Kind: smtp.KindIO, Message: "context ended before the call", Err: context.Canceled}, T},
+		{"ctx deadline during a step", ioErr(smtp.OpRCPT, timeout), T},
 		{"config", &smtp.Error{Op: smtp.OpConfig, Kind: smtp.KindInvalidInput, Message: "Config needs Addr or Dial"}, C},
 		// chains
-		{"session lost: 421 of another", sessionLost(rej(smtp.OpMail, 421)), T},
-		{"session lost: io", sessionLost(ioErr(smtp.OpData, eofErr())), T},
+		{"session lost: 421 of another", sessionLost(rej(smtp.OpMAIL, 421)), T},
+		{"session lost: io", sessionLost(ioErr(smtp.OpDATA, eofErr())), T},
 		{"fail fast after 535", failFast(auth(535)), C},
 		{"fail fast after a refused dial", failFast(ioErr(smtp.OpDial, errors.New("refused"))), T},
 		{"fail fast after an untrusted certificate", failFast(ioErr(smtp.OpDial, certUnknown)), C},
 		{"fail fast, a wrapper with a different kind", &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: auth(535)}, C},
 		{"fail fast by sentinel", fmt.Errorf("%w: %w", errFailingFast, auth(535)), C},
 		{"fail fast by sentinel, STARTTLS stripped", fmt.Errorf("%w: %w", errFailingFast, &smtp.Error{Op: smtp.OpSTARTTLS, Kind: smtp.KindProtocol, Err: smtp.ErrStartTLSNotOffered}), C},
-		{"wrapped 550", fmt.Errorf("sending: %w", rej(smtp.OpRcpt, 550)), P},
-		{"joined: unknown wins", errors.Join(rej(smtp.OpRcpt, 550), unknown(eofErr())), U},
+		{"wrapped 550", fmt.Errorf("sending: %w", rej(smtp.OpRCPT, 550)), P},
+		{"joined: unknown wins", errors.Join(rej(smtp.OpRCPT, 550), unknown(eofErr())), U},
 		// not *smtp.Error
 		{"caller's ctx canceled", context.Canceled, X},
 		{"caller's ctx deadline", context.DeadlineExceeded, X},
@@ -210,7 +210,7 @@ func TestClassifyStartTLSNotOffered(t *testing.T) {
 	srv := fs.Start(t, trHello("PIPELINING")...)
 	tr, err := transport.Dial(trCtx(t), srv.Addr())
 	require.NoError(t, err)
-	c, err := smtp.ConnectStartTLS(trCtx(t), tr, "client.example", nil, nil)
+	c, err := smtp.ConnectStartTLS(trCtx(t), tr, &smtp.Options{LocalName: "client.example"})
 	assert.Nil(t, c)
 	require.ErrorIs(t, err, smtp.ErrStartTLSNotOffered)
 	assert.True(t, smtp.IsConfig(err), "%v", err)
@@ -234,7 +234,7 @@ func TestClassifyCertificate(t *testing.T) {
 			srv := fs.Start(t, trSteps(trHello("STARTTLS"), fs.ExpectLine("STARTTLS"), fs.Reply("220 2.0.0 go ahead\r\n"), fs.StartTLS(srvTLS.Clone()))...)
 			tr, err := transport.Dial(trCtx(t), srv.Addr())
 			require.NoError(t, err)
-			_, err = smtp.ConnectStartTLS(trCtx(t), tr, "client.example", tc.cfg, nil)
+			_, err = smtp.ConnectStartTLS(trCtx(t), tr, &smtp.Options{LocalName: "client.example", TLSConfig: tc.cfg})
 			require.ErrorAs(t, err, new(*tls.CertificateVerificationError))
 			assert.True(t, smtp.IsConfig(err), "%v", err)
 			assert.False(t, smtp.IsTemporary(err))

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/smtpkit/smtpkit/internal/tlsconf"
 	"github.com/smtpkit/smtpkit/transport"
 )
 
@@ -53,13 +55,22 @@ func (s SessionState) String() string {
 //
 // Whoever needs a reply reads it: a write-half call waiting for a 354
 // reads it itself when no read-half call is reading, and waits for the
-// reader otherwise. A context's cancellation reaches a blocked read or
-// write through context.AfterFunc, which sets a past deadline on the
-// transport (so a Transport's SetDeadline must be safe to call
-// concurrently, as net.Conn's is). A transport with SetReadDeadline and
-// SetWriteDeadline (any net.Conn) gets separate deadlines for the two
-// halves; on one with SetDeadline alone, the sooner of the two is in
-// force.
+// reader otherwise.
+//
+// Each call's ctx bounds its I/O. A ctx that has already ended when a
+// call begins fails the call (an [*Error] wrapping the ctx's error) and
+// leaves the session as it was. A ctx that ends while the call is
+// blocked reading or writing interrupts that I/O, from another
+// goroutine, through the transport's SetDeadline (which must be safe for
+// that, as net.Conn's is), and the session is closed: a reply or command
+// cut in the middle leaves nothing to continue from. The call returns an
+// [*Error] of Kind KindIO wrapping the ctx's error; every transaction
+// whose commit point had been written and whose reply had not been read
+// then ends with an error wrapping [ErrOutcomeUnknown], and the others
+// with the error that closed the session. A transport with
+// SetReadDeadline and SetWriteDeadline (any net.Conn) gets separate
+// deadlines for the two halves; on one with SetDeadline alone, the
+// sooner of the two is in force.
 type Client struct {
 	// Set while the session opens (Connect, STARTTLS, Login), before
 	// either half runs, and only read after.
@@ -132,7 +143,7 @@ type Client struct {
 	// probed for an unsolicited 421 before it is used again.
 	lastActive time.Time
 	// heard is when the server last answered, or when a command was
-	// written while nothing was owed (see Silent); unix nanoseconds.
+	// written while nothing was owed (see silent); unix nanoseconds.
 	heard atomic.Int64
 	// closeT is set when the transport must be closed once mu is
 	// released (see unlock); tClosed once it has been.
@@ -231,12 +242,13 @@ const (
 )
 
 // Connect starts a session on t, which must already be secure (implicit
-// TLS, port 465): it reads the greeting and sends EHLO with localName. A
-// transport that is not TLS (one without a ConnectionState method) is
-// refused unless opts.InsecureAllowPlaintext is set. On failure t is
-// closed and the error is an [*Error] with Op greeting or EHLO.
-func Connect(ctx context.Context, t transport.Transport, localName string, opts *Options) (*Client, error) {
-	c, err := newClient(t, localName, opts)
+// TLS, port 465): it reads the greeting and sends EHLO with
+// opts.LocalName. A transport that is not TLS (one without a
+// ConnectionState method) is refused unless opts.InsecureAllowPlaintext
+// is set. opts may be nil. On failure t is closed and the error is an
+// [*Error] with Op greeting or EHLO.
+func Connect(ctx context.Context, t transport.Transport, opts *Options) (*Client, error) {
+	c, err := newClient(t, opts)
 	if err != nil {
 		t.Close()
 		return nil, err
@@ -262,14 +274,17 @@ func Connect(ctx context.Context, t transport.Transport, localName string, opts 
 }
 
 // ConnectStartTLS starts a session on a plain transport and upgrades it
-// with STARTTLS (RFC 3207): greeting, EHLO, STARTTLS, TLS handshake,
-// EHLO again. The capabilities from before TLS are discarded. A server
-// that does not offer STARTTLS, refuses it, or sends bytes after its 220
-// (response injection) ends the session with an error: there is never a
-// fallback to plaintext. tlsConfig may be nil; its ServerName defaults to
-// opts.ServerName, then to the peer's IP address. TLS 1.2 is the floor.
-func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName string, tlsConfig *tls.Config, opts *Options) (*Client, error) {
-	c, err := newClient(t, localName, opts)
+// with STARTTLS (RFC 3207): greeting, EHLO (with opts.LocalName),
+// STARTTLS, TLS handshake with opts.TLSConfig, EHLO again. The
+// capabilities from before TLS are discarded. A server that does not
+// offer STARTTLS, refuses it, or sends bytes after its 220 (response
+// injection) ends the session with an error: there is never a fallback
+// to plaintext. opts may be nil, and so may opts.TLSConfig (the system
+// roots). The certificate is checked against opts.TLSConfig.ServerName
+// or, when that is empty, the peer's IP address: set ServerName to the
+// host name you dialed. TLS 1.2 is the floor.
+func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, opts *Options) (*Client, error) {
+	c, err := newClient(t, opts)
 	if err != nil {
 		t.Close()
 		return nil, err
@@ -296,15 +311,12 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 		return nil, c.fail(ctx, protoError(OpSTARTTLS, "server sent %d octets after its 220 before the TLS handshake (response injection); aborting", c.r.Buffered()))
 	}
 	name := c.serverName
-	if tlsConfig != nil && tlsConfig.ServerName != "" {
-		name = tlsConfig.ServerName
-	}
 	if name == "" {
 		if rc, ok := t.(interface{ RemoteAddr() net.Addr }); ok && rc.RemoteAddr() != nil {
 			name = rc.RemoteAddr().String()
 		}
 	}
-	cfg := transport.ClientTLSConfig(tlsConfig, name)
+	cfg := tlsconf.Client(c.opts.TLSConfig, name)
 	c.setWriteDeadline(ctx, c.opts.Timeouts.Command)
 	c.setReadDeadline(ctx, c.opts.Timeouts.Command)
 	tt, err := t.UpgradeTLS(ctx, cfg)
@@ -334,19 +346,25 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, localName
 	return c, nil
 }
 
-func newClient(t transport.Transport, localName string, opts *Options) (*Client, error) {
-	if p := validateHostname(localName); p != "" {
-		return nil, inputError(OpEHLO, "%s", p)
-	}
-	c := &Client{t: t, local: localName, state: StateReady}
-	c.cond.L = &c.mu
+func newClient(t transport.Transport, opts *Options) (*Client, error) {
+	c := &Client{t: t, state: StateReady}
 	if opts != nil {
 		c.opts = *opts
 	}
+	c.local = c.opts.LocalName
+	if c.local == "" {
+		c.local = defaultLocalName
+	}
+	if p := validateHostname(c.local); p != "" {
+		return nil, inputError(OpEHLO, "%s", p)
+	}
+	c.cond.L = &c.mu
 	c.texts.share(c.opts.Redactor)
 	c.opts.Timeouts = c.opts.Timeouts.withDefaults()
 	c.id = sessionSeq.Add(1)
-	c.serverName = c.opts.ServerName
+	if c.opts.TLSConfig != nil {
+		c.serverName = c.opts.TLSConfig.ServerName
+	}
 	c.dl.reset(t)
 	c.cw.w = t
 	c.r = bufio.NewReaderSize(t, 4096)
@@ -516,11 +534,15 @@ func (w *watcher) unwatch() (fired bool) {
 	return fired
 }
 
-// Flush writes what WriteTx left buffered, first writing the body of the
-// last transaction written if it only waited for replies (the 354 after
-// DATA, or the RCPT replies of an all-or-nothing transaction): with a
-// concurrent reader, Flush is how the write half finishes a transaction
-// without starting the next one.
+// Flush is a write-half call that writes what WriteTx left buffered,
+// first writing the body of the last transaction written if it only
+// waited for replies (the 354 after DATA, or the RCPT replies of an
+// all-or-nothing transaction), waiting for those replies to be read.
+// A goroutine that writes while another reads ([Client.ReadReplies])
+// must call Flush before it stops writing: until then the server may not
+// have the commands it owes replies to. (ReadTx flushes by itself.) It
+// returns an [*Error] wrapping [ErrClosed] on a closed session, and the
+// ctx's error, with the session untouched, if ctx has already ended.
 func (c *Client) Flush(ctx context.Context) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -646,8 +668,15 @@ func (c *Client) State() SessionState {
 }
 
 // Capabilities returns what the server advertised in its last EHLO
-// reply (after STARTTLS, only what it advertised over TLS).
-func (c *Client) Capabilities() Capabilities { return c.caps }
+// reply (after STARTTLS, only what it advertised over TLS). The result
+// is a copy: changing its Auth or Extensions changes nothing in the
+// session.
+func (c *Client) Capabilities() Capabilities {
+	caps := c.caps
+	caps.Auth = slices.Clone(c.caps.Auth)
+	caps.Extensions = maps.Clone(c.caps.Extensions)
+	return caps
+}
 
 // ctxError returns an error for a context that has already ended, so a
 // call made with it fails without touching (and breaking) the session.
@@ -660,8 +689,13 @@ func ctxError(ctx context.Context, op Op) *Error {
 
 // Greeting returns the server's greeting: on a session upgraded with
 // STARTTLS, the reply to the EHLO sent over TLS, since the plaintext
-// greeting could have been written by anyone on the path.
-func (c *Client) Greeting() Reply { return c.greeting }
+// greeting could have been written by anyone on the path. The result is
+// a copy.
+func (c *Client) Greeting() Reply {
+	g := c.greeting
+	g.Lines = slices.Clone(g.Lines)
+	return g
+}
 
 // IsTLS reports whether the session runs over TLS.
 func (c *Client) IsTLS() bool { return c.secure }
@@ -676,11 +710,12 @@ func (c *Client) Err() error {
 	return c.closeErr
 }
 
-// Silent reports how long the server has owed a reply without sending
+// silent reports how long the server has owed a reply without sending
 // any: zero when nothing is owed. It is measured from the server's last
 // reply, or from when a command was written while nothing was owed. It
-// may be called from any goroutine.
-func (c *Client) Silent() time.Duration {
+// may be called from any goroutine (package sender uses it through
+// smtpx.ClientSilent).
+func (c *Client) silent() time.Duration {
 	c.mu.Lock()
 	owed := len(c.pending) > 0
 	c.mu.Unlock()
@@ -694,21 +729,21 @@ func (c *Client) Silent() time.Duration {
 func (c *Client) Reset(ctx context.Context) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if err := c.checkReady(OpReset); err != nil {
+	if err := c.checkReady(OpRSET); err != nil {
 		return err
 	}
-	if err := ctxError(ctx, OpReset); err != nil {
+	if err := ctxError(ctx, OpRSET); err != nil {
 		return err
 	}
 	c.watch(ctx)
-	rep, err := c.cmd(ctx, OpReset, c.opts.Timeouts.Command, "RSET\r\n")
+	rep, err := c.cmd(ctx, OpRSET, c.opts.Timeouts.Command, "RSET\r\n")
 	if err != nil {
 		return err
 	}
-	c.audit(Event{Type: EventReset, Op: OpReset, Code: rep.Code})
+	c.audit(Event{Type: EventReset, Op: OpRSET, Code: rep.Code})
 	c.drainEvents()
 	if rep.Code != 250 {
-		return replyError(OpReset, &rep)
+		return replyError(OpRSET, &rep)
 	}
 	c.mu.Lock()
 	c.needReset = false
@@ -720,19 +755,19 @@ func (c *Client) Reset(ctx context.Context) error {
 func (c *Client) Noop(ctx context.Context) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if err := c.checkReady(OpNoop); err != nil {
+	if err := c.checkReady(OpNOOP); err != nil {
 		return err
 	}
-	if err := ctxError(ctx, OpNoop); err != nil {
+	if err := ctxError(ctx, OpNOOP); err != nil {
 		return err
 	}
 	c.watch(ctx)
-	rep, err := c.cmd(ctx, OpNoop, c.opts.Timeouts.Command, "NOOP\r\n")
+	rep, err := c.cmd(ctx, OpNOOP, c.opts.Timeouts.Command, "NOOP\r\n")
 	if err != nil {
 		return err
 	}
 	if rep.Code != 250 {
-		return replyError(OpNoop, &rep)
+		return replyError(OpNOOP, &rep)
 	}
 	return nil
 }
@@ -743,21 +778,21 @@ func (c *Client) Quit(ctx context.Context) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	defer c.wwatch.unwatch()
-	if err := c.checkReady(OpQuit); err != nil {
+	if err := c.checkReady(OpQUIT); err != nil {
 		c.Close()
 		return err
 	}
 	c.watch(ctx)
-	rep, err := c.cmd(ctx, OpQuit, c.opts.Timeouts.Command, "QUIT\r\n")
+	rep, err := c.cmd(ctx, OpQUIT, c.opts.Timeouts.Command, "QUIT\r\n")
 	if err != nil {
 		c.Close()
 		return err
 	}
-	c.audit(Event{Type: EventQuit, Op: OpQuit, Code: rep.Code})
+	c.audit(Event{Type: EventQuit, Op: OpQUIT, Code: rep.Code})
 	c.mu.Lock()
 	if c.state != StateClosed {
 		c.state = StateClosed
-		c.closeErr = &Error{Op: OpQuit, Kind: KindIO, Message: "session ended by QUIT"}
+		c.closeErr = &Error{Op: OpQUIT, Kind: KindIO, Message: "session ended by QUIT"}
 		c.cond.Broadcast()
 	}
 	c.tClosed = true
@@ -765,10 +800,10 @@ func (c *Client) Quit(ctx context.Context) error {
 	cerr := c.t.Close()
 	c.drainEvents()
 	if rep.Code != 221 {
-		return replyError(OpQuit, &rep)
+		return replyError(OpQUIT, &rep)
 	}
 	if cerr != nil && !errors.Is(cerr, net.ErrClosed) {
-		return ioError(ctx, OpQuit, cerr)
+		return ioError(ctx, OpQUIT, cerr)
 	}
 	return nil
 }
@@ -778,7 +813,7 @@ func (c *Client) Quit(ctx context.Context) error {
 // point was written). Close is idempotent, and may be called from any
 // goroutine: a read or write blocked in another ends with the session.
 func (c *Client) Close() error {
-	c.fail(context.Background(), &Error{Op: OpQuit, Kind: KindIO, Err: ErrClosed, Message: "closed by the client"})
+	c.fail(context.Background(), &Error{Op: OpQUIT, Kind: KindIO, Err: ErrClosed, Message: "closed by the client"})
 	return nil
 }
 

@@ -122,8 +122,14 @@ type Outcome struct {
 	// Reply is the server's final reply.
 	Reply Reply
 	// QueueID is the server's id for the message, parsed from the final
-	// reply when it has a known form (Postfix, Exim, Sendmail, Microsoft
-	// 365, Gmail, Amazon SES, go-smtp); empty otherwise.
+	// reply when it has one of these forms; empty otherwise:
+	//
+	//	Postfix    "2.0.0 Ok: queued as 4Xk9Qz1234" (any "queued as ID")
+	//	Exim       "OK id=1abcDE-000123-Fg" (any "id=ID")
+	//	Sendmail   "2.0.0 x8GFvAb1234567 Message accepted for delivery"
+	//	MS 365     "2.6.0 <msgid> [InternalId=...] Queued mail for delivery"
+	//	Gmail      "2.0.0 OK  1700000000 x12-20020a... - gsmtp"
+	//	Amazon SES "Ok 0100018...-000000"
 	QueueID string
 	// Accepted lists the recipients the server accepted.
 	Accepted []string
@@ -132,17 +138,10 @@ type Outcome struct {
 	Refused []RecipientStatus
 }
 
-// QueueID extracts the queue id from a final reply's text. It knows:
-//
-//	Postfix    "2.0.0 Ok: queued as 4Xk9Qz1234"
-//	Exim       "OK id=1abcDE-000123-Fg"
-//	Sendmail   "2.0.0 x8GFvAb1234567 Message accepted for delivery"
-//	MS 365     "2.6.0 <msgid> [InternalId=...] Queued mail for delivery"
-//	Gmail      "2.0.0 OK  1700000000 x12-20020a... - gsmtp"
-//	Amazon SES "Ok 0100018...-000000"
-//
-// and returns "" for anything else. It does not allocate.
-func QueueID(text string) string {
+// parseQueueID extracts the queue id from a final reply's text, in the
+// forms Outcome.QueueID lists, and returns "" for anything else. It does
+// not allocate.
+func parseQueueID(text string) string {
 	// The first fields and how many there are. Keywords are matched
 	// ASCII-case-insensitively in text itself: lower-casing a copy would
 	// move the offsets of any non-ASCII text before them (U+023A grows

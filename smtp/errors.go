@@ -15,26 +15,50 @@ import (
 // Op names the protocol step an error happened in.
 type Op string
 
-// The steps of a session, as they appear in [Error.Op].
+// The steps of a session, as they appear in [Error.Op]. The steps that
+// are SMTP commands are spelt as the command (OpMAIL is "MAIL").
 const (
+	// OpDial is the step of dialing a transport. Package smtp never
+	// dials, so a Client never returns it: it is the Op of a dial
+	// error from package sender (its Config.Addr or Config.Dial), and
+	// of a caller's own dialer that reports with an [*Error].
 	OpDial     Op = "dial"
 	OpGreeting Op = "greeting"
 	OpEHLO     Op = "EHLO"
 	OpSTARTTLS Op = "STARTTLS"
-	OpAuth     Op = "AUTH"
-	OpMail     Op = "MAIL"
-	OpRcpt     Op = "RCPT"
-	OpData     Op = "DATA"
+	OpAUTH     Op = "AUTH"
+	OpMAIL     Op = "MAIL"
+	OpRCPT     Op = "RCPT"
+	OpDATA     Op = "DATA"
 	OpBDAT     Op = "BDAT"
 	OpBody     Op = "body"
-	OpReset    Op = "RSET"
-	OpNoop     Op = "NOOP"
-	OpQuit     Op = "QUIT"
+	OpRSET     Op = "RSET"
+	OpNOOP     Op = "NOOP"
+	OpQUIT     Op = "QUIT"
 	OpSend     Op = "send"
 	// OpConfig is a configuration that cannot work, found before any
 	// session was attempted (for example a sender Config without an
 	// address). It is always in [ClassConfig].
 	OpConfig Op = "config"
+)
+
+// The former spellings of the Op names, kept so that code written
+// against them compiles.
+const (
+	// Deprecated: use OpAUTH.
+	OpAuth = OpAUTH
+	// Deprecated: use OpMAIL.
+	OpMail = OpMAIL
+	// Deprecated: use OpRCPT.
+	OpRcpt = OpRCPT
+	// Deprecated: use OpDATA.
+	OpData = OpDATA
+	// Deprecated: use OpRSET.
+	OpReset = OpRSET
+	// Deprecated: use OpNOOP.
+	OpNoop = OpNOOP
+	// Deprecated: use OpQUIT.
+	OpQuit = OpQUIT
 )
 
 // Kind classifies an error by what went wrong.
@@ -58,10 +82,9 @@ const (
 	// or LF without [Options.NormalizeLineEndings], an overlong line, a
 	// reader that fails) is found while the body streams, after MAIL and
 	// RCPT have been sent (and DATA's 354 or earlier BDAT chunks): the
-	// transaction is then abandoned before its commit point, with RSET
-	// under BDAT and by dropping the session before the final dot under
-	// DATA. Either way nothing is committed and the offending octets
-	// never reach the wire.
+	// transaction is then abandoned before its commit point (under DATA
+	// this closes the session). Either way nothing is committed and the
+	// offending octets never reach the wire.
 	KindInvalidInput
 	// KindPolicy is a veto by the [Options.Policy] hook or a size limit.
 	KindPolicy
@@ -360,7 +383,7 @@ func (e *Error) class() Class {
 		return ClassConfig
 	case KindInvalidInput:
 		switch e.Op {
-		case OpAuth, OpGreeting, OpSTARTTLS, OpEHLO:
+		case OpAUTH, OpGreeting, OpSTARTTLS, OpEHLO:
 			return ClassConfig
 		}
 		return ClassPermanent
@@ -376,7 +399,7 @@ func (e *Error) class() Class {
 		return ClassTemporary
 	case e.Code >= 500 && e.Code < 600:
 		switch {
-		case e.Op == OpGreeting, e.Op == OpEHLO, e.Op == OpSTARTTLS, e.Op == OpAuth:
+		case e.Op == OpGreeting, e.Op == OpEHLO, e.Op == OpSTARTTLS, e.Op == OpAUTH:
 			return ClassConfig
 		case e.Code == 530, e.Code == 538:
 			return ClassConfig

@@ -2,6 +2,7 @@ package smtp_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -29,16 +30,22 @@ func exampleServer() *demoserver.Server {
 	return srv
 }
 
-// exampleDial opens one logged-in session to srv.
-func exampleDial(ctx context.Context, srv *demoserver.Server, opts *smtp.Options) *smtp.Client {
+// exampleConnect opens one session to srv, over implicit TLS.
+func exampleConnect(ctx context.Context, srv *demoserver.Server, opts *smtp.Options) *smtp.Client {
 	t, err := transport.DialTLS(ctx, srv.Addr(), srv.ClientTLSConfig())
 	if err != nil {
 		log.Fatal(err)
 	}
-	c, err := smtp.Connect(ctx, t, "client.example.com", opts)
+	c, err := smtp.Connect(ctx, t, opts)
 	if err != nil {
 		log.Fatal(err)
 	}
+	return c
+}
+
+// exampleDial opens one logged-in session to srv.
+func exampleDial(ctx context.Context, srv *demoserver.Server, opts *smtp.Options) *smtp.Client {
+	c := exampleConnect(ctx, srv, opts)
 	if err := c.Login(ctx, "demo", "secret"); err != nil {
 		log.Fatal(err)
 	}
@@ -58,7 +65,7 @@ func ExampleConnect() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	c, err := smtp.Connect(ctx, t, "client.example.com", nil)
+	c, err := smtp.Connect(ctx, t, &smtp.Options{LocalName: "client.example.com"})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -154,4 +161,131 @@ func ExampleSlogAudit() {
 	// level=DEBUG msg="smtp rcpt-accepted" op=RCPT code=250 enhanced=2.0.0 rcpt=you@example.net
 	// level=INFO msg="smtp message" op=BDAT code=250 enhanced=2.0.0
 	// level=DEBUG msg="smtp quit" op=QUIT code=221
+}
+
+// On port 587 the session starts in plaintext and is upgraded with
+// STARTTLS before anything else is said; a server that does not offer
+// STARTTLS is an error, never a plaintext session. Set
+// Options.TLSConfig.ServerName to the host you dialed: the certificate
+// is checked against it. (The demo server's certificate names
+// "localhost"; leave RootCAs nil for the system roots.)
+func ExampleConnectStartTLS() {
+	srv, err := demoserver.Start(demoserver.Options{StartTLS: true, Users: map[string]string{"demo": "secret"}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	t, err := transport.Dial(ctx, srv.Addr()) // "smtp.example.com:587"
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := smtp.ConnectStartTLS(ctx, t, &smtp.Options{
+		LocalName: "client.example.com",
+		TLSConfig: &tls.Config{ServerName: "localhost", RootCAs: srv.CertPool()},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	// Only what the server said over TLS counts: AUTH is offered now.
+	fmt.Println("TLS:", c.IsTLS(), "STARTTLS offered again:", c.Capabilities().Has("STARTTLS"), "AUTH:", c.Capabilities().Auth)
+	if err := c.Login(ctx, "demo", "secret"); err != nil {
+		log.Fatal(err)
+	}
+	if err := c.Quit(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// TLS: true STARTTLS offered again: false AUTH: [PLAIN]
+}
+
+// tokenSource stands for an OAuth 2.0 token source (such as
+// golang.org/x/oauth2's): it hands out its cached access token until
+// told that the token was refused, and then a fresh one.
+type tokenSource struct {
+	cached, fresh string
+}
+
+func (s *tokenSource) Token() string { return s.cached }
+func (s *tokenSource) Refresh()      { s.cached = s.fresh }
+
+// XOAUTH2 (Gmail, Microsoft 365) logs in with an access token instead of
+// a password. A token that has expired is refused like a wrong password
+// (IsConfig), and the session stays usable: refresh the token and log in
+// again. (A sender.Sender asks its Config.Credentials at each login, so
+// there the provider refreshes the token.)
+func ExampleClient_LoginWith() {
+	srv, err := demoserver.Start(demoserver.Options{Tokens: map[string]string{"me@example.com": "token-2"}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := exampleConnect(ctx, srv, nil)
+	defer c.Close()
+
+	tokens := &tokenSource{cached: "token-1", fresh: "token-2"} // token-1 has expired
+	err = c.LoginWith(ctx, smtp.MechXOAUTH2, "me@example.com", tokens.Token())
+	if smtp.IsConfig(err) {
+		fmt.Println("refused:", err)
+		tokens.Refresh()
+		err = c.LoginWith(ctx, smtp.MechXOAUTH2, "me@example.com", tokens.Token())
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("logged in with the fresh token")
+	if err := c.Quit(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// refused: smtp: AUTH: auth: 535 5.7.8: XOAUTH2 refused: Authentication failed
+	// logged in with the fresh token
+}
+
+// A Policy sees every transaction after its envelope is checked and
+// before a byte of it is written, and may veto it: here, mail to
+// anywhere but example.net, or larger than 1 MB when its size is known
+// (Size 0: unknown). The veto is an *Error of Kind KindPolicy that wraps
+// the policy's error; the session is not touched.
+func ExamplePolicy() {
+	srv := exampleServer()
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	errNotAllowed := errors.New("recipient outside example.net")
+	policy := func(ctx context.Context, req smtp.PolicyRequest) error {
+		for _, to := range req.To {
+			if !strings.HasSuffix(to, "@example.net") {
+				return fmt.Errorf("%w: %s", errNotAllowed, to)
+			}
+		}
+		if req.Size > 1<<20 {
+			return errors.New("message over 1 MB")
+		}
+		return nil
+	}
+	c := exampleDial(ctx, srv, &smtp.Options{Policy: policy})
+	defer c.Close()
+	for _, rcpt := range []string{"you@example.net", "someone@example.org"} {
+		msg := "From: me@example.com\r\nTo: " + rcpt + "\r\nSubject: Hi\r\n\r\nHello.\r\n"
+		_, err := c.Send(ctx, smtp.Envelope{From: "me@example.com", To: []string{rcpt}}, strings.NewReader(msg))
+		var se *smtp.Error
+		switch {
+		case err == nil:
+			fmt.Println(rcpt, "sent")
+		case errors.As(err, &se) && se.Kind == smtp.KindPolicy:
+			fmt.Println(rcpt, "vetoed:", errors.Is(err, errNotAllowed), "session:", c.State())
+		default:
+			log.Fatal(err)
+		}
+	}
+	// Output:
+	// you@example.net sent
+	// someone@example.org vetoed: true session: ready
 }

@@ -41,7 +41,7 @@ func FuzzReadReply(f *testing.F) {
 		// Read replies until the input is exhausted or one fails, as a
 		// session would read a pipelined batch.
 		for range 8 {
-			rep, err := readReply(r, OpMail, enhanced)
+			rep, err := readReply(r, OpMAIL, enhanced)
 			if err != nil {
 				var se *Error
 				if errors.As(err, &se) {
@@ -78,7 +78,7 @@ func FuzzReadReply(f *testing.F) {
 			}
 			// The reply's own formatting never panics.
 			_ = rep.String()
-			_ = QueueID(rep.Text())
+			_ = parseQueueID(rep.Text())
 		}
 	})
 }
@@ -309,15 +309,15 @@ func FuzzQueueID(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, text string) {
-		id := QueueID(text)
+		id := parseQueueID(text)
 		if id == "" {
 			return
 		}
 		if !strings.Contains(text, id) {
-			t.Fatalf("QueueID(%q) = %q, not in the text", text, id)
+			t.Fatalf("parseQueueID(%q) = %q, not in the text", text, id)
 		}
 		if strings.ContainsAny(id, " \t\r\n") {
-			t.Fatalf("QueueID(%q) = %q has white space", text, id)
+			t.Fatalf("parseQueueID(%q) = %q has white space", text, id)
 		}
 	})
 }

@@ -38,16 +38,16 @@ func connectGoSMTP(t *testing.T, opts testpeers.GoSMTPOptions, copts *smtp.Optio
 	case testpeers.ImplicitTLS:
 		tr, derr := transport.DialTLS(ctx, srv.Addr(), srv.Cert().ClientConfig())
 		require.NoError(t, derr)
-		c, err = smtp.Connect(ctx, tr, "client.example", copts)
+		c, err = smtp.Connect(ctx, tr, withName(copts, "client.example", nil))
 	case testpeers.StartTLS:
 		tr, derr := transport.Dial(ctx, srv.Addr())
 		require.NoError(t, derr)
-		c, err = smtp.ConnectStartTLS(ctx, tr, "client.example", srv.Cert().ClientConfig(), copts)
+		c, err = smtp.ConnectStartTLS(ctx, tr, withName(copts, "client.example", srv.Cert().ClientConfig()))
 	default:
 		tr, derr := transport.Dial(ctx, srv.Addr())
 		require.NoError(t, derr)
 		copts.InsecureAllowPlaintext = true
-		c, err = smtp.Connect(ctx, tr, "client.example", copts)
+		c, err = smtp.Connect(ctx, tr, withName(copts, "client.example", nil))
 	}
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
@@ -122,7 +122,7 @@ func TestGoSMTPRecipients(t *testing.T) {
 		_, err := c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"ok1@example.com", "bad1@example.com", "ok2@example.com", "bad2@example.com"}}, strings.NewReader("x\r\n"))
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		assert.Equal(t, 550, se.Code)
 		assert.Equal(t, "5.1.1", se.Enhanced)
 		assert.Equal(t, "bad1@example.com", se.Recipient)
@@ -144,7 +144,7 @@ func TestGoSMTPRecipients(t *testing.T) {
 		// A single refused recipient.
 		_, err = c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"bad@example.com"}}, strings.NewReader("x\r\n"))
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		// And a good one after all that.
 		_, err = c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"ok@example.com", "ok2@example.com"}}, strings.NewReader("y\r\n"))
 		require.NoError(t, err)
@@ -264,8 +264,8 @@ func TestReadTxEndedContextSettles(t *testing.T) {
 	cancel()
 	_, err = c.ReadTx(done, tx)
 	assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
-	assert.True(t, tx.Done())
-	assert.False(t, tx.Replayable())
+	assert.True(t, smtp.TxDone(tx))
+	assert.False(t, smtp.TxReplayable(tx))
 }
 
 // SIZE is declared from a body of known length, but not when line
@@ -294,7 +294,7 @@ func TestSizeNotDeclaredWhenNormalising(t *testing.T) {
 // The SES form of queue id needs an id-shaped token: a two-word "OK x"
 // reply from another server is not one.
 func TestQueueIDSESShape(t *testing.T) {
-	assert.Equal(t, "0100018b1c2d3e4f-5a6b7c8d-000000", smtp.QueueID("Ok 0100018b1c2d3e4f-5a6b7c8d-000000"))
-	assert.Empty(t, smtp.QueueID("OK done"))
-	assert.Empty(t, smtp.QueueID("OK accepted"))
+	assert.Equal(t, "0100018b1c2d3e4f-5a6b7c8d-000000", smtp.ParseQueueID("Ok 0100018b1c2d3e4f-5a6b7c8d-000000"))
+	assert.Empty(t, smtp.ParseQueueID("OK done"))
+	assert.Empty(t, smtp.ParseQueueID("OK accepted"))
 }

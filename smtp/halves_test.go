@@ -62,7 +62,7 @@ func TestHalvesReaderWaitsWhileWriterWrites(t *testing.T) {
 				conn, err = (&net.Dialer{}).DialContext(ctx, "tcp", srv.Addr())
 			}
 			require.NoError(t, err)
-			c, err := smtp.Connect(ctx, conn, "client.example", &smtp.Options{InsecureAllowPlaintext: !useTLS})
+			c, err := smtp.Connect(ctx, conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: !useTLS})
 			require.NoError(t, err)
 
 			tx1, err := c.WriteTx(ctx, trEnv, strings.NewReader("Subject: 1\r\n\r\none\r\n"))
@@ -73,16 +73,16 @@ func TestHalvesReaderWaitsWhileWriterWrites(t *testing.T) {
 			// The reader: every reply, until the session closes.
 			go func() { readDone <- c.ReadReplies(ctx, nil) }()
 			<-half
-			assert.False(t, tx1.Done(), "the first transaction's replies are held")
+			assert.False(t, smtp.TxDone(tx1), "the first transaction's replies are held")
 			tx2, err := c.WriteTx(ctx, trEnv, strings.NewReader("Subject: 2\r\n\r\ntwo\r\n"))
 			require.NoError(t, err)
 			require.NoError(t, c.Flush(ctx))
 			waitDone(t, tx2)
-			out, err := tx1.Result()
+			out, err := smtp.TxResult(tx1)
 			require.NoError(t, err)
 			assert.Equal(t, "Q1", out.QueueID)
 			require.Len(t, out.Accepted, 1)
-			out, err = tx2.Result()
+			out, err = smtp.TxResult(tx2)
 			require.NoError(t, err)
 			assert.Equal(t, "Q2", out.QueueID)
 			require.NoError(t, c.Quit(ctx))
@@ -97,7 +97,7 @@ func TestHalvesReaderWaitsWhileWriterWrites(t *testing.T) {
 func waitDone(t *testing.T, tx *smtp.Tx) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for !tx.Done() {
+	for !smtp.TxDone(tx) {
 		if time.Now().After(deadline) {
 			t.Fatal("the transaction was never done")
 		}
@@ -157,7 +157,7 @@ func TestReplyTimeoutNotExtendedByNewWork(t *testing.T) {
 	opts := &smtp.Options{InsecureAllowPlaintext: true}
 	opts.Timeouts.Command = 300 * time.Millisecond
 	opts.Timeouts.DataEnd = 300 * time.Millisecond
-	c, err := smtp.Connect(ctx, conn, "client.example", opts)
+	c, err := smtp.Connect(ctx, conn, withName(opts, "client.example", nil))
 	require.NoError(t, err)
 	tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(""))
 	require.NoError(t, err)
@@ -179,10 +179,10 @@ func TestReplyTimeoutNotExtendedByNewWork(t *testing.T) {
 	// A guard, not a measurement: a deadline moved by each write would
 	// take at least 450 ms.
 	assert.Less(t, time.Since(start), 10*time.Second)
-	_, err = tx.Result()
+	_, err = smtp.TxResult(tx)
 	assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
 	for _, t2 := range more {
-		assert.True(t, t2.Done())
+		assert.True(t, smtp.TxDone(t2))
 	}
 	assert.Equal(t, smtp.StateClosed, c.State())
 }
@@ -246,7 +246,7 @@ func TestManyRecipientsServerThatStopsReadingNoDeadlock(t *testing.T) {
 		cc, sc := net.Pipe()
 		go pipeServer(sc)
 		ctx := context.Background()
-		c, err := smtp.Connect(ctx, cc, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+		c, err := smtp.Connect(ctx, cc, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 		require.NoError(t, err)
 		readDone := make(chan error, 1)
 		go func() { readDone <- c.ReadReplies(ctx, nil) }()
@@ -254,8 +254,8 @@ func TestManyRecipientsServerThatStopsReadingNoDeadlock(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, c.Flush(ctx))
 		synctest.Wait()
-		require.True(t, tx.Done())
-		out, err := tx.Result()
+		require.True(t, smtp.TxDone(tx))
+		out, err := smtp.TxResult(tx)
 		require.NoError(t, err)
 		assert.Len(t, out.Accepted, 1000)
 		assert.Equal(t, "P1", out.QueueID)

@@ -187,7 +187,7 @@ func BenchmarkReplyWorstRedacted(b *testing.B) {
 	b.SetBytes(int64(raw.Len()))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := readReplyIn(bufio.NewReaderSize(bytes.NewReader(raw.Bytes()), 4096), OpMail, false, &texts); err != nil {
+		if _, err := readReplyIn(bufio.NewReaderSize(bytes.NewReader(raw.Bytes()), 4096), OpMAIL, false, &texts); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -207,7 +207,7 @@ func TestConnectWorstEHLO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := Connect(ctx, conn, "client.example", &Options{InsecureAllowPlaintext: true})
+	c, err := Connect(ctx, conn, &Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestReplyWorstEscapedMemory(t *testing.T) {
 	var rep Reply
 	var err error
 	got := allocatedBy(func() {
-		rep, err = readReplyIn(bufio.NewReaderSize(bytes.NewReader(raw.Bytes()), 4096), OpMail, false, &texts)
+		rep, err = readReplyIn(bufio.NewReaderSize(bytes.NewReader(raw.Bytes()), 4096), OpMAIL, false, &texts)
 	})
 	if err != nil {
 		t.Fatal(err)

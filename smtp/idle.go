@@ -72,10 +72,10 @@ func (c *Client) probeIdle(ctx context.Context) {
 	switch {
 	case err == nil:
 		c.setReadDeadline(ctx, time.Second)
-		rep, rerr := readReplyIn(c.r, OpMail, c.caps.EnhancedStatusCodes, &c.texts)
+		rep, rerr := readReplyIn(c.r, OpMAIL, c.caps.EnhancedStatusCodes, &c.texts)
 		c.mu.Lock()
 		if rerr != nil {
-			c.failLocked(ioError(ctx, OpMail, rerr))
+			c.failLocked(ioError(ctx, OpMAIL, rerr))
 		} else {
 			c.unsolicitedLocked(&rep)
 		}
@@ -84,7 +84,7 @@ func (c *Client) probeIdle(ctx context.Context) {
 		// Nothing waiting: the session looks alive.
 		c.dl.clearRead()
 	default:
-		c.fail(ctx, ioError(ctx, OpMail, fmt.Errorf("server closed the idle session: %w", err)))
+		c.fail(ctx, ioError(ctx, OpMAIL, fmt.Errorf("server closed the idle session: %w", err)))
 	}
 }
 

@@ -130,7 +130,7 @@ func TestIdleTimeoutSeenBeforeWriting(t *testing.T) {
 	defer cancel()
 	tr, err := transport.Dial(ctx, srv.Addr())
 	require.NoError(t, err)
-	c, err := ConnectStartTLS(ctx, tr, "client.example", srv.Cert().ClientConfig(), nil)
+	c, err := ConnectStartTLS(ctx, tr, &Options{LocalName: "client.example", TLSConfig: srv.Cert().ClientConfig()})
 	require.NoError(t, err)
 	defer c.Close()
 	require.True(t, c.Capabilities().Chunking && c.Capabilities().Pipelining)

@@ -67,13 +67,13 @@ func TestReadReplyInternal(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rep, err := readReply(bufio.NewReaderSize(strings.NewReader(tt.in), 4096), OpMail, tt.enhanced)
+			rep, err := readReply(bufio.NewReaderSize(strings.NewReader(tt.in), 4096), OpMAIL, tt.enhanced)
 			switch {
 			case tt.kind != 0:
 				var se *Error
 				require.ErrorAs(t, err, &se)
 				assert.Equal(t, tt.kind, se.Kind)
-				assert.Equal(t, OpMail, se.Op)
+				assert.Equal(t, OpMAIL, se.Op)
 			case tt.err != nil:
 				require.ErrorIs(t, err, tt.err)
 			default:
@@ -92,7 +92,7 @@ func TestReadReplyInternal(t *testing.T) {
 // most one buffer's worth: memory stays bounded.
 func TestReadReplyHugeLineBounded(t *testing.T) {
 	r := &countingReader{r: io.MultiReader(strings.NewReader("250 "), infiniteX{})}
-	_, err := readReply(bufio.NewReaderSize(r, 4096), OpData, false)
+	_, err := readReply(bufio.NewReaderSize(r, 4096), OpDATA, false)
 	var se *Error
 	require.ErrorAs(t, err, &se)
 	assert.Equal(t, KindProtocol, se.Kind)
@@ -219,8 +219,8 @@ func TestQueueID(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			assert.Equal(t, tt.want, QueueID(tt.text))
-			assert.Zero(t, testing.AllocsPerRun(10, func() { QueueID(tt.text) }))
+			assert.Equal(t, tt.want, parseQueueID(tt.text))
+			assert.Zero(t, testing.AllocsPerRun(10, func() { parseQueueID(tt.text) }))
 		})
 	}
 }
@@ -239,7 +239,7 @@ func TestQueueIDNoPanic(t *testing.T) {
 		" gsmtp",
 		"ok gsmtp",
 	} {
-		assert.NotPanics(t, func() { QueueID(text) }, "%q", text)
+		assert.NotPanics(t, func() { parseQueueID(text) }, "%q", text)
 	}
 }
 
@@ -464,7 +464,7 @@ func (c *slowDeadlineConn) SetDeadline(d time.Time) error {
 // otherwise land on the next call's I/O and fail it for no reason.
 func TestWatchStopWaitsForAfterFunc(t *testing.T) {
 	tr := &slowDeadlineConn{}
-	c, err := newClient(tr, "client.example", &Options{InsecureAllowPlaintext: true})
+	c, err := newClient(tr, &Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 	require.NoError(t, err)
 	for range 5 {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -496,24 +496,24 @@ func TestIOErrorDeadline(t *testing.T) {
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
 	timeout := &timeoutError{}
-	e := ioError(ctx, OpMail, timeout)
+	e := ioError(ctx, OpMAIL, timeout)
 	assert.ErrorIs(t, e, context.DeadlineExceeded)
 	assert.Equal(t, KindIO, e.Kind)
 
 	// A context whose deadline is in the past but whose Err is still nil
 	// (its timer has not fired yet) is modelled by stillRunningCtx.
-	e = ioError(stillRunningCtx{ctx}, OpMail, timeout)
+	e = ioError(stillRunningCtx{ctx}, OpMAIL, timeout)
 	assert.ErrorIs(t, e, context.DeadlineExceeded)
 
 	// A timeout with a context far from its deadline is the transport's.
 	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel2()
-	e = ioError(ctx2, OpMail, timeout)
+	e = ioError(ctx2, OpMAIL, timeout)
 	assert.NotErrorIs(t, e, context.DeadlineExceeded)
 	assert.ErrorIs(t, e, timeout)
 	// An *Error passes through.
-	in := &Error{Op: OpRcpt, Kind: KindProtocol}
-	assert.Same(t, in, ioError(ctx2, OpMail, in))
+	in := &Error{Op: OpRCPT, Kind: KindProtocol}
+	assert.Same(t, in, ioError(ctx2, OpMAIL, in))
 }
 
 type timeoutError struct{}

@@ -2,22 +2,23 @@ package smtp
 
 import (
 	"context"
+	"crypto/tls"
 	"time"
 )
 
 // Default RFC 5321 §4.5.3.2 timeouts, used for a step when its context
 // has no earlier deadline.
 const (
-	DefaultGreetingTimeout  = 5 * time.Minute
-	DefaultCommandTimeout   = 5 * time.Minute
-	DefaultDataInitTimeout  = 2 * time.Minute
-	DefaultDataBlockTimeout = 3 * time.Minute
-	DefaultDataEndTimeout   = 10 * time.Minute
+	defaultGreetingTimeout  = 5 * time.Minute
+	defaultCommandTimeout   = 5 * time.Minute
+	defaultDataInitTimeout  = 2 * time.Minute
+	defaultDataBlockTimeout = 3 * time.Minute
+	defaultDataEndTimeout   = 10 * time.Minute
 )
 
-// DefaultChunkSize is the size of a BDAT chunk, and so the bound on the
+// defaultChunkSize is the size of a BDAT chunk, and so the bound on the
 // memory a body takes while it streams.
-const DefaultChunkSize = 64 << 10
+const defaultChunkSize = 64 << 10
 
 // Timeouts bounds each step of a session when the context has no earlier
 // deadline. A zero field takes the RFC 5321 default.
@@ -43,11 +44,11 @@ func (t Timeouts) withDefaults() Timeouts {
 			*d = v
 		}
 	}
-	def(&t.Greeting, DefaultGreetingTimeout)
-	def(&t.Command, DefaultCommandTimeout)
-	def(&t.DataInit, DefaultDataInitTimeout)
-	def(&t.DataBlock, DefaultDataBlockTimeout)
-	def(&t.DataEnd, DefaultDataEndTimeout)
+	def(&t.Greeting, defaultGreetingTimeout)
+	def(&t.Command, defaultCommandTimeout)
+	def(&t.DataInit, defaultDataInitTimeout)
+	def(&t.DataBlock, defaultDataBlockTimeout)
+	def(&t.DataEnd, defaultDataEndTimeout)
 	return t
 }
 
@@ -57,7 +58,9 @@ type PolicyRequest struct {
 	From string
 	// To lists the recipients.
 	To []string
-	// Size is the message size when known before sending, or -1.
+	// Size is the message size when known before sending (from
+	// Envelope.Size, or the length of a *bytes.Reader, *strings.Reader
+	// or *bytes.Buffer body); 0 means unknown, as in Envelope.Size.
 	Size int64
 }
 
@@ -67,10 +70,29 @@ type PolicyRequest struct {
 // Kind [KindPolicy].
 type Policy func(ctx context.Context, req PolicyRequest) error
 
+// defaultLocalName is the EHLO name of a session whose
+// Options.LocalName is empty.
+const defaultLocalName = "localhost"
+
 // Options configures a session. The zero value (and a nil *Options) is a
-// TLS-only session with RFC 5321 timeouts, 998-octet lines, no policy and
+// TLS-only session, greeting as "localhost", with RFC 5321 timeouts, 998-octet lines, no policy and
 // no audit hook.
 type Options struct {
+	// LocalName is the name this client gives in EHLO (or HELO): its
+	// host name, ideally one the server can resolve. Empty means
+	// "localhost", in package sender too.
+	LocalName string
+
+	// TLSConfig configures the STARTTLS handshake of [ConnectStartTLS]
+	// (a transport that is already TLS was configured when it was
+	// dialed). Nil means the system roots. Its ServerName is the
+	// server's name: the certificate is verified against it, and
+	// OAUTHBEARER sends it; when empty, ConnectStartTLS takes the
+	// peer's IP address, and Connect the name the TLS connection was
+	// made for. The caller's config is never modified; TLS 1.2 is the
+	// floor.
+	TLSConfig *tls.Config
+
 	// InsecureAllowPlaintext allows a session, and AUTH, on a transport
 	// that is not TLS. Use it only for loopback test sinks: everything,
 	// credentials included, crosses the network in clear.
@@ -93,7 +115,7 @@ type Options struct {
 	MaxMessageSize int64
 
 	// ChunkSize is the BDAT chunk size and the unit in which a body is
-	// read. Zero means DefaultChunkSize.
+	// read. Zero means 64 KiB; a value below 512 means 512.
 	ChunkSize int
 
 	// Timeouts bounds each step when its context has no deadline.
@@ -131,17 +153,11 @@ type Options struct {
 	// session has its own, which knows the session's secrets from its
 	// AUTH on.
 	Redactor *Redactor
-
-	// ServerName is the server's host name, used to verify its
-	// certificate on STARTTLS when the tls.Config has no ServerName, and
-	// sent in OAUTHBEARER. When empty it is taken from the TLS
-	// configuration or the connection.
-	ServerName string
 }
 
 func (o *Options) chunkSize() int {
 	if o.ChunkSize <= 0 {
-		return DefaultChunkSize
+		return defaultChunkSize
 	}
 	if o.ChunkSize < 512 {
 		return 512

@@ -134,7 +134,7 @@ func peerDialPlain(t *testing.T, ctx context.Context, addr string, opts *smtp.Op
 	tr, err := transport.Dial(ctx, addr)
 	require.NoError(t, err)
 	w := newPeerWire()
-	c, err := smtp.Connect(ctx, &peerConn{StartTLSCapable: tr, w: w}, "client.example", opts)
+	c, err := smtp.Connect(ctx, &peerConn{StartTLSCapable: tr, w: w}, withName(opts, "client.example", nil))
 	if err == nil {
 		t.Cleanup(func() { c.Close() })
 	}
@@ -148,7 +148,7 @@ func peerDialStartTLS(t *testing.T, ctx context.Context, addr string, cfg *tls.C
 	tr, err := transport.Dial(ctx, addr)
 	require.NoError(t, err)
 	w := newPeerWire()
-	c, err := smtp.ConnectStartTLS(ctx, &peerConn{StartTLSCapable: tr, w: w}, "client.example", cfg, opts)
+	c, err := smtp.ConnectStartTLS(ctx, &peerConn{StartTLSCapable: tr, w: w}, withName(opts, "client.example", cfg))
 	if err == nil {
 		t.Cleanup(func() { c.Close() })
 	}
@@ -165,7 +165,7 @@ func peerDialTLS(t *testing.T, ctx context.Context, addr string, cfg *tls.Config
 	require.True(t, ok, "DialTLS returned a %T", tr)
 	w := newPeerWire()
 	w.markTLS()
-	c, err := smtp.Connect(ctx, &peerTLSConn{Conn: tc, w: w}, "client.example", opts)
+	c, err := smtp.Connect(ctx, &peerTLSConn{Conn: tc, w: w}, withName(opts, "client.example", nil))
 	if err == nil {
 		t.Cleanup(func() { c.Close() })
 	}
@@ -552,7 +552,7 @@ func TestPostfixPeer(t *testing.T) {
 			if s.bad {
 				var se *smtp.Error
 				require.ErrorAs(t, err, &se, "tx %d", i)
-				assert.Equal(t, smtp.OpRcpt, se.Op)
+				assert.Equal(t, smtp.OpRCPT, se.Op)
 				assert.Equal(t, 554, se.Code)
 				continue
 			}
@@ -579,7 +579,7 @@ func TestPostfixPeer(t *testing.T) {
 		_, err = c.Send(ctx, smtp.Envelope{From: "sender@example.com", To: []string{"someone@example.org"}}, strings.NewReader("Subject: x\r\n\r\nx\r\n"))
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		assert.Equal(t, smtp.KindRejected, se.Kind)
 		assert.Equal(t, 554, se.Code)
 		assert.Equal(t, "5.7.1", se.Enhanced)
@@ -595,7 +595,7 @@ func TestPostfixPeer(t *testing.T) {
 		// nothing is sent to either, and the session stays usable.
 		_, err = c.Send(ctx, smtp.Envelope{From: "sender@example.com", To: []string{"postmaster@localhost", "someone@example.org"}}, strings.NewReader("Subject: x\r\n\r\nx\r\n"))
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		assert.Equal(t, "someone@example.org", se.Recipient)
 		require.Len(t, se.Refused, 1)
 		assert.Equal(t, smtp.StateReady, c.State())
@@ -701,7 +701,7 @@ func TestPostfixForbidBareNewline(t *testing.T) {
 		if i == 3 {
 			var se *smtp.Error
 			require.ErrorAs(t, err, &se)
-			assert.Equal(t, smtp.OpRcpt, se.Op)
+			assert.Equal(t, smtp.OpRCPT, se.Op)
 			assert.Equal(t, "someone@example.org", se.Recipient)
 			continue
 		}

@@ -18,7 +18,7 @@ func SharesRedactor(c *Client, r *Redactor) bool { return c.texts.red == r }
 
 func readWith(t *testing.T, in *interner, raw string, enhanced bool) Reply {
 	t.Helper()
-	rep, err := readReplyIn(bufio.NewReader(strings.NewReader(raw)), OpData, enhanced, in)
+	rep, err := readReplyIn(bufio.NewReader(strings.NewReader(raw)), OpDATA, enhanced, in)
 	if err != nil {
 		t.Fatalf("readReplyIn(%q): %v", raw, err)
 	}
@@ -135,7 +135,7 @@ func FuzzReplyRedacted(f *testing.F) {
 		}
 		var in interner
 		in.addSecret(secret)
-		rep, err := readReplyIn(bufio.NewReader(bytes.NewReader(append(append([]byte("250 "), body...), "\r\n"...))), OpData, true, &in)
+		rep, err := readReplyIn(bufio.NewReader(bytes.NewReader(append(append([]byte("250 "), body...), "\r\n"...))), OpDATA, true, &in)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -277,7 +277,7 @@ func TestServerTextPrintable(t *testing.T) {
 	assert.Equal(t, `Q1\x1b[2K`, o.QueueID)
 	assert.Equal(t, `Ok: queued as Q1\x1b[2K`, o.Reply.Text())
 	_, err = c.Send(ctx, env, strings.NewReader("x\r\n"))
-	se := trErr(t, err, smtp.OpMail, smtp.KindRejected)
+	se := trErr(t, err, smtp.OpMAIL, smtp.KindRejected)
 	assert.Equal(t, `no\r\x1b[2K\r sent m.eml: queued as 4Xk9Qz\a\u009b2J\u202e`, se.Message)
 	sec.mu.Lock()
 	defer sec.mu.Unlock()
@@ -317,7 +317,7 @@ func chainWired(t *testing.T) bool {
 	srv := fs.Start(t, fs.Reply("220 mx.example\r\n"), fs.ExpectLine("EHLO client.example"), fs.Reply("250 mx.example\r\n"))
 	tr, err := net.Dial("tcp", srv.Addr())
 	require.NoError(t, err)
-	c, err := smtp.Connect(testCtx(t), tr, "client.example", &smtp.Options{Redactor: red, InsecureAllowPlaintext: true})
+	c, err := smtp.Connect(testCtx(t), tr, &smtp.Options{LocalName: "client.example", Redactor: red, InsecureAllowPlaintext: true})
 	require.NoError(t, err)
 	defer c.Close()
 	return smtp.SharesRedactor(c, red)
@@ -348,7 +348,7 @@ func TestRedactorChain(t *testing.T) {
 			srv := fs.Start(t, v.script...)
 			tr, err := net.Dial("tcp", srv.Addr())
 			require.NoError(t, err)
-			c, err := smtp.Connect(testCtx(t), tr, "client.example", opts)
+			c, err := smtp.Connect(testCtx(t), tr, withName(opts, "client.example", nil))
 			if c != nil {
 				c.Close()
 			}
@@ -444,7 +444,7 @@ func TestStartTLSCertNamesRedacted(t *testing.T) {
 	opts := &smtp.Options{Redactor: red, Audit: func(e smtp.Event) { events = append(events, fmt.Sprintf("%+v", e)) }}
 	tr, err := transport.Dial(testCtx(t), srv.Addr())
 	require.NoError(t, err)
-	_, err = smtp.ConnectStartTLS(testCtx(t), tr, "client.example", &tls.Config{RootCAs: pool, ServerName: "localhost"}, opts)
+	_, err = smtp.ConnectStartTLS(testCtx(t), tr, withName(opts, "client.example", &tls.Config{RootCAs: pool, ServerName: "localhost"}))
 	require.Error(t, err)
 	<-srv.Done()
 	for _, text := range append(events, err.Error(), fmt.Sprintf("%+v", err)) {

@@ -46,7 +46,7 @@ type Reply struct {
 }
 
 // Text returns the reply's lines joined by a space.
-func (r *Reply) Text() string {
+func (r Reply) Text() string {
 	switch len(r.Lines) {
 	case 0:
 		return ""
@@ -301,7 +301,7 @@ func (in *interner) outcomeQueueID(rep *Reply) string {
 	if rep.hasQID {
 		return rep.qid
 	}
-	id := QueueID(rep.Text())
+	id := parseQueueID(rep.Text())
 	if id != "" && in.redactor().Matches(id) {
 		return servertext.Marker
 	}
@@ -312,7 +312,7 @@ func (in *interner) outcomeQueueID(rep *Reply) string {
 // (see outcomeQueueID): made printable, or the marker when it holds a
 // registered secret.
 func (in *interner) queueID(raw []byte) string {
-	id := QueueID(string(raw))
+	id := parseQueueID(string(raw))
 	if id == "" {
 		return ""
 	}
@@ -453,7 +453,7 @@ func firstQueueID(lines []string, ids []lineID) string {
 		if len(ids) > 0 && ids[0].line == i {
 			id, ids = ids[0].id, ids[1:]
 		} else {
-			id = QueueID(line)
+			id = parseQueueID(line)
 		}
 		if id != "" {
 			return id

@@ -43,29 +43,30 @@ func TestTranscriptSendValidation(t *testing.T) {
 	local65 := strings.Repeat("l", 65) + "@example.com"
 	addr255 := strings.Repeat("l", 64) + "@" + strings.Repeat("d", 190)
 	tests := []trBadEnvelope{
-		{name: "no recipients", env: smtp.Envelope{From: "a@example.com"}, op: smtp.OpRcpt},
-		{name: "empty recipient", env: smtp.Envelope{From: "a@example.com", To: []string{""}}, op: smtp.OpRcpt},
+		{name: "no recipients", env: smtp.Envelope{From: "a@example.com"}, op: smtp.OpRCPT},
+		{name: "empty recipient", env: smtp.Envelope{From: "a@example.com", To: []string{""}}, op: smtp.OpRCPT},
 		{name: "nil body", env: trEnv, nilBody: true, op: smtp.OpBody},
-		{name: "local part of 65", env: smtp.Envelope{From: local65, To: []string{"b@example.com"}}, op: smtp.OpMail},
-		{name: "address of 255", env: smtp.Envelope{From: "a@example.com", To: []string{addr255}}, op: smtp.OpRcpt},
-		{name: "sender without @", env: smtp.Envelope{From: "alice", To: []string{"b@example.com"}}, op: smtp.OpMail},
-		{name: "non-ASCII sender without SMTPUTF8", env: smtp.Envelope{From: "δ@example.com", To: []string{"b@example.com"}}, op: smtp.OpMail},
-		{name: "non-ASCII recipient without SMTPUTF8", env: smtp.Envelope{From: "a@example.com", To: []string{"b@exämple.com"}}, op: smtp.OpMail},
-		{name: "invalid UTF-8", env: smtp.Envelope{From: "a\xff@example.com", To: []string{"b@example.com"}}, op: smtp.OpMail},
-		{name: "SMTPUTF8 not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, SMTPUTF8: true}, op: smtp.OpMail},
-		{name: "8BITMIME not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, EightBitMIME: true}, op: smtp.OpMail},
-		{name: "DSN not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, DSN: &smtp.DSN{Return: "FULL"}}, op: smtp.OpMail},
-		{name: "over the server's SIZE", env: trEnv, body: strings.NewReader(strings.Repeat("x", 1001)), op: smtp.OpMail, kind: smtp.KindPolicy},
-		{name: "over the server's SIZE, declared", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, Size: 5000}, body: trOpaque{strings.NewReader("x")}, op: smtp.OpMail, kind: smtp.KindPolicy},
+		{name: "local part of 65", env: smtp.Envelope{From: local65, To: []string{"b@example.com"}}, op: smtp.OpMAIL},
+		{name: "address of 255", env: smtp.Envelope{From: "a@example.com", To: []string{addr255}}, op: smtp.OpRCPT},
+		{name: "sender without @", env: smtp.Envelope{From: "alice", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
+		{name: "non-ASCII sender without SMTPUTF8", env: smtp.Envelope{From: "δ@example.com", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
+		{name: "non-ASCII recipient without SMTPUTF8", env: smtp.Envelope{From: "a@example.com", To: []string{"b@exämple.com"}}, op: smtp.OpMAIL},
+		{name: "invalid UTF-8", env: smtp.Envelope{From: "a\xff@example.com", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
+		{name: "SMTPUTF8 not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, SMTPUTF8: true}, op: smtp.OpMAIL},
+		{name: "8BITMIME not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, EightBitMIME: true}, op: smtp.OpMAIL},
+		{name: "DSN not offered", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, DSN: &smtp.DSN{Return: "FULL"}}, op: smtp.OpMAIL},
+		{name: "over the server's SIZE", env: trEnv, body: strings.NewReader(strings.Repeat("x", 1001)), op: smtp.OpMAIL, kind: smtp.KindPolicy},
+		{name: "over the server's SIZE, declared", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, Size: 5000}, body: trOpaque{strings.NewReader("x")}, op: smtp.OpMAIL, kind: smtp.KindPolicy},
 		{name: "policy veto", env: smtp.Envelope{From: "veto@example.com", To: []string{"b@example.com"}}, op: smtp.OpSend, kind: smtp.KindPolicy},
-		{name: "command injection", env: smtp.Envelope{From: "a@example.com>\r\nRCPT TO:<evil@example.com", To: []string{"b@example.com"}}, op: smtp.OpMail},
+		{name: "policy veto, size unknown", env: smtp.Envelope{From: "veto@example.com", To: []string{"c@example.com"}}, body: trOpaque{strings.NewReader("x")}, op: smtp.OpSend, kind: smtp.KindPolicy},
+		{name: "command injection", env: smtp.Envelope{From: "a@example.com>\r\nRCPT TO:<evil@example.com", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
 	}
 	for _, c := range []struct{ name, char string }{
 		{"CR", "\r"}, {"LF", "\n"}, {"CRLF", "\r\n"}, {"NUL", "\x00"}, {"<", "<"}, {">", ">"}, {"space", " "}, {"tab", "\t"}, {"DEL", "\x7f"},
 	} {
 		tests = append(tests,
-			trBadEnvelope{name: c.name + " in sender", env: smtp.Envelope{From: "a" + c.char + "x@example.com", To: []string{"b@example.com"}}, op: smtp.OpMail},
-			trBadEnvelope{name: c.name + " in recipient", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com", "c" + c.char + "x@example.com"}}, op: smtp.OpRcpt},
+			trBadEnvelope{name: c.name + " in sender", env: smtp.Envelope{From: "a" + c.char + "x@example.com", To: []string{"b@example.com"}}, op: smtp.OpMAIL},
+			trBadEnvelope{name: c.name + " in recipient", env: smtp.Envelope{From: "a@example.com", To: []string{"b@example.com", "c" + c.char + "x@example.com"}}, op: smtp.OpRCPT},
 		)
 	}
 	audit := &trAudit{}
@@ -100,10 +101,10 @@ func TestTranscriptSendValidation(t *testing.T) {
 			assert.False(t, smtp.IsTemporary(err))
 			assert.NotContains(t, err.Error(), "\r")
 			assert.NotContains(t, err.Error(), "\n")
-			if tt.op == smtp.OpRcpt && len(tt.env.To) > 0 && tt.env.To[len(tt.env.To)-1] != "" {
+			if tt.op == smtp.OpRCPT && len(tt.env.To) > 0 && tt.env.To[len(tt.env.To)-1] != "" {
 				assert.NotEmpty(t, se.Recipient)
 			}
-			if tt.name == "policy veto" {
+			if tt.kind == smtp.KindPolicy && tt.op == smtp.OpSend {
 				assert.ErrorIs(t, err, errVeto)
 			}
 			// WriteTx refuses the same way.
@@ -113,11 +114,12 @@ func TestTranscriptSendValidation(t *testing.T) {
 			assert.Equal(t, smtp.StateReady, c.State())
 		})
 	}
-	// The policy saw what passed validation, with the size when known.
-	// Only the envelope that passed every check reached the policy (from
-	// Send, then WriteTx).
+	// The policy saw what passed validation, with the size when known
+	// and 0 when not (as Envelope.Size). Only the envelopes that passed
+	// every check reached the policy (from Send, then WriteTx).
 	want := smtp.PolicyRequest{From: "veto@example.com", To: []string{"b@example.com"}, Size: 7}
-	assert.Equal(t, []smtp.PolicyRequest{want, want}, policyCalls)
+	unknown := smtp.PolicyRequest{From: "veto@example.com", To: []string{"c@example.com"}, Size: 0}
+	assert.Equal(t, []smtp.PolicyRequest{want, want, unknown, unknown}, policyCalls)
 	assert.NotContains(t, audit.Types(), smtp.EventMailAccepted)
 	require.NoError(t, c.Quit(ctx))
 	assert.Equal(t, trEHLO+"QUIT\r\n", trEnd(t, srv, c), "nothing of a refused envelope may be written")
@@ -308,7 +310,7 @@ func TestTranscriptESMTPParameters(t *testing.T) {
 	// Bad DSN values are refused before any byte.
 	for _, d := range []*smtp.DSN{{Return: "ALL"}, {Notify: []string{"NEVER", "SUCCESS"}}, {Notify: []string{"SOMETIMES"}}, {EnvID: strings.Repeat("e", 101)}} {
 		_, err = c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}, DSN: d}, strings.NewReader("x\r\n"))
-		trErr(t, err, smtp.OpMail, smtp.KindInvalidInput)
+		trErr(t, err, smtp.OpMAIL, smtp.KindInvalidInput)
 	}
 	require.NoError(t, c.Quit(ctx))
 	data := "x\r\n.\r\n"
@@ -456,7 +458,7 @@ func TestTranscriptBodyFailsMidStream(t *testing.T) {
 				assert.ErrorIs(t, err, tt.target)
 			}
 			assert.False(t, tx.Committed())
-			assert.False(t, tx.Replayable(), "a bad body fails again on any session")
+			assert.False(t, smtp.TxReplayable(tx), "a bad body fails again on any session")
 			assert.Equal(t, smtp.StateClosed, c.State())
 			got := trEnd(t, srv, c)
 			assert.True(t, strings.HasPrefix(got, trEHLO+trMail+trRcpt+"DATA\r\n"), got)
@@ -486,11 +488,11 @@ func TestTranscriptAllOrNothingWaitsForReplies(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, []string{trEHLO}, conn.Writes(), "the envelope waits in the buffer")
 		assert.False(t, tx.Committed())
-		assert.False(t, tx.Done())
+		assert.False(t, smtp.TxDone(tx))
 		out, err := c.ReadTx(ctx, tx)
 		require.NoError(t, err)
 		assert.True(t, tx.Committed())
-		assert.True(t, tx.Done())
+		assert.True(t, smtp.TxDone(tx))
 		assert.Equal(t, []string{"b@example.com", "c@example.com"}, out.Accepted, "251 is an acceptance")
 		assert.Equal(t, "Q1", out.QueueID)
 		require.NoError(t, c.Quit(ctx))
@@ -536,7 +538,7 @@ func TestTranscriptRecipientRefused(t *testing.T) {
 			ctx := trCtx(t)
 			out, err := c.Send(ctx, env, strings.NewReader("body\r\n"))
 			assert.Nil(t, out)
-			se := trErr(t, err, smtp.OpRcpt, smtp.KindRejected)
+			se := trErr(t, err, smtp.OpRCPT, smtp.KindRejected)
 			assert.Equal(t, "bad1@example.com", se.Recipient)
 			assert.Equal(t, 550, se.Code)
 			assert.Equal(t, "5.1.1", se.Enhanced)
@@ -617,7 +619,7 @@ func TestTranscriptAllowPartial(t *testing.T) {
 			trQuit)...)
 		ctx := trCtx(t)
 		_, err := c.Send(ctx, env, strings.NewReader("x\r\n"))
-		se := trErr(t, err, smtp.OpRcpt, smtp.KindRejected)
+		se := trErr(t, err, smtp.OpRCPT, smtp.KindRejected)
 		assert.Contains(t, err.Error(), "every recipient was refused")
 		assert.Len(t, se.Refused, 2)
 		_, err = c.Send(ctx, trEnv, strings.NewReader("y\r\n"))
@@ -637,7 +639,7 @@ func TestTranscriptSingleRecipientRefused(t *testing.T) {
 			fs.Expect("ok\r\n.\r\n"), fs.Reply("250 ok\r\n"), trQuit)...)
 		ctx := trCtx(t)
 		_, err := c.Send(ctx, trEnv, strings.NewReader("x\r\n"))
-		se := trErr(t, err, smtp.OpRcpt, smtp.KindRejected)
+		se := trErr(t, err, smtp.OpRCPT, smtp.KindRejected)
 		assert.Equal(t, 550, se.Code)
 		assert.Equal(t, "b@example.com", se.Recipient)
 		_, err = c.Send(ctx, trEnv, strings.NewReader("ok\r\n"))
@@ -652,7 +654,7 @@ func TestTranscriptSingleRecipientRefused(t *testing.T) {
 			trQuit)...)
 		ctx := trCtx(t)
 		_, err := c.Send(ctx, trEnv, strings.NewReader("x\r\n"))
-		se := trErr(t, err, smtp.OpRcpt, smtp.KindRejected)
+		se := trErr(t, err, smtp.OpRCPT, smtp.KindRejected)
 		assert.Equal(t, 550, se.Code)
 		_, err = c.Send(ctx, trEnv, strings.NewReader("ok\r\n"))
 		require.NoError(t, err)
@@ -675,18 +677,18 @@ func TestTranscriptRefusals(t *testing.T) {
 			name:   "MAIL refused, pipelined",
 			caps:   []string{"PIPELINING"},
 			script: []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("552 5.3.4 too big\r\n503 5.5.1 MAIL first\r\n503 5.5.1 MAIL first\r\n")},
-			op:     smtp.OpMail, code: 552, next: "RSET\r\n",
+			op:     smtp.OpMAIL, code: 552, next: "RSET\r\n",
 		},
 		{
 			name:   "MAIL refused, one at a time",
 			script: []fs.Step{fs.ExpectLine("MAIL FROM:<a@example.com>"), fs.Reply("451 4.3.0 later\r\n")},
-			op:     smtp.OpMail, code: 451, next: "RSET\r\n",
+			op:     smtp.OpMAIL, code: 451, next: "RSET\r\n",
 		},
 		{
 			name:   "DATA refused",
 			caps:   []string{"PIPELINING"},
 			script: []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n451 4.3.0 not now\r\n")},
-			op:     smtp.OpData, code: 451, next: "RSET\r\n",
+			op:     smtp.OpDATA, code: 451, next: "RSET\r\n",
 		},
 		{
 			name:   "final reply refused (DATA)",
@@ -694,7 +696,7 @@ func TestTranscriptRefusals(t *testing.T) {
 			script: []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n354 go\r\n"), fs.Expect("x\r\n.\r\n"), fs.Reply("554 5.7.1 spam\r\n")},
 			// Some servers (Mailpit while it shuts down) refuse the
 			// next MAIL with 503 unless RSET comes first.
-			op: smtp.OpData, code: 554, next: "RSET\r\n",
+			op: smtp.OpDATA, code: 554, next: "RSET\r\n",
 		},
 		{
 			name:   "final reply refused (BDAT)",
@@ -791,10 +793,10 @@ func TestTranscriptSend421(t *testing.T) {
 		op      smtp.Op
 		unknown bool
 	}{
-		{"MAIL", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("421 4.3.2 bye\r\n")}, smtp.OpMail, false},
-		{"RCPT", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n421 4.3.2 bye\r\n")}, smtp.OpRcpt, false},
-		{"DATA", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n421 4.3.2 bye\r\n")}, smtp.OpData, false},
-		{"final", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n354 go\r\n"), fs.Expect("x\r\n.\r\n"), fs.Reply("421 4.3.2 bye\r\n")}, smtp.OpData, false},
+		{"MAIL", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("421 4.3.2 bye\r\n")}, smtp.OpMAIL, false},
+		{"RCPT", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n421 4.3.2 bye\r\n")}, smtp.OpRCPT, false},
+		{"DATA", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n421 4.3.2 bye\r\n")}, smtp.OpDATA, false},
+		{"final", []string{"PIPELINING"}, []fs.Step{fs.Expect(trMail + trRcpt + "DATA\r\n"), fs.Reply("250 ok\r\n250 ok\r\n354 go\r\n"), fs.Expect("x\r\n.\r\n"), fs.Reply("421 4.3.2 bye\r\n")}, smtp.OpDATA, false},
 		{"BDAT", []string{"PIPELINING", "CHUNKING"}, []fs.Step{fs.Expect(trMail + trRcpt + trBDAT("x\r\n")), fs.Reply("250 ok\r\n250 ok\r\n421 4.3.2 bye\r\n")}, smtp.OpBDAT, false},
 	}
 	for _, tt := range tests {
@@ -808,7 +810,7 @@ func TestTranscriptSend421(t *testing.T) {
 			assert.Equal(t, 421, se.Code)
 			assert.Equal(t, "4.3.2", se.Enhanced)
 			assert.True(t, smtp.IsTemporary(err))
-			assert.True(t, tx.Replayable(), "the server processes nothing after a 421")
+			assert.True(t, smtp.TxReplayable(tx), "the server processes nothing after a 421")
 			assert.Equal(t, smtp.StateClosed, c.State())
 			assert.ErrorIs(t, c.Quit(ctx), smtp.ErrClosed)
 			assert.NotContains(t, trEnd(t, srv, c), "QUIT")

@@ -34,7 +34,7 @@ func TestTranscriptSessionStates(t *testing.T) {
 	require.NoError(t, c.Login(ctx, "user", "pass"))
 	// AUTH succeeds once per session.
 	for _, err := range []error{c.Login(ctx, "user", "pass"), c.LoginWith(ctx, smtp.MechPLAIN, "user", "pass")} {
-		trErr(t, err, smtp.OpAuth, smtp.KindInvalidInput)
+		trErr(t, err, smtp.OpAUTH, smtp.KindInvalidInput)
 	}
 
 	tx, err := c.WriteTx(ctx, trEnv, strings.NewReader("x\r\n"))
@@ -106,12 +106,12 @@ func TestTranscriptBrokenSession(t *testing.T) {
 	srv, c, _ := trConnect(t, &smtp.Options{Audit: audit.hook}, trSteps(trHello("PIPELINING"), fs.ExpectLine("NOOP"), fs.Close())...)
 	ctx := trCtx(t)
 	err := c.Noop(ctx)
-	trErr(t, err, smtp.OpNoop, smtp.KindIO)
+	trErr(t, err, smtp.OpNOOP, smtp.KindIO)
 	assert.True(t, smtp.IsTemporary(err))
 	assert.Equal(t, smtp.StateClosed, c.State())
 	var first *smtp.Error
 	require.ErrorAs(t, c.Err(), &first)
-	assert.Equal(t, smtp.OpNoop, first.Op)
+	assert.Equal(t, smtp.OpNOOP, first.Op)
 	trEveryCallClosed(t, c)
 	// The closed error says what closed the session.
 	assert.Contains(t, c.Noop(ctx).Error(), "NOOP")
@@ -125,7 +125,7 @@ func TestTranscriptQuit(t *testing.T) {
 	t.Run("not 221", func(t *testing.T) {
 		srv, c, _ := trConnect(t, nil, trSteps(trHello(), fs.ExpectLine("QUIT"), fs.Reply("250 what?\r\n"))...)
 		err := c.Quit(trCtx(t))
-		se := trErr(t, err, smtp.OpQuit, smtp.KindRejected)
+		se := trErr(t, err, smtp.OpQUIT, smtp.KindRejected)
 		assert.Equal(t, 250, se.Code)
 		assert.Equal(t, smtp.StateClosed, c.State(), "the session ends whatever the reply")
 		assert.Equal(t, trEHLO+"QUIT\r\n", trEnd(t, srv, c))
@@ -133,7 +133,7 @@ func TestTranscriptQuit(t *testing.T) {
 	t.Run("no reply", func(t *testing.T) {
 		srv, c, _ := trConnect(t, nil, trSteps(trHello(), fs.ExpectLine("QUIT"), fs.Close())...)
 		err := c.Quit(trCtx(t))
-		trErr(t, err, smtp.OpQuit, smtp.KindIO)
+		trErr(t, err, smtp.OpQUIT, smtp.KindIO)
 		assert.Equal(t, smtp.StateClosed, c.State())
 		assert.Equal(t, trEHLO+"QUIT\r\n", trEnd(t, srv, c))
 	})
@@ -145,7 +145,7 @@ func TestTranscriptQuit(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, c.Flush(ctx))
 		err = c.Quit(ctx)
-		trErr(t, err, smtp.OpQuit, smtp.KindInvalidInput)
+		trErr(t, err, smtp.OpQUIT, smtp.KindInvalidInput)
 		assert.Equal(t, smtp.StateClosed, c.State(), "Quit closes the session whatever happens")
 		_, err = c.ReadTx(ctx, tx)
 		assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown, "the message was committed, its reply never read")
@@ -174,24 +174,24 @@ func TestErrorFormatAndClassification(t *testing.T) {
 		temporary bool
 		permanent bool
 	}{
-		{"421", &smtp.Error{Op: smtp.OpMail, Kind: smtp.KindRejected, Code: 421, Enhanced: "4.3.2", Message: "bye"}, "smtp: MAIL: rejected: 421 4.3.2: bye", true, false},
-		{"450", &smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 450, Recipient: "b@x", Message: "greylisted"}, "smtp: RCPT <b@x>: rejected: 450: greylisted", true, false},
-		{"550", &smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 550, Enhanced: "5.1.1", Recipient: "b@x", Message: "no such user"}, "smtp: RCPT <b@x>: rejected: 550 5.1.1: no such user", false, true},
-		{"554 data", &smtp.Error{Op: smtp.OpData, Kind: smtp.KindRejected, Code: 554}, "smtp: DATA: rejected: 554", false, true},
-		{"io", &smtp.Error{Op: smtp.OpData, Kind: smtp.KindIO, Err: errors.New("broken pipe")}, "smtp: DATA: io: broken pipe", true, false},
+		{"421", &smtp.Error{Op: smtp.OpMAIL, Kind: smtp.KindRejected, Code: 421, Enhanced: "4.3.2", Message: "bye"}, "smtp: MAIL: rejected: 421 4.3.2: bye", true, false},
+		{"450", &smtp.Error{Op: smtp.OpRCPT, Kind: smtp.KindRejected, Code: 450, Recipient: "b@x", Message: "greylisted"}, "smtp: RCPT <b@x>: rejected: 450: greylisted", true, false},
+		{"550", &smtp.Error{Op: smtp.OpRCPT, Kind: smtp.KindRejected, Code: 550, Enhanced: "5.1.1", Recipient: "b@x", Message: "no such user"}, "smtp: RCPT <b@x>: rejected: 550 5.1.1: no such user", false, true},
+		{"554 data", &smtp.Error{Op: smtp.OpDATA, Kind: smtp.KindRejected, Code: 554}, "smtp: DATA: rejected: 554", false, true},
+		{"io", &smtp.Error{Op: smtp.OpDATA, Kind: smtp.KindIO, Err: errors.New("broken pipe")}, "smtp: DATA: io: broken pipe", true, false},
 		{"protocol", &smtp.Error{Op: smtp.OpEHLO, Kind: smtp.KindProtocol, Message: "bad reply"}, "smtp: EHLO: protocol: bad reply", true, false},
-		{"invalid input", &smtp.Error{Op: smtp.OpMail, Kind: smtp.KindInvalidInput, Message: "bad address"}, "smtp: MAIL: invalid input: bad address", false, true},
+		{"invalid input", &smtp.Error{Op: smtp.OpMAIL, Kind: smtp.KindInvalidInput, Message: "bad address"}, "smtp: MAIL: invalid input: bad address", false, true},
 		{"policy", &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindPolicy, Message: "vetoed", Err: errors.New("quota")}, "smtp: send: policy: vetoed: quota", false, true},
-		{"auth without code", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Message: "no mechanism"}, "smtp: AUTH: auth: no mechanism", false, false},
-		{"auth 535", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 535, Enhanced: "5.7.8"}, "smtp: AUTH: auth: 535 5.7.8", false, false},
-		{"auth 454", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 454}, "smtp: AUTH: auth: 454", true, false},
+		{"auth without code", &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Message: "no mechanism"}, "smtp: AUTH: auth: no mechanism", false, false},
+		{"auth 535", &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Code: 535, Enhanced: "5.7.8"}, "smtp: AUTH: auth: 535 5.7.8", false, false},
+		{"auth 454", &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Code: 454}, "smtp: AUTH: auth: 454", true, false},
 		{"outcome unknown", unknown, "smtp: BDAT: io: reply lost: smtp: outcome unknown: the message was committed but its reply was lost: EOF", false, false},
-		{"wrapped 550", fmt.Errorf("sending: %w", &smtp.Error{Op: smtp.OpData, Kind: smtp.KindRejected, Code: 550}), "sending: smtp: DATA: rejected: 550", false, true},
+		{"wrapped 550", fmt.Errorf("sending: %w", &smtp.Error{Op: smtp.OpDATA, Kind: smtp.KindRejected, Code: 550}), "sending: smtp: DATA: rejected: 550", false, true},
 		{"wrapped unknown", fmt.Errorf("sending: %w", unknown), "", false, false},
-		{"closed", &smtp.Error{Op: smtp.OpNoop, Kind: smtp.KindIO, Err: smtp.ErrClosed}, "smtp: NOOP: io: smtp: session closed", true, false},
+		{"closed", &smtp.Error{Op: smtp.OpNOOP, Kind: smtp.KindIO, Err: smtp.ErrClosed}, "smtp: NOOP: io: smtp: session closed", true, false},
 		{"other error", errors.New("not ours"), "not ours", true, false},
 		{"nil", nil, "", false, false},
-		{"refused list", &smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 550, Recipient: "a@x", Message: "2 of 2 refused", Refused: []smtp.RecipientStatus{
+		{"refused list", &smtp.Error{Op: smtp.OpRCPT, Kind: smtp.KindRejected, Code: 550, Recipient: "a@x", Message: "2 of 2 refused", Refused: []smtp.RecipientStatus{
 			{Address: "a@x", Reply: smtp.Reply{Code: 550, Lines: []string{"no"}}},
 			{Address: "b@x", Reply: smtp.Reply{Code: 452, Enhanced: "4.2.2", Lines: []string{"full"}}},
 		}}, "smtp: RCPT <a@x>: rejected: 550: 2 of 2 refused (refused: <a@x> 550 no; <b@x> 452 4.2.2 full;)", false, true},
@@ -244,7 +244,7 @@ func TestTranscriptAuditAndSlog(t *testing.T) {
 	_, err = c.Send(ctx, trEnv, strings.NewReader("x\r\n"))
 	require.Error(t, err)
 	err = c.Noop(ctx)
-	trErr(t, err, smtp.OpNoop, smtp.KindRejected)
+	trErr(t, err, smtp.OpNOOP, smtp.KindRejected)
 	trEnd(t, srv, c)
 
 	assert.Equal(t, []smtp.EventType{
@@ -257,7 +257,7 @@ func TestTranscriptAuditAndSlog(t *testing.T) {
 	ev := audit.Events()
 	assert.Equal(t, 220, ev[1].Code)
 	assert.Equal(t, 250, ev[2].Code)
-	assert.Equal(t, smtp.OpAuth, ev[3].Op)
+	assert.Equal(t, smtp.OpAUTH, ev[3].Op)
 	assert.Equal(t, 235, ev[3].Code)
 	assert.Equal(t, "PLAIN", ev[3].Mechanism)
 	assert.Empty(t, ev[3].Error)
@@ -273,7 +273,7 @@ func TestTranscriptAuditAndSlog(t *testing.T) {
 	assert.Equal(t, []string{"AUTH", "CHUNKING", "ENHANCEDSTATUSCODES", "PIPELINING"}, ev[2].Extensions)
 	ev6 := ev[6]
 	ev6.Session = 0
-	assert.Equal(t, smtp.Event{Type: smtp.EventRcptRefused, Op: smtp.OpRcpt, Code: 550, Enhanced: "5.1.1", Recipient: "bad@example.com"}, ev6)
+	assert.Equal(t, smtp.Event{Type: smtp.EventRcptRefused, Op: smtp.OpRCPT, Code: 550, Enhanced: "5.1.1", Recipient: "bad@example.com"}, ev6)
 	assert.Equal(t, "Q1", ev[7].QueueID)
 	assert.Equal(t, 250, ev[7].Code)
 	assert.Equal(t, 554, ev[11].Code)
@@ -282,7 +282,7 @@ func TestTranscriptAuditAndSlog(t *testing.T) {
 	last := ev[len(ev)-1]
 	assert.Equal(t, smtp.KindRejected, last.Kind)
 	assert.Equal(t, 421, last.Code)
-	assert.Equal(t, smtp.OpNoop, last.Op)
+	assert.Equal(t, smtp.OpNOOP, last.Op)
 
 	log := buf.String()
 	for _, want := range []string{
@@ -325,7 +325,7 @@ func TestTranscriptContext(t *testing.T) {
 		ctx, cancel := context.WithTimeout(trCtx(t), 100*time.Millisecond)
 		defer cancel()
 		err := c.Noop(ctx)
-		trErr(t, err, smtp.OpNoop, smtp.KindIO)
+		trErr(t, err, smtp.OpNOOP, smtp.KindIO)
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
 		assert.Equal(t, smtp.StateClosed, c.State())
 		assert.Equal(t, trEHLO+"NOOP\r\n", trEnd(t, srv, c))
@@ -337,14 +337,14 @@ func TestTranscriptContext(t *testing.T) {
 		timer := time.AfterFunc(50*time.Millisecond, cancel)
 		defer timer.Stop()
 		err := c.Noop(ctx)
-		trErr(t, err, smtp.OpNoop, smtp.KindIO)
+		trErr(t, err, smtp.OpNOOP, smtp.KindIO)
 		assert.ErrorIs(t, err, context.Canceled)
 		assert.Equal(t, trEHLO+"NOOP\r\n", trEnd(t, srv, c))
 	})
 	t.Run("Timeouts.Command without a ctx deadline", func(t *testing.T) {
 		srv, c, _ := trConnect(t, &smtp.Options{Timeouts: smtp.Timeouts{Command: 200 * time.Millisecond}}, stalled()...)
 		err := c.Noop(context.Background())
-		trErr(t, err, smtp.OpNoop, smtp.KindIO)
+		trErr(t, err, smtp.OpNOOP, smtp.KindIO)
 		assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
 		assert.NotErrorIs(t, err, context.DeadlineExceeded)
 		assert.True(t, smtp.IsTemporary(err))
@@ -352,7 +352,7 @@ func TestTranscriptContext(t *testing.T) {
 	})
 	t.Run("Timeouts.Greeting", func(t *testing.T) {
 		srv, conn := trDial(t, []fs.Step{fs.Stall()})
-		_, err := smtp.Connect(context.Background(), conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true, Timeouts: smtp.Timeouts{Greeting: 200 * time.Millisecond}})
+		_, err := smtp.Connect(context.Background(), conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true, Timeouts: smtp.Timeouts{Greeting: 200 * time.Millisecond}})
 		trErr(t, err, smtp.OpGreeting, smtp.KindIO)
 		assert.ErrorIs(t, err, os.ErrDeadlineExceeded)
 		assert.Empty(t, trEnd(t, srv, nil))
@@ -363,7 +363,7 @@ func TestTranscriptContext(t *testing.T) {
 		defer cancel()
 		timer := time.AfterFunc(50*time.Millisecond, cancel)
 		defer timer.Stop()
-		_, err := smtp.Connect(ctx, conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+		_, err := smtp.Connect(ctx, conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 		trErr(t, err, smtp.OpGreeting, smtp.KindIO)
 		assert.ErrorIs(t, err, context.Canceled)
 		assert.Empty(t, trEnd(t, srv, nil))
@@ -380,7 +380,7 @@ func TestTranscriptContext(t *testing.T) {
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
 		assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
 		assert.True(t, tx.Committed())
-		assert.False(t, tx.Replayable())
+		assert.False(t, smtp.TxReplayable(tx))
 		assert.Equal(t, trEHLO+tx1, trEnd(t, srv, c))
 	})
 	t.Run("a finished call leaves no deadline behind", func(t *testing.T) {
@@ -417,7 +417,7 @@ func TestTranscriptWindow(t *testing.T) {
 		tx, err := c.WriteTx(ctx, trEnv, strings.NewReader(body))
 		require.NoError(t, err)
 		assert.False(t, tx.Committed(), "buffered until a flush")
-		assert.False(t, tx.Done())
+		assert.False(t, smtp.TxDone(tx))
 		txs = append(txs, tx)
 	}
 	require.NoError(t, c.Flush(ctx))
@@ -448,7 +448,7 @@ func TestTranscriptWindowReadOutOfOrder(t *testing.T) {
 	out2, err := c.ReadTx(ctx, tx2)
 	require.NoError(t, err)
 	assert.Equal(t, "Q2", out2.QueueID)
-	assert.True(t, tx1.Done())
+	assert.True(t, smtp.TxDone(tx1))
 	out1, err := c.ReadTx(ctx, tx1)
 	require.NoError(t, err)
 	assert.Equal(t, "Q1", out1.QueueID)
@@ -486,22 +486,22 @@ func TestTranscriptWindow421ThenCloseLeavesLaterNeverProcessed(t *testing.T) {
 	out, err := c.ReadTx(ctx, txs[0])
 	require.NoError(t, err)
 	assert.Equal(t, "Q1", out.QueueID)
-	assert.False(t, txs[0].Replayable())
+	assert.False(t, smtp.TxReplayable(txs[0]))
 
 	_, err = c.ReadTx(ctx, txs[1])
-	se := trErr(t, err, smtp.OpMail, smtp.KindRejected)
+	se := trErr(t, err, smtp.OpMAIL, smtp.KindRejected)
 	assert.Equal(t, 421, se.Code)
-	assert.True(t, txs[1].Answered421())
-	assert.True(t, txs[1].Replayable(), "refused by its own 421")
+	assert.True(t, smtp.TxAnswered421(txs[1]))
+	assert.True(t, smtp.TxReplayable(txs[1]), "refused by its own 421")
 	assert.NotErrorIs(t, err, smtp.ErrOutcomeUnknown)
 
 	_, err = c.ReadTx(ctx, txs[2])
-	se = trErr(t, err, smtp.OpMail, smtp.KindIO)
+	se = trErr(t, err, smtp.OpMAIL, smtp.KindIO)
 	assert.Zero(t, se.Code, "another transaction's 421 is not this one's reply")
 	assert.NotErrorIs(t, err, smtp.ErrOutcomeUnknown)
 	assert.True(t, txs[2].Committed())
-	assert.False(t, txs[2].Answered421())
-	assert.True(t, txs[2].Replayable(), "no reply after the 421: never processed, though committed")
+	assert.False(t, smtp.TxAnswered421(txs[2]))
+	assert.True(t, smtp.TxReplayable(txs[2]), "no reply after the 421: never processed, though committed")
 
 	assert.Equal(t, smtp.StateClosed, c.State())
 	_, err = c.WriteTx(ctx, trEnv, strings.NewReader("x\r\n"))
@@ -527,16 +527,16 @@ func TestTranscript421WithoutClose(t *testing.T) {
 		ctx := trCtx(t)
 		txs := trWriteThree(t, ctx, c)
 		_, err := c.ReadTx(ctx, txs[0])
-		se := trErr(t, err, smtp.OpMail, smtp.KindRejected)
+		se := trErr(t, err, smtp.OpMAIL, smtp.KindRejected)
 		assert.Equal(t, 421, se.Code)
-		assert.True(t, txs[0].Replayable())
+		assert.True(t, smtp.TxReplayable(txs[0]))
 		_, err = c.WriteTx(ctx, trEnv, strings.NewReader("four\r\n"))
 		assert.ErrorIs(t, err, smtp.ErrClosed, "nothing is written after a 421")
 		for i, want := range []string{"Q2", "Q3"} {
 			out, err := c.ReadTx(ctx, txs[i+1])
 			require.NoError(t, err, "tx%d: its real outcome", i+2)
 			assert.Equal(t, want, out.QueueID)
-			assert.False(t, txs[i+1].Replayable())
+			assert.False(t, smtp.TxReplayable(txs[i+1]))
 		}
 		assert.Equal(t, smtp.StateClosed, c.State(), "closed once the committed replies are read")
 		assert.Equal(t, trEHLO+all, trEnd(t, srv, c))
@@ -556,9 +556,9 @@ func TestTranscript421WithoutClose(t *testing.T) {
 		_, err = c.WriteTx(ctx, trEnv, strings.NewReader("two\r\n"))
 		assert.ErrorIs(t, err, smtp.ErrClosed, "tx2 is refused before a byte of it is written")
 		_, err = c.ReadTx(ctx, tx1)
-		se := trErr(t, err, smtp.OpMail, smtp.KindRejected)
+		se := trErr(t, err, smtp.OpMAIL, smtp.KindRejected)
 		assert.Equal(t, 421, se.Code)
-		assert.True(t, tx1.Replayable())
+		assert.True(t, smtp.TxReplayable(tx1))
 		assert.Equal(t, smtp.StateClosed, c.State())
 		assert.Equal(t, trEHLO+one, trEnd(t, srv, c))
 	})
@@ -579,7 +579,7 @@ func TestTranscriptDroppedAfterCommit(t *testing.T) {
 		trErr(t, err, smtp.OpBDAT, smtp.KindIO)
 		assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
 		assert.True(t, tx.Committed())
-		assert.False(t, tx.Replayable())
+		assert.False(t, smtp.TxReplayable(tx))
 		assert.False(t, smtp.IsTemporary(err), "retrying may deliver twice")
 		assert.False(t, smtp.IsPermanent(err))
 	}
@@ -595,9 +595,9 @@ func TestTranscriptDroppedBeforeCommit(t *testing.T) {
 		tx, err := c.WriteTx(ctx, trTwo, strings.NewReader("x\r\n"))
 		require.NoError(t, err)
 		_, err = c.ReadTx(ctx, tx)
-		trErr(t, err, smtp.OpMail, smtp.KindIO)
+		trErr(t, err, smtp.OpMAIL, smtp.KindIO)
 		assert.False(t, tx.Committed())
-		assert.True(t, tx.Replayable())
+		assert.True(t, smtp.TxReplayable(tx))
 		assert.NotErrorIs(t, err, smtp.ErrOutcomeUnknown)
 		assert.True(t, smtp.IsTemporary(err))
 		assert.Equal(t, trEHLO+trMail+trRcpt2, trEnd(t, srv, c))
@@ -608,9 +608,9 @@ func TestTranscriptDroppedBeforeCommit(t *testing.T) {
 		tx, err := c.WriteTx(ctx, trEnv, strings.NewReader("x\r\n"))
 		require.NoError(t, err)
 		_, err = c.ReadTx(ctx, tx)
-		trErr(t, err, smtp.OpData, smtp.KindIO)
+		trErr(t, err, smtp.OpDATA, smtp.KindIO)
 		assert.False(t, tx.Committed())
-		assert.True(t, tx.Replayable())
+		assert.True(t, smtp.TxReplayable(tx))
 		assert.Equal(t, trEHLO+trMail+trRcpt+"DATA\r\n", trEnd(t, srv, c))
 	})
 	t.Run("DATA, a 354 for a refused envelope", func(t *testing.T) {
@@ -621,7 +621,7 @@ func TestTranscriptDroppedBeforeCommit(t *testing.T) {
 		tx, err := c.WriteTx(ctx, trEnv, strings.NewReader("x\r\n"))
 		require.NoError(t, err)
 		_, err = c.ReadTx(ctx, tx)
-		se := trErr(t, err, smtp.OpRcpt, smtp.KindRejected)
+		se := trErr(t, err, smtp.OpRCPT, smtp.KindRejected)
 		assert.Equal(t, 550, se.Code)
 		assert.False(t, tx.Committed())
 		assert.Equal(t, smtp.StateClosed, c.State())
@@ -766,10 +766,10 @@ func TestTranscriptDataPipelining(t *testing.T) {
 		require.NoError(t, err)
 		_, err = c.ReadTx(ctx, tx1)
 		assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
-		assert.False(t, tx1.Replayable())
+		assert.False(t, smtp.TxReplayable(tx1))
 		_, err = c.ReadTx(ctx, tx2)
 		assert.NotErrorIs(t, err, smtp.ErrOutcomeUnknown)
-		assert.True(t, tx2.Replayable())
+		assert.True(t, smtp.TxReplayable(tx2))
 		trEnd(t, srv, c)
 	})
 }

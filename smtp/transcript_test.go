@@ -148,7 +148,7 @@ func trConnect(t *testing.T, opts *smtp.Options, script ...fs.Step) (*fs.Server,
 		o = *opts
 	}
 	o.InsecureAllowPlaintext = true
-	c, err := smtp.Connect(trCtx(t), conn, "client.example", &o)
+	c, err := smtp.Connect(trCtx(t), conn, withName(&o, "client.example", nil))
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return srv, c, conn
@@ -234,7 +234,7 @@ func TestTranscriptGreetingReplies(t *testing.T) {
 				script = trSteps(script, fs.ExpectLine("EHLO client.example"), fs.Reply(trCaps()), trQuit)
 			}
 			srv, conn := trDial(t, script)
-			c, err := smtp.Connect(trCtx(t), conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+			c, err := smtp.Connect(trCtx(t), conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 			if tt.kind != 0 {
 				se := trErr(t, err, smtp.OpGreeting, tt.kind)
 				if tt.cause != nil {
@@ -278,7 +278,7 @@ func TestTranscriptHugeReplyLine(t *testing.T) {
 		_, _ = io.WriteString(c, "\r\n")
 		return nil
 	})})
-	_, err := smtp.Connect(trCtx(t), conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+	_, err := smtp.Connect(trCtx(t), conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 	trErr(t, err, smtp.OpGreeting, smtp.KindProtocol)
 	assert.Empty(t, trEnd(t, srv, nil))
 }
@@ -300,7 +300,7 @@ func TestTranscriptEnhancedStatusCodes(t *testing.T) {
 			ctx := trCtx(t)
 			require.NoError(t, c.Noop(ctx))
 			err := c.Noop(ctx)
-			se := trErr(t, err, smtp.OpNoop, smtp.KindRejected)
+			se := trErr(t, err, smtp.OpNOOP, smtp.KindRejected)
 			assert.Equal(t, 550, se.Code)
 			assert.True(t, smtp.IsPermanent(err))
 			if esc {
@@ -312,7 +312,7 @@ func TestTranscriptEnhancedStatusCodes(t *testing.T) {
 				assert.Equal(t, "5.7.1 go 5.7.1 away", se.Message)
 			}
 			err = c.Reset(ctx)
-			se = trErr(t, err, smtp.OpReset, smtp.KindRejected)
+			se = trErr(t, err, smtp.OpRSET, smtp.KindRejected)
 			assert.Equal(t, 451, se.Code)
 			assert.True(t, smtp.IsTemporary(err))
 			assert.Equal(t, smtp.StateReady, c.State(), "a refusal leaves the session usable")
@@ -326,7 +326,7 @@ func TestTranscriptEnhancedStatusCodes(t *testing.T) {
 func TestTranscriptMalformedReplyClosesSession(t *testing.T) {
 	srv, c, _ := trConnect(t, nil, trSteps(trHello(), fs.ExpectLine("NOOP"), fs.Reply("250-a\r\n251 b\r\n"))...)
 	err := c.Noop(trCtx(t))
-	trErr(t, err, smtp.OpNoop, smtp.KindProtocol)
+	trErr(t, err, smtp.OpNOOP, smtp.KindProtocol)
 	assert.Equal(t, smtp.StateClosed, c.State())
 	assert.ErrorIs(t, c.Noop(trCtx(t)), smtp.ErrClosed)
 	assert.Equal(t, trEHLO+"NOOP\r\n", trEnd(t, srv, c))
@@ -371,7 +371,7 @@ func TestTranscriptGreetingRefused(t *testing.T) {
 		t.Run(tt.greeting[:3], func(t *testing.T) {
 			srv, conn := trDial(t, []fs.Step{fs.Reply(tt.greeting)})
 			audit := &trAudit{}
-			c, err := smtp.Connect(trCtx(t), conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true, Audit: audit.hook})
+			c, err := smtp.Connect(trCtx(t), conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true, Audit: audit.hook})
 			assert.Nil(t, c)
 			se := trErr(t, err, smtp.OpGreeting, smtp.KindRejected)
 			assert.Equal(t, tt.code, se.Code)
@@ -414,7 +414,7 @@ func TestTranscriptHELOFallback(t *testing.T) {
 func TestTranscriptEHLORefused(t *testing.T) {
 	t.Run("EHLO 554", func(t *testing.T) {
 		srv, conn := trDial(t, trSteps(fs.Reply(trGreeting), fs.ExpectLine("EHLO client.example"), fs.Reply("554 5.7.1 not you\r\n")))
-		_, err := smtp.Connect(trCtx(t), conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+		_, err := smtp.Connect(trCtx(t), conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 		se := trErr(t, err, smtp.OpEHLO, smtp.KindRejected)
 		assert.Equal(t, 554, se.Code)
 		assert.Equal(t, trEHLO, trEnd(t, srv, nil))
@@ -423,14 +423,14 @@ func TestTranscriptEHLORefused(t *testing.T) {
 		srv, conn := trDial(t, trSteps(fs.Reply(trGreeting),
 			fs.ExpectLine("EHLO client.example"), fs.Reply("502 no\r\n"),
 			fs.ExpectLine("HELO client.example"), fs.Reply("501 bad name\r\n")))
-		_, err := smtp.Connect(trCtx(t), conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+		_, err := smtp.Connect(trCtx(t), conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 		se := trErr(t, err, smtp.OpEHLO, smtp.KindRejected)
 		assert.Equal(t, 501, se.Code)
 		assert.Equal(t, trEHLO+"HELO client.example\r\n", trEnd(t, srv, nil))
 	})
 	t.Run("EHLO 421", func(t *testing.T) {
 		srv, conn := trDial(t, trSteps(fs.Reply(trGreeting), fs.ExpectLine("EHLO client.example"), fs.Reply("421 4.4.5 too busy\r\n")))
-		_, err := smtp.Connect(trCtx(t), conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+		_, err := smtp.Connect(trCtx(t), conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 		se := trErr(t, err, smtp.OpEHLO, smtp.KindRejected)
 		assert.Equal(t, 421, se.Code)
 		assert.True(t, smtp.IsTemporary(err))
@@ -438,19 +438,32 @@ func TestTranscriptEHLORefused(t *testing.T) {
 	})
 }
 
+// TestTranscriptConnectEmptyLocalNameGreetsAsLocalhost: a caller that
+// leaves Options.LocalName empty (or passes nil Options) gets the
+// server's EHLO as "localhost", as a sender.Sender does.
+func TestTranscriptConnectEmptyLocalNameGreetsAsLocalhost(t *testing.T) {
+	for _, opts := range []*smtp.Options{{InsecureAllowPlaintext: true}, {LocalName: "", InsecureAllowPlaintext: true}} {
+		srv, conn := trDial(t, trSteps(fs.Reply(trGreeting), fs.ExpectLine("EHLO localhost"), fs.Reply("250 mx.example\r\n")))
+		c, err := smtp.Connect(trCtx(t), conn, opts)
+		require.NoError(t, err)
+		c.Close()
+		assert.Equal(t, "EHLO localhost\r\n", trEnd(t, srv, nil))
+	}
+}
+
 func TestTranscriptConnectRefusesBeforeAnyByte(t *testing.T) {
 	t.Run("plaintext without the insecure option", func(t *testing.T) {
 		srv, conn := trDial(t, []fs.Step{fs.Reply(trGreeting)})
-		c, err := smtp.Connect(trCtx(t), conn, "client.example", nil)
+		c, err := smtp.Connect(trCtx(t), conn, &smtp.Options{LocalName: "client.example"})
 		assert.Nil(t, c)
 		trErr(t, err, smtp.OpGreeting, smtp.KindInvalidInput)
 		assert.True(t, smtp.IsConfig(err))
 		assert.Empty(t, trEnd(t, srv, nil))
 	})
-	for _, name := range []string{"", "bad name", "evil\r\nMAIL FROM:<x@y>", "nul\x00", "<x>", "ünï"} {
+	for _, name := range []string{"bad name", "evil\r\nMAIL FROM:<x@y>", "nul\x00", "<x>", "ünï"} {
 		t.Run("EHLO name "+strings.ToValidUTF8(name, "?"), func(t *testing.T) {
 			srv, conn := trDial(t, []fs.Step{fs.Reply(trGreeting)})
-			c, err := smtp.Connect(trCtx(t), conn, name, &smtp.Options{InsecureAllowPlaintext: true})
+			c, err := smtp.Connect(trCtx(t), conn, &smtp.Options{LocalName: name, InsecureAllowPlaintext: true})
 			assert.Nil(t, c)
 			trErr(t, err, smtp.OpEHLO, smtp.KindInvalidInput)
 			assert.Empty(t, trEnd(t, srv, nil))
@@ -460,7 +473,7 @@ func TestTranscriptConnectRefusesBeforeAnyByte(t *testing.T) {
 		srv := fs.Start(t, fs.Reply(trGreeting))
 		tr, err := transport.Dial(trCtx(t), srv.Addr())
 		require.NoError(t, err)
-		c, err := smtp.ConnectStartTLS(trCtx(t), tr, "a b", nil, nil)
+		c, err := smtp.ConnectStartTLS(trCtx(t), tr, &smtp.Options{LocalName: "a b"})
 		assert.Nil(t, c)
 		trErr(t, err, smtp.OpEHLO, smtp.KindInvalidInput)
 		assert.Empty(t, trEnd(t, srv, nil))
@@ -474,7 +487,7 @@ func TestTranscriptImplicitTLS(t *testing.T) {
 	tr, err := transport.DialTLS(ctx, srv.Addr(), &tls.Config{RootCAs: roots})
 	require.NoError(t, err)
 	// No insecure option needed: the transport is TLS.
-	c, err := smtp.Connect(ctx, tr, "client.example", nil)
+	c, err := smtp.Connect(ctx, tr, &smtp.Options{LocalName: "client.example"})
 	require.NoError(t, err)
 	assert.True(t, c.IsTLS())
 	assert.True(t, c.Capabilities().Pipelining)
@@ -494,7 +507,7 @@ func TestTranscriptStartTLS(t *testing.T) {
 	tr, err := transport.Dial(ctx, srv.Addr())
 	require.NoError(t, err)
 	audit := &trAudit{}
-	c, err := smtp.ConnectStartTLS(ctx, tr, "client.example", &tls.Config{RootCAs: roots}, &smtp.Options{Audit: audit.hook})
+	c, err := smtp.ConnectStartTLS(ctx, tr, &smtp.Options{LocalName: "client.example", TLSConfig: &tls.Config{RootCAs: roots}, Audit: audit.hook})
 	require.NoError(t, err)
 	assert.True(t, c.IsTLS())
 	caps := c.Capabilities()
@@ -555,7 +568,7 @@ func TestTranscriptStartTLSFailures(t *testing.T) {
 			tr, err := transport.Dial(trCtx(t), srv.Addr())
 			require.NoError(t, err)
 			audit := &trAudit{}
-			c, err := smtp.ConnectStartTLS(trCtx(t), tr, "client.example", &tls.Config{RootCAs: roots}, &smtp.Options{Audit: audit.hook})
+			c, err := smtp.ConnectStartTLS(trCtx(t), tr, &smtp.Options{LocalName: "client.example", TLSConfig: &tls.Config{RootCAs: roots}, Audit: audit.hook})
 			assert.Nil(t, c)
 			se := trErr(t, err, smtp.OpSTARTTLS, tt.kind)
 			assert.Equal(t, tt.code, se.Code)
@@ -577,11 +590,25 @@ func TestTranscriptStartTLSBadCertificate(t *testing.T) {
 	ctx := trCtx(t)
 	tr, err := transport.Dial(ctx, srv.Addr())
 	require.NoError(t, err)
-	c, err := smtp.ConnectStartTLS(ctx, tr, "client.example", nil, nil) // system roots
+	c, err := smtp.ConnectStartTLS(ctx, tr, &smtp.Options{LocalName: "client.example"}) // system roots
 	assert.Nil(t, c)
 	se := trErr(t, err, smtp.OpSTARTTLS, smtp.KindIO)
 	var cve *tls.CertificateVerificationError
 	assert.True(t, errors.As(se, &cve), "%v", err)
 	trWait(t, srv.HungUp(), "hang-up")
 	assert.Equal(t, trEHLO+"STARTTLS\r\n", string(srv.Received()))
+}
+
+// withName returns a copy of o (nil: the zero Options) with LocalName
+// set and, when cfg is not nil, TLSConfig.
+func withName(o *smtp.Options, local string, cfg *tls.Config) *smtp.Options {
+	var c smtp.Options
+	if o != nil {
+		c = *o
+	}
+	c.LocalName = local
+	if cfg != nil {
+		c.TLSConfig = cfg
+	}
+	return &c
 }

@@ -3,7 +3,19 @@ package smtp
 import (
 	"context"
 	"io"
+
+	"github.com/smtpkit/smtpkit/internal/smtpx"
 )
+
+// The parts of Tx and Client that package sender needs and that are not
+// API (see package smtpx).
+func init() {
+	smtpx.TxDone = (*Tx).isDone
+	smtpx.TxResult = (*Tx).result
+	smtpx.TxReplayable = (*Tx).replayable
+	smtpx.TxAnswered421 = (*Tx).answered421
+	smtpx.ClientSilent = (*Client).silent
+}
 
 // Tx is a transaction written by [Client.WriteTx] whose replies are read
 // by [Client.ReadTx] or [Client.ReadReplies]. Between the two, other
@@ -64,7 +76,7 @@ type Tx struct {
 	dataRep, finalRep Reply
 
 	done    bool
-	replay  bool // failed without any chance of delivery (see Replayable)
+	replay  bool // failed without any chance of delivery (see replayable)
 	outcome *Outcome
 	err     *Error
 }
@@ -88,18 +100,17 @@ func (tx *Tx) Committed() bool {
 
 func (tx *Tx) committedLocked() bool { return tx.committed && tx.c.cw.handed.Load() >= tx.commitEnd }
 
-// Done reports whether every reply of the transaction has been read (or
-// the session was lost), so ReadTx will not block.
-func (tx *Tx) Done() bool {
+// isDone reports whether every reply of the transaction has been read
+// (or the session was lost), so ReadTx will not block.
+func (tx *Tx) isDone() bool {
 	tx.c.mu.Lock()
 	defer tx.c.mu.Unlock()
 	return tx.done
 }
 
-// Result returns what ReadTx returns for a transaction that is Done,
-// without reading or changing the session. Before Done it returns nil,
-// nil.
-func (tx *Tx) Result() (*Outcome, error) {
+// result returns what ReadTx returns for a transaction that is done,
+// without reading or changing the session. Before, it returns nil, nil.
+func (tx *Tx) result() (*Outcome, error) {
 	tx.c.mu.Lock()
 	defer tx.c.mu.Unlock()
 	return tx.resultLocked()
@@ -115,10 +126,10 @@ func (tx *Tx) resultLocked() (*Outcome, error) {
 	return tx.outcome, nil
 }
 
-// Replayable reports whether the transaction failed without any chance
+// replayable reports whether the transaction failed without any chance
 // of delivery and may be sent again on a new session:
 //   - the server answered this transaction itself with 421 (see
-//     [Tx.Answered421]);
+//     answered421);
 //   - the session was lost before its commit point was written;
 //   - after another transaction's 421, the server refused it (the
 //     closing session's refusal, not a verdict on the message), or closed
@@ -130,17 +141,17 @@ func (tx *Tx) resultLocked() (*Outcome, error) {
 // A transaction whose commit point was written, and whose own reply was
 // lost on a server that was answering it, is not replayable: its error
 // wraps [ErrOutcomeUnknown].
-func (tx *Tx) Replayable() bool {
+func (tx *Tx) replayable() bool {
 	tx.c.mu.Lock()
 	defer tx.c.mu.Unlock()
 	return tx.done && tx.replay
 }
 
-// Answered421 reports whether the server answered one of this
+// answered421 reports whether the server answered one of this
 // transaction's own commands with 421 (service not available, closing
 // the channel). It is the transaction's own refusal; a transaction lost
 // or refused because the server sent 421 to another one reports false.
-func (tx *Tx) Answered421() bool {
+func (tx *Tx) answered421() bool {
 	tx.c.mu.Lock()
 	defer tx.c.mu.Unlock()
 	return tx.refused != nil
@@ -177,20 +188,20 @@ func (c *Client) Send(ctx context.Context, env Envelope, body io.Reader) (*Outco
 //
 // An error means nothing of this transaction was written: validation,
 // policy, or a closed session (then wrapping [ErrClosed]). Otherwise
-// read the outcome with [Client.ReadTx] (or, from a reader goroutine,
-// [Client.ReadReplies], which tells when [Tx.Done]); transactions are answered in the
-// order written.
+// read the outcome with [Client.ReadTx] (while another goroutine is in
+// [Client.ReadReplies], ReadTx waits for it to read the replies);
+// transactions are answered in the order written.
 func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if !c.writable() {
-		return nil, c.closedError(OpMail)
+		return nil, c.closedError(OpMAIL)
 	}
 	tx, mail, err := c.prepare(ctx, &env, body)
 	if err != nil {
 		return nil, err
 	}
-	if err := ctxError(ctx, OpMail); err != nil {
+	if err := ctxError(ctx, OpMAIL); err != nil {
 		return nil, err
 	}
 	c.watch(ctx)
@@ -215,7 +226,11 @@ func (c *Client) WriteTx(ctx context.Context, env Envelope, body io.Reader) (*Tx
 // writes: it reads tx's replies (and those of transactions written
 // before it), first writing its body or final chunk if they waited on
 // replies and no other goroutine is in a write-half call, and returns
-// its outcome. A second call returns the same result.
+// its outcome. A second call returns the same result. While a goroutine
+// is in [Client.ReadReplies], ReadTx (from any goroutine) reads nothing
+// itself: it waits until that goroutine has read tx's replies or the
+// session has closed, and the reader's context, not ReadTx's, bounds
+// that wait.
 func (c *Client) ReadTx(ctx context.Context, tx *Tx) (*Outcome, error) {
 	if tx == nil || tx.c != c {
 		return nil, inputError(OpSend, "transaction does not belong to this client")
@@ -254,8 +269,9 @@ func (c *Client) ReadTx(ctx context.Context, tx *Tx) (*Outcome, error) {
 // transaction or command that owes it, until the session closes; then it
 // returns the error that closed it (wrapping [ErrClosed]). After each
 // reply (and once more when the session closes), it calls after, if not
-// nil, from this goroutine and without holding any lock of the Client:
-// the transactions that reply finished are then [Tx.Done].
+// nil, from this goroutine and without holding any lock of the Client.
+// A [Client.ReadTx] on another goroutine returns once this goroutine
+// has read its transaction's replies.
 //
 // It reads even when nothing is owed, so a server that closes an idle
 // session, or sends a reply before its command was written, is seen at

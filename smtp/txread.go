@@ -79,12 +79,12 @@ func (c *Client) readOne(ctx context.Context) (closed bool) {
 // not yet written, which would be taken as the answer to the next one.
 func (c *Client) unsolicitedLocked(rep *Reply) {
 	if rep.Code == 421 {
-		e := replyError(OpMail, rep)
+		e := replyError(OpMAIL, rep)
 		e.Message = "server closed the idle session: " + e.Message
 		c.failLocked(e)
 		return
 	}
-	c.failLocked(protoError(OpMail, "server sent a reply before its command was written: %s", rep.String()))
+	c.failLocked(protoError(OpMAIL, "server sent a reply before its command was written: %s", rep.String()))
 }
 
 // dispatchLocked gives a reply to the oldest owed entry (mu held).
@@ -126,7 +126,7 @@ func (c *Client) dispatchLocked(rep *Reply) {
 	}
 	switch {
 	case tx == nil:
-		c.auditLocked(Event{Type: EventReset, Op: OpReset, Code: rep.Code})
+		c.auditLocked(Event{Type: EventReset, Op: OpRSET, Code: rep.Code})
 	case !tx.done:
 		if c.closing != nil {
 			tx.after421 = true
@@ -161,17 +161,17 @@ func (p pending) op() Op {
 func (k replyKind) op() Op {
 	switch k {
 	case kMail:
-		return OpMail
+		return OpMAIL
 	case kRcpt:
-		return OpRcpt
+		return OpRCPT
 	case kData:
-		return OpData
+		return OpDATA
 	case kChunk:
 		return OpBDAT
 	case kReset:
-		return OpReset
+		return OpRSET
 	}
-	return OpData
+	return OpDATA
 }
 
 // beginClosingLocked handles a 421: the server is closing the session
@@ -233,14 +233,14 @@ func (tx *Tx) onReply(p pending, rep *Reply) {
 	switch p.kind {
 	case kMail:
 		if ok {
-			c.auditCtxLocked(tx.evctx, tx.event(Event{Type: EventMailAccepted, Op: OpMail, Code: rep.Code, Enhanced: rep.Enhanced, From: tx.from}))
+			c.auditCtxLocked(tx.evctx, tx.event(Event{Type: EventMailAccepted, Op: OpMAIL, Code: rep.Code, Enhanced: rep.Enhanced, From: tx.from}))
 		} else {
-			tx.mailErr = replyError(OpMail, rep)
+			tx.mailErr = replyError(OpMAIL, rep)
 		}
 	case kRcpt:
 		tx.rcpt[p.idx].Reply = *rep
 		tx.rcptRead++
-		ev := Event{Type: EventRcptAccepted, Op: OpRcpt, Code: rep.Code, Enhanced: rep.Enhanced, Recipient: tx.to[p.idx]}
+		ev := Event{Type: EventRcptAccepted, Op: OpRCPT, Code: rep.Code, Enhanced: rep.Enhanced, Recipient: tx.to[p.idx]}
 		if !ok {
 			ev.Type = EventRcptRefused
 		}
@@ -249,7 +249,7 @@ func (tx *Tx) onReply(p pending, rep *Reply) {
 		tx.dataRep = *rep
 		tx.dataReply = &tx.dataRep
 		if rep.Code != 354 {
-			tx.dataErr = replyError(OpData, rep)
+			tx.dataErr = replyError(OpDATA, rep)
 			tx.aborted = true
 			c.needReset = true
 		}
@@ -261,7 +261,7 @@ func (tx *Tx) onReply(p pending, rep *Reply) {
 		tx.finalRep = *rep
 		tx.final = &tx.finalRep
 	case kReset:
-		c.auditLocked(Event{Type: EventReset, Op: OpReset, Code: rep.Code})
+		c.auditLocked(Event{Type: EventReset, Op: OpRSET, Code: rep.Code})
 	}
 	tx.maybeFinish()
 }
@@ -294,7 +294,7 @@ func (tx *Tx) rcptError() *Error {
 		}
 	}
 	first := refused[0]
-	e := replyError(OpRcpt, &first.Reply)
+	e := replyError(OpRCPT, &first.Reply)
 	e.Recipient = first.Address
 	e.Refused = refused
 	if tx.partial {
@@ -341,9 +341,9 @@ func (tx *Tx) finish() {
 		tx.err = tx.lostErr
 		tx.replay = !tx.committedLocked() || c.closing != nil && !tx.after421
 	case tx.final == nil:
-		tx.err = protoError(OpData, "transaction abandoned")
+		tx.err = protoError(OpDATA, "transaction abandoned")
 	case !finalOK:
-		op := OpData
+		op := OpDATA
 		if tx.chunking {
 			op = OpBDAT
 		}
@@ -372,7 +372,7 @@ func (tx *Tx) finish() {
 		}
 	}
 	tx.outcome = o
-	op := OpData
+	op := OpDATA
 	if tx.chunking {
 		op = OpBDAT
 	}
@@ -398,9 +398,9 @@ func (tx *Tx) sessionLost(cause *Error) {
 		// Its own 421, or the closing session's refusal, is its answer
 		// (finish prefers them).
 	case closing != nil && !tx.after421:
-		tx.lostErr = &Error{Op: OpMail, Kind: KindIO, Message: "the server closed the session after its 421 without answering this message, so it was never processed", Err: closing}
+		tx.lostErr = &Error{Op: OpMAIL, Kind: KindIO, Message: "the server closed the session after its 421 without answering this message, so it was never processed", Err: closing}
 	case tx.committedLocked():
-		op := OpData
+		op := OpDATA
 		if tx.chunking {
 			op = OpBDAT
 		}

@@ -56,7 +56,7 @@ func (c *Client) writeTx(ctx context.Context, tx *Tx, env *Envelope, mail []byte
 		c.advance(ctx, open)
 	}
 	if !c.caps.Pipelining {
-		c.flush(ctx, OpMail)
+		c.flush(ctx, OpMAIL)
 		c.await(ctx, func() bool { return len(c.pending) == 0 })
 	} else {
 		c.checkIdle(ctx)
@@ -64,7 +64,7 @@ func (c *Client) writeTx(ctx context.Context, tx *Tx, env *Envelope, mail []byte
 	c.mu.Lock()
 	if !c.writableLocked() {
 		c.mu.Unlock()
-		return c.closedError(OpMail)
+		return c.closedError(OpMAIL)
 	}
 	c.state = StateTransaction
 	reset := c.needReset
@@ -76,7 +76,7 @@ func (c *Client) writeTx(ctx context.Context, tx *Tx, env *Envelope, mail []byte
 		// Without PIPELINING, RSET is answered before MAIL is sent.
 		c.sync(ctx)
 		if !c.writable() {
-			return c.closedError(OpMail)
+			return c.closedError(OpMAIL)
 		}
 	}
 	c.writeCommand(tx, kMail, 0, mail)
@@ -139,7 +139,7 @@ var (
 // server's extensions, consults the policy, and formats MAIL FROM.
 func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*Tx, []byte, *Error) {
 	if len(env.To) == 0 {
-		return nil, nil, inputError(OpRcpt, "no recipients")
+		return nil, nil, inputError(OpRCPT, "no recipients")
 	}
 	if body == nil {
 		return nil, nil, inputError(OpBody, "nil body")
@@ -148,7 +148,7 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 	if env.From != "" {
 		u, p := validateAddress(env.From)
 		if p != "" {
-			e := inputError(OpMail, "sender: %s", p)
+			e := inputError(OpMAIL, "sender: %s", p)
 			return nil, nil, e
 		}
 		utf8 = utf8 || u
@@ -156,7 +156,7 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 	for _, rcpt := range env.To {
 		u, p := validateAddress(rcpt)
 		if p != "" {
-			e := inputError(OpRcpt, "%s", p)
+			e := inputError(OpRCPT, "%s", p)
 			e.Recipient = sanitize(rcpt)
 			return nil, nil, e
 		}
@@ -164,17 +164,17 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 	}
 	caps := &c.caps
 	if utf8 && !caps.SMTPUTF8 {
-		return nil, nil, inputError(OpMail, "non-ASCII address or SMTPUTF8 requested, but the server does not offer SMTPUTF8")
+		return nil, nil, inputError(OpMAIL, "non-ASCII address or SMTPUTF8 requested, but the server does not offer SMTPUTF8")
 	}
 	if env.EightBitMIME && !caps.EightBitMIME {
-		return nil, nil, inputError(OpMail, "BODY=8BITMIME requested, but the server does not offer 8BITMIME")
+		return nil, nil, inputError(OpMAIL, "BODY=8BITMIME requested, but the server does not offer 8BITMIME")
 	}
 	if env.DSN != nil {
 		if !caps.DSN {
-			return nil, nil, inputError(OpMail, "DSN requested, but the server does not offer DSN")
+			return nil, nil, inputError(OpMAIL, "DSN requested, but the server does not offer DSN")
 		}
 		if p := env.DSN.validate(); p != "" {
-			return nil, nil, inputError(OpMail, "DSN: %s", p)
+			return nil, nil, inputError(OpMAIL, "DSN: %s", p)
 		}
 	}
 	size := env.Size
@@ -184,15 +184,15 @@ func (c *Client) prepare(ctx context.Context, env *Envelope, body io.Reader) (*T
 			size = int64(l.Len())
 		}
 	}
-	if size <= 0 {
-		size = -1
+	if size < 0 {
+		size = 0
 	}
 	maxSize := c.opts.MaxMessageSize
 	if caps.MaxSize > 0 && (maxSize <= 0 || caps.MaxSize < maxSize) {
 		maxSize = caps.MaxSize
 	}
 	if maxSize > 0 && size > maxSize {
-		return nil, nil, &Error{Op: OpMail, Kind: KindPolicy, Message: fmt.Sprintf("message size %d exceeds the limit of %d octets", size, maxSize)}
+		return nil, nil, &Error{Op: OpMAIL, Kind: KindPolicy, Message: fmt.Sprintf("message size %d exceeds the limit of %d octets", size, maxSize)}
 	}
 	if c.opts.Policy != nil {
 		if err := c.opts.Policy(ctx, PolicyRequest{From: env.From, To: env.To, Size: size}); err != nil {
@@ -349,7 +349,7 @@ func (c *Client) pushLocked(tx *Tx, kind replyKind, idx int, res *cmdResult, op 
 // sync waits for every owed reply when the server does not pipeline.
 func (c *Client) sync(ctx context.Context) {
 	if !c.caps.Pipelining {
-		c.flush(ctx, OpMail)
+		c.flush(ctx, OpMAIL)
 		c.await(ctx, func() bool { return len(c.pending) == 0 })
 	}
 }
@@ -423,7 +423,7 @@ func (c *Client) advance(ctx context.Context, tx *Tx) {
 	waitRcpt := tx.deferCommit && !tx.dataSent
 	c.mu.Unlock()
 	if waitRcpt {
-		c.flush(ctx, OpRcpt)
+		c.flush(ctx, OpRCPT)
 		c.await(ctx, func() bool { return tx.rcptRead == len(tx.to) || tx.done })
 		c.mu.Lock()
 		if !c.writableLocked() || tx.done {
@@ -447,7 +447,7 @@ func (c *Client) advance(ctx context.Context, tx *Tx) {
 	if tx.chunking {
 		return
 	}
-	c.flush(ctx, OpData)
+	c.flush(ctx, OpDATA)
 	c.await(ctx, func() bool { return tx.dataReply != nil || tx.done })
 	c.mu.Lock()
 	if !c.writableLocked() || tx.done || tx.dataReply == nil || tx.dataReply.Code != 354 {
@@ -458,7 +458,7 @@ func (c *Client) advance(ctx context.Context, tx *Tx) {
 		// A 354 although the envelope failed: after 354 there is no
 		// way back but to drop the connection.
 		tx.aborted = true
-		c.failLocked(protoError(OpData, "server sent 354 for a transaction whose envelope it refused; session dropped so nothing is delivered"))
+		c.failLocked(protoError(OpDATA, "server sent 354 for a transaction whose envelope it refused; session dropped so nothing is delivered"))
 		c.unlock()
 		return
 	}

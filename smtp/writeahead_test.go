@@ -83,7 +83,7 @@ func TestWriteAheadBound(t *testing.T) {
 	tcp := conn.(*net.TCPConn)
 	require.NoError(t, tcp.SetReadBuffer(16<<10))
 	require.NoError(t, setWriteBuffer(tcp, 16<<10))
-	c, err := smtp.Connect(ctx, conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true, ChunkSize: 512})
+	c, err := smtp.Connect(ctx, conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true, ChunkSize: 512})
 	require.NoError(t, err)
 	body := strings.Repeat(strings.Repeat("y", 78)+"\r\n", bodySize/80)
 	out, err := c.Send(ctx, trEnv, strings.NewReader(body))
@@ -128,7 +128,7 @@ func TestWriteAheadManyRecipients(t *testing.T) {
 	defer cancel()
 	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", srv.Addr())
 	require.NoError(t, err)
-	c, err := smtp.Connect(ctx, conn, "client.example", &smtp.Options{InsecureAllowPlaintext: true})
+	c, err := smtp.Connect(ctx, conn, &smtp.Options{LocalName: "client.example", InsecureAllowPlaintext: true})
 	require.NoError(t, err)
 	var to []string
 	for i := range rcpts {

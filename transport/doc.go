@@ -19,12 +19,11 @@
 // RootCAs) and the server name unless the caller's [tls.Config] sets
 // InsecureSkipVerify. TLS 1.2 is the lowest version ever negotiated, in line
 // with RFC 8996, which deprecates TLS 1.0 and 1.1, and with RFC 8314
-// (section 4.1), which asks mail clients and servers for TLS 1.2 or later.
-// [ClientTLSConfig]
-// applies that policy and is exported so that the STARTTLS code in package
-// smtp, and callers with custom dialers, apply the same one.
+// (section 4.1), which asks mail clients and servers for TLS 1.2 or later;
+// a TLS upgrade of any transport of this package applies the same floor.
 //
-// Under GOOS=js, [HostSocket], [HostSocketTLS] and [HostConn] make a
+// Under GOOS=js, HostSocket, HostSocketTLS and HostConn (built only for
+// GOOS=js, and so documented only there: GOOS=js go doc) make a
 // transport of a socket the JavaScript host opened: a Node.js net.Socket,
 // or a socket with readable and writable web streams as the connect() of
 // Cloudflare Workers returns. Any other stream can be made a transport by

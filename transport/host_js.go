@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall/js"
 	"time"
+
+	"github.com/smtpkit/smtpkit/internal/tlsconf"
 )
 
 // HostSocket returns a plaintext [StartTLSCapable] transport over sock, a
@@ -36,7 +38,7 @@ func HostSocketTLS(ctx context.Context, sock js.Value, addr string, cfg *tls.Con
 	if err != nil {
 		return nil, err
 	}
-	tc, err := handshake(ctx, c, ClientTLSConfig(cfg, addr))
+	tc, err := handshake(ctx, c, tlsconf.Client(cfg, addr))
 	if err != nil {
 		return nil, handshakeError("tls handshake", addr, err)
 	}

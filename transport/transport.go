@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/smtpkit/smtpkit/internal/servertext"
+	"github.com/smtpkit/smtpkit/internal/tlsconf"
 )
 
 // Transport is a bidirectional byte stream with a deadline, the minimum an
@@ -31,9 +31,10 @@ import (
 //     a [net.Error] whose Timeout and Temporary methods report true, such
 //     as [os.ErrDeadlineExceeded]. crypto/tls looks at the error itself,
 //     not at what it wraps, and takes any other read error for a
-//     permanent one: the smtp package probes an idle session with a read
-//     of 2 ms, and an [*os.File]'s [*io/fs.PathError] there would end a TLS
-//     session at its next message. Nothing read after a timeout is lost.
+//     permanent one: the smtp package probes an idle session with a
+//     short read deadline, and an [*os.File]'s [*io/fs.PathError] there
+//     would end a TLS session at its next message. Nothing read after a
+//     timeout is lost.
 //
 // Close ends a blocked Read or Write. Package transporttest checks an
 // implementation against this contract.
@@ -65,8 +66,8 @@ type StartTLSCapable interface {
 
 // ErrMaybeWritten is reported, through [errors.Is], by a Write that a
 // deadline (or Close) ended after it had handed its octets to something
-// that may still send them: the host of [HostConn], which cannot take
-// back a chunk it was given. Such a Write returns len(p) with the error:
+// that may still send them: the host of HostConn (under GOOS=js), which
+// cannot take back a chunk it was given. Such a Write returns len(p) with the error:
 // the octets count as written, since they may be. A layer above that
 // counts what it wrote (crypto/tls, which drops the record it was
 // writing from its count) should count the whole of its own Write as
@@ -100,9 +101,10 @@ func Dial(ctx context.Context, addr string) (StartTLSCapable, error) {
 // submission). Both the connection attempt and the handshake honour ctx;
 // once DialTLS has returned, cancelling ctx has no effect on the connection.
 //
-// The caller's cfg is not modified: DialTLS uses [ClientTLSConfig](cfg,
-// addr), so a nil cfg means the system roots, the host of addr as the server
-// name, and TLS 1.2 or later. The returned transport is a [*tls.Conn]; it is
+// The caller's cfg is not modified: DialTLS uses a clone, in which an empty
+// ServerName is the host of addr and MinVersion is at least TLS 1.2; a nil
+// cfg means the system roots, the host of addr as the server name, and TLS
+// 1.2 or later. The returned transport is a [*tls.Conn]; it is
 // not [StartTLSCapable]. On a failed handshake the connection is closed and
 // the error wraps the cause, for example a [*tls.CertificateVerificationError]
 // or ctx.Err(); its text is made printable, since a certificate error quotes
@@ -112,7 +114,7 @@ func DialTLS(ctx context.Context, addr string, cfg *tls.Config) (Transport, erro
 	if err != nil {
 		return nil, err
 	}
-	tc, err := handshake(ctx, conn, ClientTLSConfig(cfg, addr))
+	tc, err := handshake(ctx, conn, tlsconf.Client(cfg, addr))
 	if err != nil {
 		return nil, handshakeError("tls handshake", addr, err)
 	}
@@ -125,51 +127,14 @@ func DialTLS(ctx context.Context, addr string, cfg *tls.Config) (Transport, erro
 //
 // Because a connection carries no host name, an upgrade of the returned
 // transport verifies the certificate against cfg.ServerName: callers should
-// pass a config built with [ClientTLSConfig], or one that sets ServerName,
-// otherwise the handshake fails (unless cfg.InsecureSkipVerify is set). The
+// pass a config that sets ServerName to the host they dialed, otherwise the
+// handshake fails (unless cfg.InsecureSkipVerify is set). The
 // TLS 1.2 floor applies either way.
 func Upgradable(c net.Conn) StartTLSCapable {
 	if pc, ok := c.(*plainConn); ok {
 		return pc
 	}
 	return &plainConn{Conn: c}
-}
-
-// ClientTLSConfig returns the TLS client configuration this module uses for
-// a server named by serverName, which is either a host ("mail.example.com",
-// "192.0.2.1", "::1", "[::1]") or a host and port ("mail.example.com:587",
-// "[::1]:465").
-//
-// The result is a clone of cfg (a new config if cfg is nil), so cfg itself is
-// never modified. On the clone, MinVersion is raised to TLS 1.2 if it is
-// lower (zero included), and an empty ServerName is set to the host part of
-// serverName, without brackets. Nothing else is changed: certificates are
-// verified against cfg.RootCAs (or the system roots when nil) unless cfg sets
-// InsecureSkipVerify. If serverName is empty, ServerName is left as it is.
-func ClientTLSConfig(cfg *tls.Config, serverName string) *tls.Config {
-	var out *tls.Config
-	if cfg == nil {
-		out = &tls.Config{}
-	} else {
-		out = cfg.Clone()
-	}
-	if out.MinVersion < tls.VersionTLS12 {
-		out.MinVersion = tls.VersionTLS12
-	}
-	if out.ServerName == "" {
-		out.ServerName = hostOf(serverName)
-	}
-	return out
-}
-
-// hostOf returns the host part of s, which is "host" or "host:port", with
-// any IPv6 brackets removed.
-func hostOf(s string) string {
-	if host, _, err := net.SplitHostPort(s); err == nil {
-		return host
-	}
-	// No port: a bare name, a bare IPv6 literal, or a bracketed one.
-	return strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
 }
 
 func dial(ctx context.Context, addr string) (net.Conn, error) {
@@ -233,7 +198,7 @@ func (c *plainConn) UpgradeTLS(ctx context.Context, cfg *tls.Config) (Transport,
 	if !c.upgraded.CompareAndSwap(false, true) {
 		return nil, ErrAlreadyUpgraded
 	}
-	tc, err := handshake(ctx, c.Conn, ClientTLSConfig(cfg, c.serverName))
+	tc, err := handshake(ctx, c.Conn, tlsconf.Client(cfg, c.serverName))
 	if err != nil {
 		return nil, handshakeError("starttls handshake", c.peer(), err)
 	}

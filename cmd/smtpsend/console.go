@@ -189,7 +189,7 @@ func (p *exchangePrinter) event(e smtp.Event) {
 		cmd, reply = "QUIT", code
 	case smtp.EventSessionAborted:
 		cmd, reply = "(session aborted at "+string(e.Op)+")", e.Error
-		if e.Op == smtp.OpQuit && strings.Contains(e.Error, "closed by the client") {
+		if e.Op == smtp.OpQUIT && strings.Contains(e.Error, "closed by the client") {
 			cmd, reply = "(connection closed)", "by the client, without QUIT"
 		}
 	default:

@@ -145,15 +145,15 @@ var steps = map[smtp.Op]string{
 	smtp.OpGreeting: "waiting for the server's greeting",
 	smtp.OpEHLO:     "EHLO",
 	smtp.OpSTARTTLS: "STARTTLS",
-	smtp.OpAuth:     "logging in (AUTH)",
-	smtp.OpMail:     "MAIL FROM",
-	smtp.OpRcpt:     "RCPT TO",
-	smtp.OpData:     "sending the message (DATA)",
+	smtp.OpAUTH:     "logging in (AUTH)",
+	smtp.OpMAIL:     "MAIL FROM",
+	smtp.OpRCPT:     "RCPT TO",
+	smtp.OpDATA:     "sending the message (DATA)",
 	smtp.OpBDAT:     "sending the message (BDAT)",
 	smtp.OpBody:     "reading the message",
-	smtp.OpReset:    "RSET",
-	smtp.OpNoop:     "NOOP",
-	smtp.OpQuit:     "QUIT",
+	smtp.OpRSET:     "RSET",
+	smtp.OpNOOP:     "NOOP",
+	smtp.OpQUIT:     "QUIT",
 	smtp.OpSend:     "sending",
 }
 
@@ -212,11 +212,11 @@ func hint(err error, o *options) string {
 	}
 	if e, ok := errors.AsType[*smtp.Error](err); ok {
 		switch {
-		case e.Op == smtp.OpAuth && (e.Code == 535 || e.Code == 534):
+		case e.Op == smtp.OpAUTH && (e.Code == 535 || e.Code == 534):
 			return "check -user and the password (or token)"
-		case e.Op == smtp.OpAuth && e.Code == 0 && strings.Contains(e.Message, "does not offer"):
+		case e.Op == smtp.OpAUTH && e.Code == 0 && strings.Contains(e.Message, "does not offer"):
 			return "choose another mechanism with -auth, or leave -auth out"
-		case (e.Op == smtp.OpMail || e.Op == smtp.OpRcpt) && (e.Code == 530 || e.Code == 554 && strings.Contains(strings.ToLower(e.Message), "relay")):
+		case (e.Op == smtp.OpMAIL || e.Op == smtp.OpRCPT) && (e.Code == 530 || e.Code == 554 && strings.Contains(strings.ToLower(e.Message), "relay")):
 			return "the server wants you to log in first: pass -user"
 		case e.Op == smtp.OpGreeting && e.Kind == smtp.KindIO && o.tlsMode == "starttls":
 			return "the server sent no greeting: if it speaks TLS from the first byte (usually port 465), use -tls implicit"

@@ -16,22 +16,22 @@ import (
 )
 
 func TestClassify(t *testing.T) {
-	unknown := &smtp.Error{Op: smtp.OpData, Kind: smtp.KindIO, Err: fmt.Errorf("%w: EOF", smtp.ErrOutcomeUnknown)}
+	unknown := &smtp.Error{Op: smtp.OpDATA, Kind: smtp.KindIO, Err: fmt.Errorf("%w: EOF", smtp.ErrOutcomeUnknown)}
 	for _, tc := range []struct {
 		name string
 		err  error
 		want status
 	}{
 		{"nil", nil, statusSent},
-		{"550 at RCPT", &smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 550}, statusRefused},
-		{"554 after data", &smtp.Error{Op: smtp.OpData, Kind: smtp.KindRejected, Code: 554}, statusRefused},
-		{"535 login", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 535}, statusConfig},
-		{"no common mechanism", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth}, statusConfig},
+		{"550 at RCPT", &smtp.Error{Op: smtp.OpRCPT, Kind: smtp.KindRejected, Code: 550}, statusRefused},
+		{"554 after data", &smtp.Error{Op: smtp.OpDATA, Kind: smtp.KindRejected, Code: 554}, statusRefused},
+		{"535 login", &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Code: 535}, statusConfig},
+		{"no common mechanism", &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth}, statusConfig},
 		{"bad input", &smtp.Error{Op: smtp.OpBody, Kind: smtp.KindInvalidInput}, statusRefused},
 		{"policy", &smtp.Error{Op: smtp.OpSend, Kind: smtp.KindPolicy}, statusRefused},
-		{"451 at RCPT", &smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 451}, statusDeferred},
-		{"454 login", &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 454}, statusDeferred},
-		{"421", &smtp.Error{Op: smtp.OpMail, Kind: smtp.KindRejected, Code: 421}, statusDeferred},
+		{"451 at RCPT", &smtp.Error{Op: smtp.OpRCPT, Kind: smtp.KindRejected, Code: 451}, statusDeferred},
+		{"454 login", &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Code: 454}, statusDeferred},
+		{"421", &smtp.Error{Op: smtp.OpMAIL, Kind: smtp.KindRejected, Code: 421}, statusDeferred},
 		{"dial", &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: errors.New("refused")}, statusDeferred},
 		{"protocol", &smtp.Error{Op: smtp.OpEHLO, Kind: smtp.KindProtocol}, statusDeferred},
 		{"withdrawn", context.DeadlineExceeded, statusDeferred},
@@ -71,8 +71,8 @@ func TestExitCodeOrder(t *testing.T) {
 }
 
 func TestStepAndAdvice(t *testing.T) {
-	assert.Equal(t, "RCPT TO", step(&smtp.Error{Op: smtp.OpRcpt}))
-	assert.Equal(t, "logging in (AUTH)", step(fmt.Errorf("wrapped: %w", &smtp.Error{Op: smtp.OpAuth})))
+	assert.Equal(t, "RCPT TO", step(&smtp.Error{Op: smtp.OpRCPT}))
+	assert.Equal(t, "logging in (AUTH)", step(fmt.Errorf("wrapped: %w", &smtp.Error{Op: smtp.OpAUTH})))
 	assert.Equal(t, "waiting for a connection", step(context.DeadlineExceeded))
 	assert.Equal(t, "sending", step(errors.New("other")))
 	assert.Contains(t, advice(statusRefused), "will fail the same way")
@@ -89,10 +89,10 @@ func TestHints(t *testing.T) {
 	notTLS := &smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}}
 	assert.Contains(t, hint(notTLS, impl), "-tls starttls")
 	assert.Empty(t, hint(notTLS, &options{tlsMode: "starttls"}))
-	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 535}, impl), "-user")
-	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpMail, Kind: smtp.KindRejected, Code: 530}, impl), "log in first")
+	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Code: 535}, impl), "-user")
+	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpMAIL, Kind: smtp.KindRejected, Code: 530}, impl), "log in first")
 	assert.Contains(t, hint(&smtp.Error{Op: smtp.OpBody, Kind: smtp.KindInvalidInput}, &options{strictCRLF: true}), "-strict-line-endings")
-	assert.Empty(t, hint(&smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 550}, impl))
+	assert.Empty(t, hint(&smtp.Error{Op: smtp.OpRCPT, Kind: smtp.KindRejected, Code: 550}, impl))
 	noGreeting := &smtp.Error{Op: smtp.OpGreeting, Kind: smtp.KindIO, Err: context.DeadlineExceeded}
 	assert.Contains(t, hint(noGreeting, &options{tlsMode: "starttls"}), "-tls implicit")
 	assert.Empty(t, hint(noGreeting, impl))
@@ -108,12 +108,12 @@ func TestExchangePrinter(t *testing.T) {
 		{Type: smtp.EventGreeting, Op: smtp.OpGreeting, Code: 220},
 		{Type: smtp.EventEHLO, Op: smtp.OpEHLO, Code: 250},
 		{Type: smtp.EventTLS, Op: smtp.OpSTARTTLS, TLSVersion: "TLS 1.3"},
-		{Type: smtp.EventAuth, Op: smtp.OpAuth, Mechanism: "PLAIN", Code: 535, Enhanced: "5.7.8", Error: "smtp: AUTH: auth: 535 5.7.8: PLAIN refused"},
-		{Type: smtp.EventMailAccepted, Op: smtp.OpMail, Code: 250, Enhanced: "2.1.0", From: "a@example.com"},
-		{Type: smtp.EventRcptRefused, Op: smtp.OpRcpt, Code: 550, Enhanced: "5.1.1", Recipient: "x@example.net"},
-		{Type: smtp.EventMessage, Op: smtp.OpData, Code: 250, QueueID: "Q1"},
-		{Type: smtp.EventSessionAborted, Op: smtp.OpData, Error: "smtp: DATA: io: EOF"},
-		{Type: smtp.EventQuit, Op: smtp.OpQuit, Code: 221},
+		{Type: smtp.EventAuth, Op: smtp.OpAUTH, Mechanism: "PLAIN", Code: 535, Enhanced: "5.7.8", Error: "smtp: AUTH: auth: 535 5.7.8: PLAIN refused"},
+		{Type: smtp.EventMailAccepted, Op: smtp.OpMAIL, Code: 250, Enhanced: "2.1.0", From: "a@example.com"},
+		{Type: smtp.EventRcptRefused, Op: smtp.OpRCPT, Code: 550, Enhanced: "5.1.1", Recipient: "x@example.net"},
+		{Type: smtp.EventMessage, Op: smtp.OpDATA, Code: 250, QueueID: "Q1"},
+		{Type: smtp.EventSessionAborted, Op: smtp.OpDATA, Error: "smtp: DATA: io: EOF"},
+		{Type: smtp.EventQuit, Op: smtp.OpQUIT, Code: 221},
 	} {
 		p.event(e)
 	}

@@ -51,11 +51,11 @@ const maxInFlight = 16
 // baseConfig is the sender configuration both modes share.
 func baseConfig(o *options) sender.Config {
 	return sender.Config{
-		LocalName:   o.ehlo,
 		MaxConns:    o.conns,
 		MaxInFlight: maxInFlight,
 		DialTimeout: o.timeout,
 		Options: smtp.Options{
+			LocalName: o.ehlo,
 			// .eml files written on Unix end their lines with LF alone.
 			// Converting every line ending to CRLF leaves no bare LF for
 			// a smuggling attempt to hide in, and dot-stuffing then
@@ -91,7 +91,7 @@ func runServer(ctx context.Context, o *options, stdin io.Reader, con *console, e
 	cfg := baseConfig(o)
 	cfg.Addr = o.server
 	cfg.Security = o.security()
-	cfg.TLSConfig = tlsConf
+	cfg.Options.TLSConfig = tlsConf
 	cfg.Credentials = creds
 	if o.verify {
 		return runVerify(ctx, o, cfg, con)
@@ -145,7 +145,7 @@ func runDemo(ctx context.Context, o *options, stdin io.Reader, con *console) int
 	cfg := baseConfig(o)
 	cfg.Addr = srv.Addr()
 	cfg.Security = sender.ImplicitTLS
-	cfg.TLSConfig = srv.ClientTLSConfig()
+	cfg.Options.TLSConfig = srv.ClientTLSConfig()
 	cfg.Credentials = func(context.Context) (sender.Credentials, error) {
 		return sender.Credentials{Username: user, Secret: pass}, nil
 	}

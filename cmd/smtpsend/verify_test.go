@@ -98,12 +98,12 @@ func TestVerifyExitCodes(t *testing.T) {
 // unknown outcome and a temporary failure.
 func TestClassifyConfig(t *testing.T) {
 	for _, err := range []error{
-		&smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 535, Enhanced: "5.7.8"},
-		&smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Message: "server offers no AUTH"},
+		&smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Code: 535, Enhanced: "5.7.8"},
+		&smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Message: "server offers no AUTH"},
 		&smtp.Error{Op: smtp.OpSTARTTLS, Kind: smtp.KindProtocol, Err: smtp.ErrStartTLSNotOffered},
 		&smtp.Error{Op: smtp.OpDial, Kind: smtp.KindIO, Err: &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}},
 		// The sender's fail-fast error after a refused login: its cause decides.
-		&smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 535, Message: "failing fast", Err: &smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 535}},
+		&smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Code: 535, Message: "failing fast", Err: &smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Code: 535}},
 	} {
 		assert.Equal(t, statusConfig, classify(err), "%v", err)
 	}
@@ -125,9 +125,9 @@ func TestReplyLineIsServerText(t *testing.T) {
 	}{
 		{failFast, "554 no service for you"},
 		{fmt.Errorf("wrapped: %w", failFast), "554 no service for you"},
-		{&smtp.Error{Op: smtp.OpRcpt, Kind: smtp.KindRejected, Code: 550, Enhanced: "5.1.1", Message: "No such user"}, "550 5.1.1 No such user"},
-		{&smtp.Error{Op: smtp.OpAuth, Kind: smtp.KindAuth, Code: 535, Enhanced: "5.7.8", Message: "PLAIN refused: bad"}, "535 5.7.8"},
-		{&smtp.Error{Op: smtp.OpData, Kind: smtp.KindIO, Err: errors.New("EOF")}, ""},
+		{&smtp.Error{Op: smtp.OpRCPT, Kind: smtp.KindRejected, Code: 550, Enhanced: "5.1.1", Message: "No such user"}, "550 5.1.1 No such user"},
+		{&smtp.Error{Op: smtp.OpAUTH, Kind: smtp.KindAuth, Code: 535, Enhanced: "5.7.8", Message: "PLAIN refused: bad"}, "535 5.7.8"},
+		{&smtp.Error{Op: smtp.OpDATA, Kind: smtp.KindIO, Err: errors.New("EOF")}, ""},
 		{context.Canceled, ""},
 	} {
 		assert.Equal(t, tc.want, replyText(tc.err), "%v", tc.err)

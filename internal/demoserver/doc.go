@@ -5,9 +5,10 @@
 //
 // [Start] listens on a free 127.0.0.1 port and speaks TLS from the first
 // byte (implicit TLS, RFC 8314) with a self-signed ECDSA certificate made
-// on the spot, whose only trust anchor is [Server.CertPool]. When
-// [Options.Users] is set it offers AUTH PLAIN and refuses MAIL before a
-// successful login. Every accepted message is recorded, byte for byte as
+// on the spot, whose only trust anchor is [Server.CertPool] (or, with
+// [Options.StartTLS], in plaintext until STARTTLS). When [Options.Users]
+// is set it offers AUTH PLAIN, with [Options.Tokens] AUTH XOAUTH2, and
+// refuses MAIL before a successful login. Every accepted message is recorded, byte for byte as
 // the client sent it (after dot-unstuffing or BDAT reassembly), and can be
 // read back with [Server.Messages].
 //

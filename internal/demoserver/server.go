@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -34,6 +35,13 @@ type Options struct {
 	// is not empty, MAIL FROM is refused with 530 5.7.0 until the client
 	// has logged in.
 	Users map[string]string
+	// Tokens maps user names to the OAuth 2.0 access tokens AUTH XOAUTH2
+	// accepts; like Users, it makes MAIL FROM wait for a login.
+	Tokens map[string]string
+	// StartTLS makes the server speak plaintext first and offer STARTTLS
+	// (as on port 587), and AUTH only once TLS is up, instead of implicit
+	// TLS.
+	StartTLS bool
 	// Domain is the server's name in its greeting; "localhost" when
 	// empty.
 	Domain string
@@ -71,6 +79,7 @@ type Server struct {
 	certPEM []byte
 	pool    *x509.CertPool
 	users   map[string]string
+	tokens  map[string]string
 	served  chan struct{} // closed when Serve returns
 
 	mu       sync.Mutex // guards the fields below
@@ -99,6 +108,7 @@ func Start(opts Options) (*Server, error) {
 	for u, p := range opts.Users {
 		s.users[u] = p
 	}
+	s.tokens = maps.Clone(opts.Tokens)
 
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = opts.Domain
@@ -128,6 +138,10 @@ func Start(opts Options) (*Server, error) {
 	s.ln = &trackingListener{Listener: raw, conns: make(map[net.Conn]struct{})}
 	go func() {
 		defer close(s.served)
+		if opts.StartTLS {
+			_ = srv.Serve(s.ln) // go-smtp offers STARTTLS with its TLSConfig
+			return
+		}
 		_ = srv.Serve(tls.NewListener(s.ln, srv.TLSConfig))
 	}()
 	return s, nil
@@ -212,13 +226,26 @@ var (
 )
 
 func (ss *session) AuthMechanisms() []string {
-	if len(ss.s.users) == 0 {
-		return nil
+	var mechs []string
+	if len(ss.s.users) > 0 {
+		mechs = append(mechs, sasl.Plain)
 	}
-	return []string{sasl.Plain}
+	if len(ss.s.tokens) > 0 {
+		mechs = append(mechs, "XOAUTH2")
+	}
+	return mechs
 }
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if mech == "XOAUTH2" && len(ss.s.tokens) > 0 {
+		return &xoauth2Server{check: func(user, token string) error {
+			if want, ok := ss.s.tokens[user]; !ok || want != token {
+				return smtp.ErrAuthFailed
+			}
+			ss.user = user
+			return nil
+		}}, nil
+	}
 	if mech != sasl.Plain || len(ss.s.users) == 0 {
 		return nil, smtp.ErrAuthUnknownMechanism
 	}
@@ -233,7 +260,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (ss *session) Mail(from string, _ *smtp.MailOptions) error {
-	if len(ss.s.users) > 0 && ss.user == "" {
+	if (len(ss.s.users) > 0 || len(ss.s.tokens) > 0) && ss.user == "" {
 		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required"}
 	}
 	ss.from = from
@@ -280,6 +307,27 @@ func (ss *session) Reset() {
 }
 
 func (ss *session) Logout() error { return nil }
+
+// xoauth2Server is the server side of XOAUTH2: one response,
+// "user=USER^Aauth=Bearer TOKEN^A^A".
+type xoauth2Server struct {
+	check func(user, token string) error
+}
+
+func (x *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
+	if resp == nil {
+		return []byte{}, false, nil // no initial response: ask for it
+	}
+	var user, token string
+	for _, f := range strings.Split(string(resp), "\x01") {
+		if v, ok := strings.CutPrefix(f, "user="); ok {
+			user = v
+		} else if v, ok := strings.CutPrefix(f, "auth=Bearer "); ok {
+			token = v
+		}
+	}
+	return nil, true, x.check(user, token)
+}
 
 // trackingListener remembers the connections it accepted so Close can
 // close them all, including one accepted while Close runs.

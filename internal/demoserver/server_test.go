@@ -42,7 +42,7 @@ func connect(t *testing.T, srv *demoserver.Server, opts *smtp.Options) *smtp.Cli
 	defer cancel()
 	tr, err := transport.DialTLS(ctx, srv.Addr(), srv.ClientTLSConfig())
 	require.NoError(t, err)
-	c, err := smtp.Connect(ctx, tr, "client.example", opts)
+	c, err := smtp.Connect(ctx, tr, opts)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
@@ -115,7 +115,7 @@ func TestMagicRecipients(t *testing.T) {
 		_, err := c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"Reject@example.net"}}, strings.NewReader(body))
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		assert.Equal(t, 550, se.Code)
 		assert.Equal(t, "5.1.1", se.Enhanced)
 		assert.True(t, smtp.IsPermanent(err))
@@ -125,7 +125,7 @@ func TestMagicRecipients(t *testing.T) {
 		_, err := c.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"defer@example.net"}}, strings.NewReader(body))
 		var se *smtp.Error
 		require.ErrorAs(t, err, &se)
-		assert.Equal(t, smtp.OpRcpt, se.Op)
+		assert.Equal(t, smtp.OpRCPT, se.Op)
 		assert.Equal(t, 451, se.Code)
 		assert.True(t, smtp.IsTemporary(err))
 	})
@@ -174,9 +174,9 @@ func TestCertificate(t *testing.T) {
 func TestSenderConcurrent(t *testing.T) {
 	srv := start(t, demoserver.Options{Users: map[string]string{"demo": "secret"}})
 	snd, err := sender.New(sender.Config{
-		Addr:      srv.Addr(),
-		TLSConfig: srv.ClientTLSConfig(),
-		MaxConns:  3,
+		Addr:     srv.Addr(),
+		Options:  smtp.Options{TLSConfig: srv.ClientTLSConfig()},
+		MaxConns: 3,
 		Credentials: func(context.Context) (sender.Credentials, error) {
 			return sender.Credentials{Username: "demo", Secret: "secret"}, nil
 		},

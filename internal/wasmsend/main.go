@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/smtpkit/smtpkit/internal/tlsconf"
 	"github.com/smtpkit/smtpkit/smtp"
 	"github.com/smtpkit/smtpkit/transport"
 )
@@ -77,16 +78,16 @@ func send(ctx context.Context, cfg config) error {
 	var c *smtp.Client
 	switch cfg.mode {
 	case "plain":
-		c, err = smtp.Connect(ctx, conn, local, &smtp.Options{InsecureAllowPlaintext: true})
+		c, err = smtp.Connect(ctx, conn, &smtp.Options{LocalName: local, InsecureAllowPlaintext: true})
 	case "starttls":
-		c, err = smtp.ConnectStartTLS(ctx, transport.Upgradable(conn), local, tlsConf, nil)
+		c, err = smtp.ConnectStartTLS(ctx, transport.Upgradable(conn), &smtp.Options{LocalName: local, TLSConfig: tlsConf})
 	case "tls":
-		tc := tls.Client(conn, transport.ClientTLSConfig(tlsConf, cfg.addr))
+		tc := tls.Client(conn, tlsconf.Client(tlsConf, cfg.addr))
 		if err = tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
 			return fmt.Errorf("tls handshake: %w", err)
 		}
-		c, err = smtp.Connect(ctx, tc, local, nil)
+		c, err = smtp.Connect(ctx, tc, &smtp.Options{LocalName: local})
 	default:
 		conn.Close()
 		return fmt.Errorf("unknown mode %q", cfg.mode)

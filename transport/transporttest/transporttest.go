@@ -9,7 +9,7 @@
 // package cancels I/O that way when a context ends); the error it returns
 // is a [net.Error] whose Timeout and Temporary methods report true, so
 // that a crypto/tls session over the transport survives a timed-out read
-// (the smtp package probes an idle session with a read of 2 ms); nothing
+// (the smtp package probes an idle session with a short read); nothing
 // is lost across a timeout; a Write that a deadline ends never reports
 // fewer octets than the peer gets unless its error matches
 // [transport.ErrMaybeWritten] (the smtp package counts a commit point as
@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/smtpkit/smtpkit/internal/selfsigned"
+	"github.com/smtpkit/smtpkit/internal/tlsconf"
 	"github.com/smtpkit/smtpkit/transport"
 )
 
@@ -281,7 +282,7 @@ func testDeadlineInterruptsRead(t *testing.T, tr transport.Transport, peer net.C
 func testTLSSurvivesTimeout(t *testing.T, tr transport.Transport, peer net.Conn) {
 	cert := newCert(t)
 	srv := tls.Server(peer, &tls.Config{Certificates: []tls.Certificate{cert.TLS}})
-	cli := tls.Client(asConn(tr), transport.ClientTLSConfig(&tls.Config{RootCAs: cert.Pool}, "localhost"))
+	cli := tls.Client(asConn(tr), tlsconf.Client(&tls.Config{RootCAs: cert.Pool}, "localhost"))
 	handshake(t, cli, srv)
 
 	if err := cli.SetDeadline(time.Now().Add(2 * time.Millisecond)); err != nil {
