@@ -19,11 +19,10 @@ import (
 // What the sessions need of smtp.Tx and smtp.Client beyond the API
 // (package smtp sets them; see internal/smtpx).
 var (
-	txDone        = smtpx.TxDone.(func(*smtp.Tx) bool)
-	txResult      = smtpx.TxResult.(func(*smtp.Tx) (*smtp.Outcome, error))
-	txReplayable  = smtpx.TxReplayable.(func(*smtp.Tx) bool)
 	txAnswered421 = smtpx.TxAnswered421.(func(*smtp.Tx) bool)
 	clientSilent  = smtpx.ClientSilent.(func(*smtp.Client) time.Duration)
+	txSettled     = smtpx.TxSettled.(func(*smtp.Tx) (bool, *smtp.Outcome, error, bool, bool, error))
+	clientFinish  = smtpx.ClientFinished.(func(*smtp.Client) uint64)
 )
 
 // conn is one connection and its two goroutines, as net/http's
@@ -212,8 +211,15 @@ func (a *conn) run() {
 func (a *conn) read() {
 	defer a.s.wg.Done()
 	defer close(a.readerDone)
+	var finished uint64
 	a.c.ReadReplies(a.ctx, func() {
-		a.answerDone()
+		// A reply that finished no transaction (a recipient's, a
+		// chunk's) answers nobody; the writer answers what waited for
+		// its body (bodyDone, then answerDone).
+		if n := clientFinish(a.c); n != finished {
+			finished = n
+			a.answerDone()
+		}
 		a.signal()
 	})
 }
@@ -284,12 +290,12 @@ func (a *conn) serve() (broke bool) {
 		// Nothing to write now: what is buffered leaves (and the body of
 		// a transaction that waited for its replies), then the writer
 		// waits for an attempt, an answer or the end.
-		a.c.Flush(a.ctx)
+		ferr := a.c.Flush(a.ctx)
 		a.bodyDone()
 		// The writer may have read replies itself, while the reader
 		// was between two reads: it answers what they finished.
 		a.answerDone()
-		if a.c.State() == smtp.StateClosed {
+		if errors.Is(ferr, smtp.ErrClosed) {
 			continue
 		}
 		// What the flush read may have changed: a 503 (take no
@@ -458,41 +464,48 @@ func (a *conn) take(at *attempt) bool {
 func (a *conn) answerDone() {
 	for {
 		a.mu.Lock()
-		if len(a.inflight) == 0 || a.inflight[0].bodyBusy.Load() || !txDone(a.inflight[0].tx) {
+		if len(a.inflight) == 0 || a.inflight[0].bodyBusy.Load() {
 			a.mu.Unlock()
 			return
 		}
 		at := a.inflight[0]
+		done, out, err, replay, own421, sessionErr := txSettled(at.tx)
+		if !done {
+			a.mu.Unlock()
+			return
+		}
 		n := copy(a.inflight, a.inflight[1:])
 		a.inflight[n] = nil
 		a.inflight = a.inflight[:n]
 		a.nflight.Store(int32(n))
+		r := a.settleLocked(out, err, replay, own421, sessionErr)
 		a.mu.Unlock()
-		a.settle(at)
+		if err == nil {
+			a.s.progress()
+		}
+		a.answer(at, r)
 	}
 }
 
-// settle answers an attempt whose transaction is done, saying whether the
-// message may be written again, and whose fault it was if so: the
-// server's 421 to this very transaction, or a loss while it was the
-// oldest in flight. A refusal by a session the server was closing, a
-// message the server never processed after its 421, a 503 (its state,
-// not the message) and a loss a caller's withdrawal caused are not the
-// message's fault.
-func (a *conn) settle(at *attempt) {
-	tx := at.tx
-	out, err := txResult(tx)
+// settleLocked is the answer for an attempt whose transaction is done
+// (a.mu held), saying whether the message may be written again, and
+// whose fault it was if so: the server's 421 to this very transaction,
+// or a loss while it was the oldest in flight. A refusal by a session
+// the server was closing, a message the server never processed after
+// its 421, a 503 (its state, not the message) and a loss a caller's
+// withdrawal caused are not the message's fault. The transaction's
+// state comes from one look (txSettled).
+func (a *conn) settleLocked(out *smtp.Outcome, err error, replay, own421 bool, sessionErr error) result {
 	r := result{out: out, err: err, wrote: true}
 	e, _ := errors.AsType[*smtp.Error](err)
-	a.mu.Lock()
-	a.note421Locked(tx)
+	a.count421Locked(own421, sessionErr)
 	switch {
 	case err == nil:
 		a.delivered = true
-	case txAnswered421(tx):
+	case own421:
 		r.replay, r.own = true, true
 		a.blamed = true
-	case txReplayable(tx):
+	case replay:
 		r.replay = true
 		switch {
 		case e != nil && e.Kind == smtp.KindProtocol && e.Code == 503:
@@ -505,11 +518,7 @@ func (a *conn) settle(at *attempt) {
 			a.blamed = true
 		}
 	}
-	a.mu.Unlock()
-	if err == nil {
-		a.s.progress()
-	}
-	a.answer(at, r)
+	return r
 }
 
 // note421Locked counts the connection's 421 once, before any answer that
@@ -518,8 +527,17 @@ func (a *conn) note421Locked(tx *smtp.Tx) {
 	if a.seen421 {
 		return
 	}
-	e, _ := errors.AsType[*smtp.Error](a.c.Err())
-	if tx != nil && txAnswered421(tx) || e != nil && e.Code == 421 {
+	a.count421Locked(tx != nil && txAnswered421(tx), a.c.Err())
+}
+
+// count421Locked is note421Locked with the transaction's state known:
+// own421, its own 421; sessionErr, what closed the session.
+func (a *conn) count421Locked(own421 bool, sessionErr error) {
+	if a.seen421 {
+		return
+	}
+	e, _ := errors.AsType[*smtp.Error](sessionErr)
+	if own421 || e != nil && e.Code == 421 {
 		a.seen421 = true
 		a.s.stats.seen421.Add(1)
 	}

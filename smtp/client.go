@@ -116,6 +116,10 @@ type Client struct {
 	state   SessionState
 	// closeErr is the first cause of the close.
 	closeErr *Error
+	// finished counts the transactions done (Tx.finish, under mu); read
+	// without mu by the sender's reader, to skip looking for answers
+	// after a reply that finished none.
+	finished atomic.Uint64
 	// closing is the 421 with which the server announced it is closing
 	// the session, while the replies still owed to committed transactions
 	// are read (see beginClosing); nil otherwise.
@@ -546,16 +550,16 @@ func (w *watcher) unwatch() (fired bool) {
 func (c *Client) Flush(ctx context.Context) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.State() == StateClosed {
+	c.mu.Lock()
+	closed, open := c.state == StateClosed, c.open
+	c.unlock()
+	if closed {
 		return c.closedError(OpSend)
 	}
 	if err := ctxError(ctx, OpSend); err != nil {
 		return err
 	}
 	c.watch(ctx)
-	c.mu.Lock()
-	open := c.open
-	c.unlock()
 	if open != nil {
 		c.advance(ctx, open)
 	}

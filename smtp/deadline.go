@@ -3,6 +3,7 @@ package smtp
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/smtpkit/smtpkit/transport"
@@ -25,6 +26,9 @@ type deadliner struct {
 	// of the read or the write half, until uninterrupt: every deadline
 	// that half sets stays in the past.
 	intR, intW bool
+	// rArmed mirrors !r.IsZero() (written under mu), so that clearing a
+	// read deadline that is not set, once per reply, takes no lock.
+	rArmed atomic.Bool
 }
 
 type splitDeadlines interface {
@@ -44,6 +48,7 @@ func (d *deadliner) reset(t transport.Transport) {
 	d.rw, _ = t.(splitDeadlines)
 	d.r, d.w, d.combined = time.Time{}, time.Time{}, time.Time{}
 	d.intR, d.intW = false, false
+	d.rArmed.Store(false)
 }
 
 // flag returns the interruption flag of the half whose deadline is
@@ -89,11 +94,7 @@ func (d *deadliner) uninterrupt(which *time.Time) {
 }
 
 // readArmed reports whether the read half has a deadline.
-func (d *deadliner) readArmed() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return !d.r.IsZero()
-}
+func (d *deadliner) readArmed() bool { return d.rArmed.Load() }
 
 // set sets the deadline *which (d.r or d.w) to ctx's deadline or
 // now+timeout, whichever is sooner; with timeout < 0, to none.
@@ -127,6 +128,9 @@ func (d *deadliner) set(which *time.Time, ctx context.Context, timeout time.Dura
 
 // clearRead removes the read half's deadline: nothing is owed.
 func (d *deadliner) clearRead() {
+	if !d.rArmed.Load() {
+		return
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.intR || d.r.IsZero() {
@@ -137,7 +141,9 @@ func (d *deadliner) clearRead() {
 }
 
 // apply hands the deadline just changed to the transport (d.mu held).
+// Every change of a deadline ends here.
 func (d *deadliner) apply(which *time.Time) {
+	d.rArmed.Store(!d.r.IsZero())
 	if d.rw != nil {
 		if which == &d.r {
 			d.rw.SetReadDeadline(d.r)

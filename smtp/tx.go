@@ -10,11 +10,10 @@ import (
 // The parts of Tx and Client that package sender needs and that are not
 // API (see package smtpx).
 func init() {
-	smtpx.TxDone = (*Tx).isDone
-	smtpx.TxResult = (*Tx).result
-	smtpx.TxReplayable = (*Tx).replayable
 	smtpx.TxAnswered421 = (*Tx).answered421
 	smtpx.ClientSilent = (*Client).silent
+	smtpx.TxSettled = (*Tx).settled
+	smtpx.ClientFinished = func(c *Client) uint64 { return c.finished.Load() }
 }
 
 // Tx is a transaction written by [Client.WriteTx] whose replies are read
@@ -145,6 +144,21 @@ func (tx *Tx) replayable() bool {
 	tx.c.mu.Lock()
 	defer tx.c.mu.Unlock()
 	return tx.done && tx.replay
+}
+
+// settled is the sender's one look at a transaction (smtpx.TxSettled).
+func (tx *Tx) settled() (done bool, out *Outcome, err error, replay, answered421 bool, sessionErr error) {
+	c := tx.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closeErr != nil {
+		sessionErr = c.closeErr
+	}
+	if !tx.done {
+		return false, nil, nil, false, false, sessionErr
+	}
+	out, err = tx.resultLocked()
+	return true, out, err, tx.replay, tx.refused != nil, sessionErr
 }
 
 // answered421 reports whether the server answered one of this

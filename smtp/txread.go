@@ -318,6 +318,7 @@ func (tx *Tx) maybeFinish() {
 func (tx *Tx) finish() {
 	tx.done = true
 	c := tx.c
+	c.finished.Add(1)
 	finalOK := tx.final != nil && tx.final.Code/100 == 2
 	switch {
 	case tx.refused != nil:

@@ -8,20 +8,19 @@
 package smtpx
 
 var (
-	// TxDone is a func(*smtp.Tx) bool: whether every reply of the
-	// transaction has been read, or the session lost.
-	TxDone any
-	// TxResult is a func(*smtp.Tx) (*smtp.Outcome, error): what ReadTx
-	// returns for a transaction that is done, without reading; nil, nil
-	// before.
-	TxResult any
-	// TxReplayable is a func(*smtp.Tx) bool: whether the transaction
-	// failed without any chance of delivery and may be written again on
-	// another session.
-	TxReplayable any
 	// TxAnswered421 is a func(*smtp.Tx) bool: whether the server
 	// answered one of the transaction's own commands with 421.
 	TxAnswered421 any
+	// TxSettled is a func(*smtp.Tx) (done bool, out *smtp.Outcome,
+	// err error, replay, answered421 bool, sessionErr error): in one
+	// look at the session, whether the transaction is done and, if so,
+	// its result, whether it may be written again, whether the server
+	// answered one of its own commands with 421, and the error that
+	// closed the session (nil while open).
+	TxSettled any
+	// ClientFinished is a func(*smtp.Client) uint64: how many of the
+	// client's transactions are done so far; it takes no lock.
+	ClientFinished any
 	// ClientSilent is a func(*smtp.Client) time.Duration: how long the
 	// server has owed a reply without sending any (zero when nothing is
 	// owed).
