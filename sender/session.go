@@ -97,6 +97,10 @@ type conn struct {
 	// been counted.
 	blamed  bool
 	seen421 bool
+	// notYet, when not zero, is one more than the client's count of
+	// finished transactions when answerDone last found the oldest in
+	// flight not done (see answerDone).
+	notYet uint64
 	// callerEnded is set when the session ended because callers gave
 	// up: a body withdrawn mid-DATA dropped it, or the grace ran out.
 	// That is never the server's failure.
@@ -468,9 +472,17 @@ func (a *conn) answerDone() {
 			a.mu.Unlock()
 			return
 		}
+		// The head was not done when the client had finished notYet-1
+		// transactions: while that count stands, it still is not.
+		fin := clientFinish(a.c)
+		if a.notYet == fin+1 {
+			a.mu.Unlock()
+			return
+		}
 		at := a.inflight[0]
 		done, out, err, replay, own421, sessionErr := txSettled(at.tx)
 		if !done {
+			a.notYet = fin + 1
 			a.mu.Unlock()
 			return
 		}

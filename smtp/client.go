@@ -113,9 +113,11 @@ type Client struct {
 	// is there, the write half leaves all reading to it.
 	reading bool
 	readers int
-	state   SessionState
+	state   SessionState // see setStateLocked
 	// closeErr is the first cause of the close.
 	closeErr *Error
+	// stateNow is state, for reading without mu (setStateLocked).
+	stateNow atomic.Int32
 	// finished counts the transactions done (Tx.finish, under mu); read
 	// without mu by the sender's reader, to skip looking for answers
 	// after a reply that finished none.
@@ -351,7 +353,8 @@ func ConnectStartTLS(ctx context.Context, t transport.StartTLSCapable, opts *Opt
 }
 
 func newClient(t transport.Transport, opts *Options) (*Client, error) {
-	c := &Client{t: t, state: StateReady}
+	c := &Client{t: t}
+	c.setStateLocked(StateReady)
 	if opts != nil {
 		c.opts = *opts
 	}
@@ -595,7 +598,7 @@ func (c *Client) failLocked(err *Error) *Error {
 	if c.state == StateClosed {
 		return err
 	}
-	c.state = StateClosed
+	c.setStateLocked(StateClosed)
 	c.closeErr = err
 	c.closeT = true
 	c.auditLocked(Event{Type: EventSessionAborted, Op: err.Op, Code: err.Code, Enhanced: err.Enhanced, Kind: err.Kind, Error: err.Error()})
@@ -665,10 +668,13 @@ func (c *Client) checkReady(op Op) *Error {
 }
 
 // State returns where the session stands.
-func (c *Client) State() SessionState {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.state
+func (c *Client) State() SessionState { return SessionState(c.stateNow.Load()) }
+
+// setStateLocked moves the session to s (mu held). stateNow mirrors
+// state for State, which both halves ask often, without the lock.
+func (c *Client) setStateLocked(s SessionState) {
+	c.state = s
+	c.stateNow.Store(int32(s))
 }
 
 // Capabilities returns what the server advertised in its last EHLO
@@ -795,7 +801,7 @@ func (c *Client) Quit(ctx context.Context) error {
 	c.audit(Event{Type: EventQuit, Op: OpQUIT, Code: rep.Code})
 	c.mu.Lock()
 	if c.state != StateClosed {
-		c.state = StateClosed
+		c.setStateLocked(StateClosed)
 		c.closeErr = &Error{Op: OpQUIT, Kind: KindIO, Message: "session ended by QUIT"}
 		c.cond.Broadcast()
 	}

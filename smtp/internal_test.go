@@ -244,7 +244,8 @@ func TestQueueIDNoPanic(t *testing.T) {
 }
 
 func TestPendingQueueKeepsItsArray(t *testing.T) {
-	c := &Client{state: StateReady}
+	c := &Client{}
+	c.setStateLocked(StateReady)
 	tx := &Tx{}
 	push := func(tx *Tx, k replyKind, idx int) { c.pushLocked(tx, k, idx, nil, "", 0) }
 	// A window that grows the queue, then drains it, many times: the
@@ -270,7 +271,8 @@ func TestPendingQueueKeepsItsArray(t *testing.T) {
 	})
 	assert.Zero(t, allocs)
 	// A queue that grows while not empty keeps its order.
-	c = &Client{state: StateReady}
+	c = &Client{}
+	c.setStateLocked(StateReady)
 	for i := range 5 {
 		push(tx, kRcpt, i)
 	}

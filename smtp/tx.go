@@ -179,6 +179,14 @@ func (tx *Tx) answered421() bool {
 // failed; errors.Is(err, ErrOutcomeUnknown) when the message was
 // committed but its reply lost). The session stays usable after a
 // refused message.
+//
+// A body that implements [io.WriterTo] (*bytes.Reader, *bytes.Buffer,
+// *strings.Reader, io.MultiReader of those) is written from its own
+// memory, without a copy, in BDAT chunks of up to 1 MiB; any other body
+// is read in pieces of Options.ChunkSize. Either way every octet is
+// checked before it is written: a body that breaks a rule (a bare CR or
+// LF, a line too long, the size limit) never has its offending octet or
+// its end written, and the transaction is abandoned.
 func (c *Client) Send(ctx context.Context, env Envelope, body io.Reader) (*Outcome, error) {
 	tx, err := c.WriteTx(ctx, env, body)
 	if err != nil {
@@ -323,6 +331,6 @@ func (c *Client) ReadReplies(ctx context.Context, after func()) error {
 // (mu held).
 func (c *Client) settleState() {
 	if c.state == StateTransaction && len(c.pending) == 0 && c.open == nil {
-		c.state = StateReady
+		c.setStateLocked(StateReady)
 	}
 }

@@ -51,25 +51,34 @@ func (c *Client) writeFailed(err *Error) {
 func (c *Client) writeTx(ctx context.Context, tx *Tx, env *Envelope, mail []byte) *Error {
 	c.mu.Lock()
 	open := c.open
+	// The common case in one look: pipelining, no transaction waiting
+	// for its body, and a reader (or replies owed), so no idle check.
+	begun := open == nil && c.caps.Pipelining && (c.reading || c.readers > 0 || len(c.pending) > 0) && c.writableLocked()
+	reset := false
+	if begun {
+		c.setStateLocked(StateTransaction)
+		reset, c.needReset = c.needReset, false
+	}
 	c.mu.Unlock()
-	if open != nil {
-		c.advance(ctx, open)
-	}
-	if !c.caps.Pipelining {
-		c.flush(ctx, OpMAIL)
-		c.await(ctx, func() bool { return len(c.pending) == 0 })
-	} else {
-		c.checkIdle(ctx)
-	}
-	c.mu.Lock()
-	if !c.writableLocked() {
+	if !begun {
+		if open != nil {
+			c.advance(ctx, open)
+		}
+		if !c.caps.Pipelining {
+			c.flush(ctx, OpMAIL)
+			c.await(ctx, func() bool { return len(c.pending) == 0 })
+		} else {
+			c.checkIdle(ctx)
+		}
+		c.mu.Lock()
+		if !c.writableLocked() {
+			c.mu.Unlock()
+			return c.closedError(OpMAIL)
+		}
+		c.setStateLocked(StateTransaction)
+		reset, c.needReset = c.needReset, false
 		c.mu.Unlock()
-		return c.closedError(OpMAIL)
 	}
-	c.state = StateTransaction
-	reset := c.needReset
-	c.needReset = false
-	c.mu.Unlock()
 	c.setWriteDeadline(ctx, c.opts.Timeouts.DataBlock)
 	if reset {
 		c.writeCommand(nil, kReset, 0, resetLine)
