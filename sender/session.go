@@ -99,8 +99,8 @@ type conn struct {
 	seen421 bool
 	// notYet, when not zero, is one more than the client's count of
 	// finished transactions when answerDone last found the oldest in
-	// flight not done (see answerDone).
-	notYet uint64
+	// flight not done (see answerDone); stored under mu, read without.
+	notYet atomic.Uint64
 	// callerEnded is set when the session ended because callers gave
 	// up: a body withdrawn mid-DATA dropped it, or the grace ran out.
 	// That is never the server's failure.
@@ -467,22 +467,23 @@ func (a *conn) take(at *attempt) bool {
 // attempt is taken off the window once, under mu.
 func (a *conn) answerDone() {
 	for {
-		a.mu.Lock()
-		if len(a.inflight) == 0 || a.inflight[0].bodyBusy.Load() {
-			a.mu.Unlock()
+		// The oldest in flight was not done when the client had
+		// finished notYet-1 transactions: while that count stands, it
+		// still is not (only its own end moves the count past it, and
+		// only its end takes it off the head).
+		fin := clientFinish(a.c)
+		if a.notYet.Load() == fin+1 {
 			return
 		}
-		// The head was not done when the client had finished notYet-1
-		// transactions: while that count stands, it still is not.
-		fin := clientFinish(a.c)
-		if a.notYet == fin+1 {
+		a.mu.Lock()
+		if len(a.inflight) == 0 || a.inflight[0].bodyBusy.Load() {
 			a.mu.Unlock()
 			return
 		}
 		at := a.inflight[0]
 		done, out, err, replay, own421, sessionErr := txSettled(at.tx)
 		if !done {
-			a.notYet = fin + 1
+			a.notYet.Store(fin + 1)
 			a.mu.Unlock()
 			return
 		}

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -211,15 +210,6 @@ func BenchmarkBodySize(b *testing.B) {
 }
 
 var benchChunk = func() int { n, _ := strconv.Atoi(os.Getenv("SMTPKIT_BENCH_CHUNK")); return n }()
-
-// processCPU is the process's user and system CPU time so far.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // reportCPUPerMB reports the CPU time the whole process (client and
 // sink) spent per MB of body since cpu0: steadier than MB/s on a
