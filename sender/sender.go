@@ -268,6 +268,9 @@ type body struct {
 	n     int64
 	start int64
 	seek  io.Seeker
+	// gate is what WriteTo hands the body (kept here: no allocation
+	// per message).
+	gate gate
 }
 
 func (b *body) Read(p []byte) (int, error) {
@@ -303,12 +306,21 @@ func (b *body) WriteTo(w io.Writer) (int64, error) {
 	if at.state.Load() == stWithdrawn {
 		return 0, errWithdrawn
 	}
-	n, err := wt.WriteTo(&gate{b: b, w: w})
+	b.gate = gate{b: b, w: w}
+	n, err := wt.WriteTo(&b.gate)
+	// A body that kept the gate (against the io.WriterTo contract) must
+	// not reach the session's next message through it.
+	b.gate.w = gateClosed{}
 	if err == nil && !at.state.CompareAndSwap(stActive, stEOF) && at.state.Load() != stEOF {
 		return n, errWithdrawn
 	}
 	return n, err
 }
+
+// gateClosed is the gate's writer once WriteTo has returned.
+type gateClosed struct{}
+
+func (gateClosed) Write([]byte) (int, error) { return 0, errWithdrawn }
 
 // readOnly hides every method of a body but Read.
 type readOnly struct{ b *body }

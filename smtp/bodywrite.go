@@ -90,8 +90,11 @@ type bodyStream struct {
 	stop    stopReason
 }
 
+// newBodyStream readies the client's one body stream for tx (the write
+// half streams one body at a time): no allocation per message.
 func (c *Client) newBodyStream(ctx context.Context, tx *Tx) *bodyStream {
-	s := &bodyStream{c: c, ctx: ctx, tx: tx}
+	s := &c.body
+	*s = bodyStream{c: c, ctx: ctx, tx: tx}
 	cs := c.opts.chunkSize()
 	s.bufs = bodyBufPool(cs).Get().(*bodyBufs)
 	s.rb, s.eb = s.bufs.rb, s.bufs.eb[:0]
@@ -103,13 +106,15 @@ func (c *Client) newBodyStream(ctx context.Context, tx *Tx) *bodyStream {
 	return s
 }
 
-// release gives the buffers back.
+// release gives the buffers back and stops the stream: a body that kept
+// the writer its WriteTo was given (against the io.WriterTo contract)
+// gets errBodyStopped from a late Write.
 func (s *bodyStream) release() {
 	if s.bufs != nil {
 		s.bufs.eb = s.eb[:0]
 		bodyBufPool(len(s.rb)).Put(s.bufs)
-		s.bufs = nil
 	}
+	*s = bodyStream{stop: stopWire}
 }
 
 // copyBody hands the whole body to the stream and, if it ended well,

@@ -93,9 +93,10 @@ type Client struct {
 	wmu     sync.Mutex
 	w       *bufio.Writer
 	cw      countingWriter
-	scratch []byte  // command formatting
-	mailBuf []byte  // MAIL FROM of the transaction being written
-	wwatch  watcher // the write half's context
+	scratch []byte     // command formatting
+	mailBuf []byte     // MAIL FROM of the transaction being written
+	body    bodyStream // the body being written (newBodyStream)
+	wwatch  watcher    // the write half's context
 
 	// The read half: owned by the goroutine that holds the read token
 	// (reading, under mu).

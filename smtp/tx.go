@@ -186,7 +186,8 @@ func (tx *Tx) answered421() bool {
 // is read in pieces of Options.ChunkSize. Either way every octet is
 // checked before it is written: a body that breaks a rule (a bare CR or
 // LF, a line too long, the size limit) never has its offending octet or
-// its end written, and the transaction is abandoned.
+// its end written, and the transaction is abandoned. A WriteTo must not
+// keep the writer it is given once it returns.
 func (c *Client) Send(ctx context.Context, env Envelope, body io.Reader) (*Outcome, error) {
 	tx, err := c.WriteTx(ctx, env, body)
 	if err != nil {
