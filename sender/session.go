@@ -19,10 +19,9 @@ import (
 // What the sessions need of smtp.Tx and smtp.Client beyond the API
 // (package smtp sets them; see internal/smtpx).
 var (
-	txAnswered421 = smtpx.TxAnswered421.(func(*smtp.Tx) bool)
-	clientSilent  = smtpx.ClientSilent.(func(*smtp.Client) time.Duration)
-	txSettled     = smtpx.TxSettled.(func(*smtp.Tx) (bool, *smtp.Outcome, error, bool, bool, error))
-	clientFinish  = smtpx.ClientFinished.(func(*smtp.Client) uint64)
+	clientSilent = smtpx.ClientSilent.(func(*smtp.Client) time.Duration)
+	txSettled    = smtpx.TxSettled.(func(*smtp.Tx) (bool, *smtp.Outcome, error, bool, bool, error))
+	clientFinish = smtpx.ClientFinished.(func(*smtp.Client) uint64)
 )
 
 // conn is one connection and its two goroutines, as net/http's
@@ -194,7 +193,7 @@ func (a *conn) run() {
 	<-a.readerDone
 	a.answerDone() // what the reader could not answer while a body was busy
 	a.mu.Lock()
-	a.note421Locked(nil)
+	a.count421Locked(false, c.Err())
 	if errors.Is(c.Err(), errWithdrawn) {
 		// A caller withdrew in the middle of a DATA body: the session
 		// was dropped before the final dot. The server did nothing
@@ -534,17 +533,9 @@ func (a *conn) settleLocked(out *smtp.Outcome, err error, replay, own421 bool, s
 	return r
 }
 
-// note421Locked counts the connection's 421 once, before any answer that
-// follows from it: tx's own, or the one that closed the session.
-func (a *conn) note421Locked(tx *smtp.Tx) {
-	if a.seen421 {
-		return
-	}
-	a.count421Locked(tx != nil && txAnswered421(tx), a.c.Err())
-}
-
-// count421Locked is note421Locked with the transaction's state known:
-// own421, its own 421; sessionErr, what closed the session.
+// count421Locked counts the connection's 421 once, before any answer
+// that follows from it: own421, a transaction's own; sessionErr, what
+// closed the session.
 func (a *conn) count421Locked(own421 bool, sessionErr error) {
 	if a.seen421 {
 		return

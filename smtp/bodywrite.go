@@ -61,7 +61,7 @@ func bodyBufPool(size int) *sync.Pool {
 	return p.(*sync.Pool)
 }
 
-// stop says why a bodyStream stopped writing.
+// stopReason says why a bodyStream stopped writing.
 type stopReason uint8
 
 const (

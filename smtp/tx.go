@@ -10,7 +10,6 @@ import (
 // The parts of Tx and Client that package sender needs and that are not
 // API (see package smtpx).
 func init() {
-	smtpx.TxAnswered421 = (*Tx).answered421
 	smtpx.ClientSilent = (*Client).silent
 	smtpx.TxSettled = (*Tx).settled
 	smtpx.ClientFinished = func(c *Client) uint64 { return c.finished.Load() }

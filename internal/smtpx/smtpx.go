@@ -8,9 +8,6 @@
 package smtpx
 
 var (
-	// TxAnswered421 is a func(*smtp.Tx) bool: whether the server
-	// answered one of the transaction's own commands with 421.
-	TxAnswered421 any
 	// TxSettled is a func(*smtp.Tx) (done bool, out *smtp.Outcome,
 	// err error, replay, answered421 bool, sessionErr error): in one
 	// look at the session, whether the transaction is done and, if so,
