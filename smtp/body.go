@@ -127,7 +127,14 @@ func lineScan(p []byte, lf int) (run, _ int) {
 // of them is proved by counting its LFs; if one held another LF, the
 // streak's lines are found one by one instead.
 func (e *bodyEncoder) goodLines(p []byte) (n, lf int, ok bool) {
+	cut := len(p) > scanBlock
+	if cut {
+		p = p[:scanBlock]
+	}
 	lf = bytes.IndexByte(p, '\n')
+	if cut && lf < 0 {
+		lf = -2 // not in the block: not known
+	}
 	next, lineLen, lines, guessFrom := lf, e.lineLen, 0, 0
 	for next > 0 && p[n+next-1] == '\r' {
 		if e.maxLine > 0 && lineLen+next-1 > e.maxLine {
@@ -171,6 +178,16 @@ func (e *bodyEncoder) goodLines(p []byte) (n, lf int, ok bool) {
 func (e *bodyEncoder) runEnds(p []byte, n int) bool {
 	return n == len(p) || e.dotStuff && p[n] == '.'
 }
+
+// scanBlock is the most goodLines looks at in one call: its three
+// passes over a block (the guessed line ends, then the counts of LF and
+// CR) find the block in the core's first-level cache after the first,
+// and the write that follows finds it in the second. Measured with
+// BenchmarkBodySize (10 MiB, BDAT, *bytes.Reader), three rounds
+// interleaved: 8 KiB came first in each, 5-10 % less CPU per MB than an
+// unbounded scan of a 1 MiB piece. A variable so that tests can cut
+// lines at block ends.
+var scanBlock = 8 << 10
 
 var crOctet, lfOctet = []byte{'\r'}, []byte{'\n'}
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -259,15 +260,21 @@ func TestBodyStreamChunkBoundaries(t *testing.T) {
 	bodies = append(bodies, clean, clean[:cs], clean[:cs-1], clean+"tail without CRLF", "", "\r\n", ".")
 	for _, chunking := range []bool{true, false} {
 		addr, got := recordServer(t, chunking)
-		for _, normalize := range []bool{false, true} {
-			for _, maxSize := range []int64{0, cs, cs + 40} {
-				bc := bodyCase{dotStuff: !chunking, normalize: normalize, maxSize: maxSize}
-				for k := range bodyReaders {
-					for _, b := range bodies {
-						checkBodyStream(t, addr, got, bc, cs, k, []byte(b), []byte{3, 0, 7, 1})
+		// goodLines looks at the body a block at a time: with blocks of
+		// 100 octets lines are cut at block ends too.
+		for _, block := range []int{scanBlock, 100} {
+			restore := withScanBlock(block)
+			for _, normalize := range []bool{false, true} {
+				for _, maxSize := range []int64{0, cs, cs + 40} {
+					bc := bodyCase{dotStuff: !chunking, normalize: normalize, maxSize: maxSize}
+					for k := range bodyReaders {
+						for _, b := range bodies {
+							checkBodyStream(t, addr, got, bc, cs, k, []byte(b), []byte{3, 0, 7, 1})
+						}
 					}
 				}
 			}
+			restore()
 		}
 	}
 }
@@ -308,10 +315,52 @@ func FuzzBodyStream(f *testing.F) {
 		}
 		cs := 512 + int(mode>>3)*97
 		k := int(kind) % len(bodyReaders)
+		if b := int(kind) / len(bodyReaders); b != 0 {
+			defer withScanBlock(b * 7)() // goodLines cuts lines at its block's end
+		}
 		i := 0
 		if chunking {
 			i = 1
 		}
 		checkBodyStream(t, addrs[i], gots[i], bc, cs, k, data, split)
 	})
+}
+
+// TestClientSendingSmallBodiesFromMemoryMakesNoReadBuffer: a client
+// that sends 1 KiB bodies held as *bytes.Reader to a sink that accepts
+// every chunk never makes a read buffer of its ChunkSize, nor an encode
+// buffer three times it: what an idle pool would hold for each session
+// (the "live heap held" of docs/benchmarks.md). A plain io.Reader body
+// then makes the read buffer once.
+func TestClientSendingSmallBodiesFromMemoryMakesNoReadBuffer(t *testing.T) {
+	const cs = 300 << 10 // a read size no other test uses: a new pool
+	ctx := context.Background()
+	tr, err := net.Dial("tcp", chunkSink(t, true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Connect(ctx, tr, &Options{LocalName: "client.example", InsecureAllowPlaintext: true, ChunkSize: cs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Quit(ctx)
+	env := Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+	msg := bodyOf(1 << 10)
+	allocated := func(send func() io.Reader) uint64 {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range 20 {
+			if _, err := c.Send(ctx, env, send()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	if got := allocated(func() io.Reader { return bytes.NewReader(msg) }); got >= cs {
+		t.Errorf("20 bodies of 1 KiB from memory allocated %d octets: a read or encode buffer of ChunkSize (%d) was made", got, cs)
+	}
+	if got := allocated(func() io.Reader { return onlyReader{bytes.NewReader(msg)} }); got < cs {
+		t.Errorf("20 bodies of 1 KiB read through io.Reader allocated %d octets: no read buffer of ChunkSize (%d)?", got, cs)
+	}
 }

@@ -44,7 +44,20 @@ const directChunkSize = 1 << 20
 const slowRun = 512
 
 // bodyBufs are one body's read and encode buffers, for one read size.
-type bodyBufs struct{ rb, eb []byte }
+// Each is made when a body first needs it: rb only for a body that is
+// read (ReadFrom), eb as small as the octets it has had to gather. A
+// session that sends only small messages from memory so holds a few KiB,
+// not the read size and three times it (the encoder's worst case).
+type bodyBufs struct {
+	size int    // the read size: the pool it belongs to
+	rb   []byte // nil, or size octets
+	eb   []byte // grown by append, kept at the capacity it reached
+}
+
+// ebInitial is the capacity of a new encode buffer: commands and small
+// bodies fit; a body that needs more grows it once, and the pool keeps
+// the grown buffer.
+const ebInitial = 4 << 10
 
 // bodyBufPools holds a pool of bodyBufs per read size (Options.ChunkSize):
 // a body borrows its buffers for as long as it streams, so an idle
@@ -56,7 +69,7 @@ func bodyBufPool(size int) *sync.Pool {
 		return p.(*sync.Pool)
 	}
 	p, _ := bodyBufPools.LoadOrStore(size, &sync.Pool{New: func() any {
-		return &bodyBufs{rb: make([]byte, size), eb: make([]byte, 0, 3*size+8)}
+		return &bodyBufs{size: size, eb: make([]byte, 0, ebInitial)}
 	}})
 	return p.(*sync.Pool)
 }
@@ -82,8 +95,8 @@ type bodyStream struct {
 	ctx context.Context
 	tx  *Tx
 
-	bufs    *bodyBufs // from bodyBufPool(len(rb))
-	rb      []byte    // read buffer (ReadFrom)
+	bufs    *bodyBufs // from bodyBufPool(bufs.size)
+	rb      []byte    // read buffer (ReadFrom), made on first use
 	eb      []byte    // encoded octets not yet written
 	chunk   int       // the longest chunk: octets verbatim looks at once
 	flushAt int       // eb is written once it holds this many octets
@@ -112,7 +125,7 @@ func (c *Client) newBodyStream(ctx context.Context, tx *Tx) *bodyStream {
 func (s *bodyStream) release() {
 	if s.bufs != nil {
 		s.bufs.eb = s.eb[:0]
-		bodyBufPool(len(s.rb)).Put(s.bufs)
+		bodyBufPool(s.bufs.size).Put(s.bufs)
 	}
 	*s = bodyStream{stop: stopWire}
 }
@@ -157,6 +170,13 @@ func (s *bodyStream) copyBody() bool {
 // for a body that is only an io.Reader): a full buffer of verbatim
 // octets is one chunk, written from the buffer.
 func (s *bodyStream) ReadFrom(r io.Reader) (int64, error) {
+	if s.stop != stopNone {
+		return 0, errBodyStopped // released: a body that kept the writer
+	}
+	if s.bufs.rb == nil {
+		s.bufs.rb = make([]byte, s.bufs.size)
+	}
+	s.rb = s.bufs.rb
 	s.chunk = len(s.rb)
 	var total int64
 	zero := 0
