@@ -391,3 +391,71 @@ func TestDocumentedCallsOnReturnedValues(t *testing.T) {
 	require.NoError(t, s.Close())
 	require.NoError(t, s.Close(), "idempotent")
 }
+
+// keeperBody writes its message through WriteTo and keeps the writer,
+// against the io.WriterTo contract.
+type keeperBody struct {
+	msg  string
+	kept io.Writer
+}
+
+func (k *keeperBody) Read(p []byte) (int, error) { panic("keeperBody is read through WriteTo") }
+
+func (k *keeperBody) WriteTo(w io.Writer) (int64, error) {
+	k.kept = w
+	n, err := io.WriteString(w, k.msg)
+	return int64(n), err
+}
+
+// pausedBody writes the first half of its message, tells started, and
+// writes the rest once resume is closed.
+type pausedBody struct {
+	first, rest     string
+	started, resume chan struct{}
+}
+
+func (b *pausedBody) Read(p []byte) (int, error) { panic("pausedBody is read through WriteTo") }
+
+func (b *pausedBody) WriteTo(w io.Writer) (int64, error) {
+	n, err := io.WriteString(w, b.first)
+	if err != nil {
+		return int64(n), err
+	}
+	close(b.started)
+	<-b.resume
+	m, err := io.WriteString(w, b.rest)
+	return int64(n + m), err
+}
+
+// TestBodyThatKeepsItsWriterWritesNothingIntoTheNextMessage: a caller's
+// body keeps the writer its WriteTo was given and writes to it while the
+// next caller's message streams on the same session; the go-smtp server
+// gets both messages exactly as their callers wrote them, and the late
+// write fails.
+func TestBodyThatKeepsItsWriterWritesNothingIntoTheNextMessage(t *testing.T) {
+	srv, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{}, sender.Config{MaxConns: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	env := smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+	keeper := &keeperBody{msg: msg(1)}
+	_, err := s.Send(ctx, env, keeper)
+	require.NoError(t, err)
+	require.NotNil(t, keeper.kept)
+
+	next := &pausedBody{first: "Subject: message 2\r\n\r\n", rest: "Hello 2.\r\n", started: make(chan struct{}), resume: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Send(ctx, env, next)
+		done <- err
+	}()
+	<-next.started
+	n, err := io.WriteString(keeper.kept, "X-Injected: yes\r\n")
+	assert.Error(t, err, "a write through a writer kept past WriteTo")
+	assert.Zero(t, n)
+	close(next.resume)
+	require.NoError(t, <-done)
+	msgs := srv.Messages()
+	require.Len(t, msgs, 2)
+	assert.Equal(t, msg(1), string(msgs[0].Data))
+	assert.Equal(t, next.first+next.rest, string(msgs[1].Data))
+}

@@ -364,3 +364,84 @@ func TestClientSendingSmallBodiesFromMemoryMakesNoReadBuffer(t *testing.T) {
 		t.Errorf("20 bodies of 1 KiB read through io.Reader allocated %d octets: no read buffer of ChunkSize (%d)?", got, cs)
 	}
 }
+
+// keeperBody writes its message through WriteTo and keeps the writer,
+// against the io.WriterTo contract.
+type keeperBody struct {
+	msg  string
+	kept io.Writer
+}
+
+func (k *keeperBody) Read([]byte) (int, error) { panic("keeperBody is read through WriteTo") }
+
+func (k *keeperBody) WriteTo(w io.Writer) (int64, error) {
+	k.kept = w
+	n, err := io.WriteString(w, k.msg)
+	return int64(n), err
+}
+
+// midwayBody writes first, then calls between, then writes rest.
+type midwayBody struct {
+	first, rest string
+	between     func()
+}
+
+func (b *midwayBody) Read([]byte) (int, error) { panic("midwayBody is read through WriteTo") }
+
+func (b *midwayBody) WriteTo(w io.Writer) (int64, error) {
+	n, err := io.WriteString(w, b.first)
+	if err != nil {
+		return int64(n), err
+	}
+	b.between()
+	m, err := io.WriteString(w, b.rest)
+	return int64(n + m), err
+}
+
+// TestBodyThatKeepsItsWriterWritesNothingIntoTheClientsNextMessage: a
+// caller's body keeps the writer its WriteTo was given and writes to it
+// while the client's next message streams; the server records both
+// messages exactly as written (one session's bodies), and the late writes (Write, WriteString,
+// ReadFrom) fail.
+func TestBodyThatKeepsItsWriterWritesNothingIntoTheClientsNextMessage(t *testing.T) {
+	for _, chunking := range []bool{true, false} {
+		addr, got := recordServer(t, chunking)
+		ctx := context.Background()
+		tr, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := Connect(ctx, tr, &Options{LocalName: "client.example", InsecureAllowPlaintext: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+		keeper := &keeperBody{msg: "Subject: one\r\n\r\nfirst\r\n"}
+		if _, err := c.Send(ctx, env, keeper); err != nil {
+			t.Fatal(err)
+		}
+		next := &midwayBody{first: "Subject: two\r\n\r\n", rest: "second\r\n", between: func() {
+			const injected = "X-Injected: yes\r\n"
+			if n, err := keeper.kept.Write([]byte(injected)); err == nil || n != 0 {
+				t.Errorf("chunking %v: Write through a kept writer: %d, %v", chunking, n, err)
+			}
+			if n, err := io.WriteString(keeper.kept, injected); err == nil || n != 0 {
+				t.Errorf("chunking %v: WriteString through a kept writer: %d, %v", chunking, n, err)
+			}
+			if n, err := keeper.kept.(io.ReaderFrom).ReadFrom(strings.NewReader(injected)); err == nil || n != 0 {
+				t.Errorf("chunking %v: ReadFrom through a kept writer: %d, %v", chunking, n, err)
+			}
+		}}
+		if _, err := c.Send(ctx, env, next); err != nil {
+			t.Fatal(err)
+		}
+		c.Quit(ctx)
+		want := keeper.msg + next.first + next.rest
+		if !chunking {
+			want = keeper.msg + ".\r\n" + next.first + next.rest + ".\r\n"
+		}
+		if rec := <-got; string(rec.payload) != want {
+			t.Errorf("chunking %v: the server recorded %q, want %q", chunking, rec.payload, want)
+		}
+	}
+}

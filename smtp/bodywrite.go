@@ -121,8 +121,12 @@ func (c *Client) newBodyStream(ctx context.Context, tx *Tx) *bodyStream {
 
 // release gives the buffers back and stops the stream: a body that kept
 // the writer its WriteTo was given (against the io.WriterTo contract)
-// gets errBodyStopped from a late Write.
+// gets errBodyStopped from a late Write, and writes into no other
+// message (the writer is its transaction's: Tx.bw).
 func (s *bodyStream) release() {
+	if s.tx != nil {
+		s.tx.bw.s = nil
+	}
 	if s.bufs != nil {
 		s.bufs.eb = s.eb[:0]
 		bodyBufPool(s.bufs.size).Put(s.bufs)
@@ -141,7 +145,8 @@ func (s *bodyStream) copyBody() bool {
 		// check; go there directly.
 		_, err = s.ReadFrom(r)
 	case io.WriterTo:
-		_, err = r.WriteTo(s)
+		s.tx.bw.s = s
+		_, err = r.WriteTo(&s.tx.bw)
 	default:
 		_, err = s.ReadFrom(r)
 	}
@@ -200,6 +205,34 @@ func (s *bodyStream) ReadFrom(r io.Reader) (int64, error) {
 			}
 		}
 	}
+}
+
+// bodyWriter is what a body's WriteTo writes to: its transaction's
+// door to the client's one body stream, shut (s == nil) once the body
+// is done, so that a body that kept it writes nowhere. It passes on
+// WriteString and ReadFrom, so that a *strings.Reader's string is not
+// copied and io.Copy inside a WriteTo reads into the stream's buffer.
+type bodyWriter struct{ s *bodyStream }
+
+func (w *bodyWriter) Write(p []byte) (int, error) {
+	if w.s == nil {
+		return 0, errBodyStopped
+	}
+	return w.s.Write(p)
+}
+
+func (w *bodyWriter) WriteString(str string) (int, error) {
+	if w.s == nil {
+		return 0, errBodyStopped
+	}
+	return w.s.WriteString(str)
+}
+
+func (w *bodyWriter) ReadFrom(r io.Reader) (int64, error) {
+	if w.s == nil {
+		return 0, errBodyStopped
+	}
+	return w.s.ReadFrom(r)
 }
 
 // errNoProgress: a body reader returned no data and no error 100 times.

@@ -38,6 +38,10 @@ type Tx struct {
 	// msgid reads the Message-ID header as the body streams; owned by
 	// the write half. Its value is copied to msgID once found.
 	msgid MessageIDScanner
+	// bw is the writer a body's WriteTo is given; owned by the write
+	// half. It is the transaction's own, so one kept past WriteTo
+	// reaches no other message.
+	bw bodyWriter
 
 	// Guarded by c.mu. The write half sets the first group, the read
 	// half the replies; each moves only forward.
@@ -186,7 +190,8 @@ func (tx *Tx) answered421() bool {
 // checked before it is written: a body that breaks a rule (a bare CR or
 // LF, a line too long, the size limit) never has its offending octet or
 // its end written, and the transaction is abandoned. A WriteTo must not
-// keep the writer it is given once it returns.
+// keep the writer it is given once it returns; one that does gets an
+// error from every later Write, and writes into no other message.
 func (c *Client) Send(ctx context.Context, env Envelope, body io.Reader) (*Outcome, error) {
 	tx, err := c.WriteTx(ctx, env, body)
 	if err != nil {
