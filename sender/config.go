@@ -2,6 +2,7 @@ package sender
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -42,10 +43,11 @@ func (s Security) String() string {
 	return "unknown"
 }
 
-// Credentials are what one login uses. They print and log without their
-// secret: whatever the verb (%v, %+v, %#v, %s...), and through
-// [log/slog] with any handler, Secret shows as "[redacted]" (or "" when
-// empty); Mechanism and Username are shown.
+// Credentials are what one login uses. They print, log and marshal
+// without their secret: whatever the verb (%v, %+v, %#v, %s...),
+// through [log/slog] with any handler, and through [encoding/json],
+// Secret shows as "[redacted]" (or "" when empty); Mechanism and
+// Username are shown.
 type Credentials struct {
 	// Mechanism is a SASL mechanism name (smtp.MechPLAIN, ...); empty
 	// picks the strongest password mechanism both sides offer.
@@ -96,6 +98,15 @@ func (c Credentials) LogValue() slog.Value {
 		slog.String("mechanism", c.Mechanism),
 		slog.String("username", c.Username),
 		slog.String("secret", c.shownSecret()))
+}
+
+// MarshalJSON implements [json.Marshaler]: the three fields by their
+// names, the secret redacted, so that a config dumped as JSON (a debug
+// endpoint, a structured log that encodes values itself) does not leak
+// it. Unmarshalling such JSON gives Credentials whose Secret is
+// "[redacted]": a dump is not a way to store them.
+func (c Credentials) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct{ Mechanism, Username, Secret string }{c.Mechanism, c.Username, c.shownSecret()})
 }
 
 // CredentialsFunc returns the credentials for one login. It is called

@@ -53,3 +53,24 @@ func TestCredentialsPrintedOrLoggedHideSecret(t *testing.T) {
 	require.NoError(t, json.Unmarshal(line, &rec))
 	assert.Equal(t, map[string]any{"mechanism": "PLAIN", "username": "me@example.com", "secret": "[redacted]"}, rec["creds"])
 }
+
+// TestCredentialsMarshalledAsJSONHideSecret: a program that dumps its
+// Credentials (or a struct holding them, by value or pointer) with
+// encoding/json gets the mechanism and username, and the secret
+// redacted.
+func TestCredentialsMarshalledAsJSONHideSecret(t *testing.T) {
+	const secret = "hunter2-very-secret"
+	cr := sender.Credentials{Mechanism: "PLAIN", Username: "me@example.com", Secret: secret}
+	for _, v := range []any{cr, &cr, struct{ C sender.Credentials }{cr}, map[string]*sender.Credentials{"c": &cr}} {
+		out, err := json.Marshal(v)
+		require.NoError(t, err)
+		assert.NotContains(t, string(out), secret, "%T", v)
+		assert.Contains(t, string(out), `"Secret":"[redacted]"`, "%T", v)
+	}
+	out, err := json.Marshal(cr)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"Mechanism":"PLAIN","Username":"me@example.com","Secret":"[redacted]"}`, string(out))
+	out, err = json.Marshal(sender.Credentials{Username: "u"})
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"Mechanism":"","Username":"u","Secret":""}`, string(out), "an empty secret shows empty")
+}
