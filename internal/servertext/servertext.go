@@ -473,11 +473,25 @@ func finish(s *set, out string) string {
 	}
 	var b strings.Builder
 	b.Grow(len(out))
-	at := 0
+	at, prev := 0, -1 // prev: where the last redaction ended
 	for _, span := range sp {
-		b.WriteString(out[at:span[0]])
+		// A fragment found in the escaped text may begin or end inside
+		// a character kept raw (a printable non-ASCII rune): the whole
+		// character goes, so that no lone octet of it is left.
+		start, end := span[0], span[1]
+		for start > 0 && !utf8.RuneStart(out[start]) {
+			start--
+		}
+		for end < len(out) && !utf8.RuneStart(out[end]) {
+			end++
+		}
+		if start <= prev {
+			at, prev = max(at, end), max(at, end)
+			continue
+		}
+		b.WriteString(out[at:start])
 		b.WriteString(Marker)
-		at = span[1]
+		at, prev = end, end
 	}
 	b.WriteString(out[at:])
 	return b.String()
