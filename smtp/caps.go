@@ -36,14 +36,16 @@ type Capabilities struct {
 	// extensions this type has no field for. Besides the keywords this
 	// type has fields for, it keeps the first 64 others, and at most
 	// 1024 octets of parameters per keyword (a repeated keyword's
-	// parameters are joined by a space).
+	// parameters are joined by a space). A line whose keyword is not
+	// printable ASCII is not an extension (RFC 5321: letters, digits
+	// and "-") and is left out.
 	Extensions map[string]string
 }
 
 // Has reports whether the server advertised the extension keyword
 // (case-insensitive).
 func (c Capabilities) Has(keyword string) bool {
-	_, ok := c.Extensions[strings.ToUpper(keyword)]
+	_, ok := c.Extensions[upperASCII(keyword)]
 	return ok
 }
 
@@ -92,7 +94,12 @@ func parseEHLO(lines []string) Capabilities {
 		if k, p, ok := strings.Cut(kw, "="); ok && strings.EqualFold(k, "AUTH") {
 			kw, params = k, strings.TrimSpace(p+" "+params)
 		}
-		kw = strings.ToUpper(kw)
+		if !printableASCII(kw) {
+			// Not a keyword (RFC 5321 §4.1.1.1: letters, digits and
+			// "-"): nothing to keep, and nothing unprintable as a key.
+			continue
+		}
+		kw = upperASCII(kw)
 		params = strings.TrimSpace(params)
 		known := true
 		switch kw {
@@ -175,4 +182,36 @@ func appendMechs(have []string, params string) []string {
 		have = append(have, m)
 	}
 	return have
+}
+
+// upperASCII upper-cases the ASCII letters of s and leaves every other
+// octet as it is. An EHLO keyword is ASCII (RFC 5321 §4.1.1.1);
+// strings.ToUpper would turn each invalid octet of a caller's keyword
+// into the three octets of U+FFFD.
+func upperASCII(s string) string {
+	i := 0
+	for i < len(s) && (s[i] < 'a' || s[i] > 'z') {
+		i++
+	}
+	if i == len(s) {
+		return s
+	}
+	b := []byte(s)
+	for ; i < len(b); i++ {
+		if c := b[i]; c >= 'a' && c <= 'z' {
+			b[i] = c - ('a' - 'A')
+		}
+	}
+	return string(b)
+}
+
+// printableASCII reports whether s is made of printable ASCII octets
+// (0x21 to 0x7e) only.
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
 }

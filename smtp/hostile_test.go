@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"maps"
 	"net"
 	"runtime"
 	"strconv"
@@ -251,5 +252,29 @@ func TestReplyWorstEscapedMemory(t *testing.T) {
 	}
 	if want := strings.Repeat(`\x1b`, MaxReplyLineLength-4); rep.Lines[0] != want {
 		t.Errorf("line 0 = %.40q...", rep.Lines[0])
+	}
+}
+
+// TestServerAdvertisingNonASCIIKeywordsGetsThemIgnored: a server whose
+// EHLO lines carry keywords of invalid or non-ASCII octets (64 lines of
+// 998 octets of 0x85) gets those lines left out of Extensions, and
+// parsing them allocates a bounded amount, not a multiple of the reply
+// (strings.ToUpper made each invalid octet the three octets of U+FFFD).
+func TestServerAdvertisingNonASCIIKeywordsGetsThemIgnored(t *testing.T) {
+	lines := []string{"mx.example", "PIPELINING", "X-ĶEY value", "\x85AUTH PLAIN", "x-ok 1"}
+	for range 64 {
+		lines = append(lines, strings.Repeat("\x85", 998))
+	}
+	var c Capabilities
+	got := allocatedBy(func() { c = parseEHLO(lines) })
+	if got > 64<<10 {
+		t.Errorf("parsing 64 lines of 998 invalid octets allocated %d octets", got)
+	}
+	want := map[string]string{"PIPELINING": "", "X-OK": "1"}
+	if !maps.Equal(c.Extensions, want) || len(c.Auth) != 0 {
+		t.Errorf("Extensions %q, Auth %q; want %q and none", c.Extensions, c.Auth, want)
+	}
+	if !c.Has("x-ok") || c.Has("X-ĶEY") {
+		t.Errorf("Has(x-ok) %v, Has(X-ĶEY) %v", c.Has("x-ok"), c.Has("X-ĶEY"))
 	}
 }
