@@ -53,6 +53,22 @@ func serveLoopback(tb testing.TB, serve func(net.Conn)) string {
 	return l.Addr().String()
 }
 
+// dialLoopback connects a client to the loopback server at addr, in
+// plaintext, with opts (LocalName and InsecureAllowPlaintext set here).
+func dialLoopback(tb testing.TB, ctx context.Context, addr string, opts Options) *Client {
+	tb.Helper()
+	tr, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	opts.LocalName, opts.InsecureAllowPlaintext = "client.example", true
+	c, err := Connect(ctx, tr, &opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
+}
+
 func serveChunkSink(conn net.Conn, chunking bool) {
 	r := bufio.NewReaderSize(conn, 256<<10)
 	w := bufio.NewWriter(conn)
@@ -166,14 +182,7 @@ func BenchmarkBodySize(b *testing.B) {
 				}
 				b.Run(name+"/"+verb+"/"+kind, func(b *testing.B) {
 					ctx := context.Background()
-					tr, err := net.Dial("tcp", chunkSink(b, chunking))
-					if err != nil {
-						b.Fatal(err)
-					}
-					c, err := Connect(ctx, tr, &Options{LocalName: "client.example", InsecureAllowPlaintext: true, ChunkSize: benchChunk})
-					if err != nil {
-						b.Fatal(err)
-					}
+					c := dialLoopback(b, ctx, chunkSink(b, chunking), Options{ChunkSize: benchChunk})
 					defer c.Quit(ctx)
 					env := Envelope{From: "a@example.com", To: []string{"b@example.com"}}
 					const window = 4

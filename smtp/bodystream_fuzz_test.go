@@ -144,15 +144,8 @@ func checkBodyStream(t *testing.T, addr string, got <-chan recording, bc bodyCas
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := Connect(ctx, conn, &Options{LocalName: "client.example", InsecureAllowPlaintext: true, ChunkSize: cs,
+	c := dialLoopback(t, ctx, addr, Options{ChunkSize: cs,
 		NormalizeLineEndings: bc.normalize, MaxLineLength: bc.maxLine, MaxMessageSize: bc.maxSize})
-	if err != nil {
-		t.Fatal(err)
-	}
 	body := bodyReaders[k].make(data, split)
 	_, serr := c.Send(ctx, Envelope{From: "a@example.com", To: []string{"b@example.com"}}, body)
 	c.Quit(ctx)
@@ -335,14 +328,7 @@ func FuzzBodyStream(f *testing.F) {
 func TestClientSendingSmallBodiesFromMemoryMakesNoReadBuffer(t *testing.T) {
 	const cs = 300 << 10 // a read size no other test uses: a new pool
 	ctx := context.Background()
-	tr, err := net.Dial("tcp", chunkSink(t, true))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := Connect(ctx, tr, &Options{LocalName: "client.example", InsecureAllowPlaintext: true, ChunkSize: cs})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialLoopback(t, ctx, chunkSink(t, true), Options{ChunkSize: cs})
 	defer c.Quit(ctx)
 	env := Envelope{From: "a@example.com", To: []string{"b@example.com"}}
 	msg := bodyOf(1 << 10)
@@ -407,14 +393,7 @@ func TestBodyThatKeepsItsWriterWritesNothingIntoTheClientsNextMessage(t *testing
 	for _, chunking := range []bool{true, false} {
 		addr, got := recordServer(t, chunking)
 		ctx := context.Background()
-		tr, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := Connect(ctx, tr, &Options{LocalName: "client.example", InsecureAllowPlaintext: true})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialLoopback(t, ctx, addr, Options{})
 		env := Envelope{From: "a@example.com", To: []string{"b@example.com"}}
 		keeper := &keeperBody{msg: "Subject: one\r\n\r\nfirst\r\n"}
 		if _, err := c.Send(ctx, env, keeper); err != nil {

@@ -119,10 +119,10 @@ func (c *Client) newBodyStream(ctx context.Context, tx *Tx) *bodyStream {
 	return s
 }
 
-// release gives the buffers back and stops the stream: a body that kept
-// the writer its WriteTo was given (against the io.WriterTo contract)
-// gets errBodyStopped from a late Write, and writes into no other
-// message (the writer is its transaction's: Tx.bw).
+// release gives the buffers back, shuts the transaction's body writer
+// (Tx.bw: a body that kept it, against the io.WriterTo contract, gets
+// errBodyStopped from a late write and reaches no other message), and
+// clears the stream.
 func (s *bodyStream) release() {
 	if s.tx != nil {
 		s.tx.bw.s = nil
@@ -175,9 +175,6 @@ func (s *bodyStream) copyBody() bool {
 // for a body that is only an io.Reader): a full buffer of verbatim
 // octets is one chunk, written from the buffer.
 func (s *bodyStream) ReadFrom(r io.Reader) (int64, error) {
-	if s.stop != stopNone {
-		return 0, errBodyStopped // released: a body that kept the writer
-	}
 	if s.bufs.rb == nil {
 		s.bufs.rb = make([]byte, s.bufs.size)
 	}

@@ -114,11 +114,11 @@ type Client struct {
 	// is there, the write half leaves all reading to it.
 	reading bool
 	readers int
-	state   SessionState // see setStateLocked
+	// state is the SessionState: changed under mu (setStateLocked),
+	// read with or without it (State), since both halves ask often.
+	state atomic.Int32
 	// closeErr is the first cause of the close.
 	closeErr *Error
-	// stateNow is state, for reading without mu (setStateLocked).
-	stateNow atomic.Int32
 	// finished counts the transactions done (Tx.finish, under mu); read
 	// without mu by the sender's reader, to skip looking for answers
 	// after a reply that finished none.
@@ -447,7 +447,7 @@ func (c *Client) ehlo(ctx context.Context) error {
 func (c *Client) cmd(ctx context.Context, op Op, timeout time.Duration, line string) (Reply, error) {
 	res := &cmdResult{}
 	c.mu.Lock()
-	if c.state == StateClosed || c.closing != nil {
+	if c.State() == StateClosed || c.closing != nil {
 		c.mu.Unlock()
 		return Reply{}, c.closedError(op)
 	}
@@ -555,7 +555,7 @@ func (c *Client) Flush(ctx context.Context) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.mu.Lock()
-	closed, open := c.state == StateClosed, c.open
+	closed, open := c.State() == StateClosed, c.open
 	c.unlock()
 	if closed {
 		return c.closedError(OpSend)
@@ -596,7 +596,7 @@ func (c *Client) fail(_ context.Context, err *Error) *Error {
 // failLocked is fail with mu held; the transport is closed once mu is
 // released (unlock).
 func (c *Client) failLocked(err *Error) *Error {
-	if c.state == StateClosed {
+	if c.State() == StateClosed {
 		return err
 	}
 	c.setStateLocked(StateClosed)
@@ -669,14 +669,10 @@ func (c *Client) checkReady(op Op) *Error {
 }
 
 // State returns where the session stands.
-func (c *Client) State() SessionState { return SessionState(c.stateNow.Load()) }
+func (c *Client) State() SessionState { return SessionState(c.state.Load()) }
 
-// setStateLocked moves the session to s (mu held). stateNow mirrors
-// state for State, which both halves ask often, without the lock.
-func (c *Client) setStateLocked(s SessionState) {
-	c.state = s
-	c.stateNow.Store(int32(s))
-}
+// setStateLocked moves the session to s (mu held).
+func (c *Client) setStateLocked(s SessionState) { c.state.Store(int32(s)) }
 
 // Capabilities returns what the server advertised in its last EHLO
 // reply (after STARTTLS, only what it advertised over TLS). The result
@@ -801,7 +797,7 @@ func (c *Client) Quit(ctx context.Context) error {
 	}
 	c.audit(Event{Type: EventQuit, Op: OpQUIT, Code: rep.Code})
 	c.mu.Lock()
-	if c.state != StateClosed {
+	if c.State() != StateClosed {
 		c.setStateLocked(StateClosed)
 		c.closeErr = &Error{Op: OpQUIT, Kind: KindIO, Message: "session ended by QUIT"}
 		c.cond.Broadcast()

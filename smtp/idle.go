@@ -20,7 +20,7 @@ import (
 // always a reply sent before its command.
 func (c *Client) checkIdle(ctx context.Context) {
 	c.mu.Lock()
-	if len(c.pending) > 0 || c.state == StateClosed {
+	if len(c.pending) > 0 || c.State() == StateClosed {
 		c.mu.Unlock()
 		return
 	}

@@ -78,7 +78,7 @@ type Tx struct {
 	dataRep, finalRep Reply
 
 	done    bool
-	replay  bool // failed without any chance of delivery (see replayable)
+	replay  bool // failed without any chance of delivery (see settled)
 	outcome *Outcome
 	err     *Error
 }
@@ -102,22 +102,6 @@ func (tx *Tx) Committed() bool {
 
 func (tx *Tx) committedLocked() bool { return tx.committed && tx.c.cw.handed.Load() >= tx.commitEnd }
 
-// isDone reports whether every reply of the transaction has been read
-// (or the session was lost), so ReadTx will not block.
-func (tx *Tx) isDone() bool {
-	tx.c.mu.Lock()
-	defer tx.c.mu.Unlock()
-	return tx.done
-}
-
-// result returns what ReadTx returns for a transaction that is done,
-// without reading or changing the session. Before, it returns nil, nil.
-func (tx *Tx) result() (*Outcome, error) {
-	tx.c.mu.Lock()
-	defer tx.c.mu.Unlock()
-	return tx.resultLocked()
-}
-
 func (tx *Tx) resultLocked() (*Outcome, error) {
 	if !tx.done {
 		return nil, nil
@@ -128,10 +112,16 @@ func (tx *Tx) resultLocked() (*Outcome, error) {
 	return tx.outcome, nil
 }
 
-// replayable reports whether the transaction failed without any chance
-// of delivery and may be sent again on a new session:
-//   - the server answered this transaction itself with 421 (see
-//     answered421);
+// settled is the sender's one look at a transaction (smtpx.TxSettled):
+// once it is done, its result (what ReadTx returns, without reading or
+// changing the session), whether it is replayable, and whether the
+// server answered one of its own commands with 421 (service not
+// available, closing the channel: its own refusal, not one sent to
+// another transaction); and what closed the session, if anything.
+//
+// A transaction is replayable when it failed without any chance of
+// delivery and may be sent again on a new session:
+//   - the server answered this transaction itself with 421;
 //   - the session was lost before its commit point was written;
 //   - after another transaction's 421, the server refused it (the
 //     closing session's refusal, not a verdict on the message), or closed
@@ -143,13 +133,6 @@ func (tx *Tx) resultLocked() (*Outcome, error) {
 // A transaction whose commit point was written, and whose own reply was
 // lost on a server that was answering it, is not replayable: its error
 // wraps [ErrOutcomeUnknown].
-func (tx *Tx) replayable() bool {
-	tx.c.mu.Lock()
-	defer tx.c.mu.Unlock()
-	return tx.done && tx.replay
-}
-
-// settled is the sender's one look at a transaction (smtpx.TxSettled).
 func (tx *Tx) settled() (done bool, out *Outcome, err error, replay, answered421 bool, sessionErr error) {
 	c := tx.c
 	c.mu.Lock()
@@ -162,16 +145,6 @@ func (tx *Tx) settled() (done bool, out *Outcome, err error, replay, answered421
 	}
 	out, err = tx.resultLocked()
 	return true, out, err, tx.replay, tx.refused != nil, sessionErr
-}
-
-// answered421 reports whether the server answered one of this
-// transaction's own commands with 421 (service not available, closing
-// the channel). It is the transaction's own refusal; a transaction lost
-// or refused because the server sent 421 to another one reports false.
-func (tx *Tx) answered421() bool {
-	tx.c.mu.Lock()
-	defer tx.c.mu.Unlock()
-	return tx.refused != nil
 }
 
 // Send delivers one message: MAIL, RCPT for each recipient, then the
@@ -279,7 +252,7 @@ func (c *Client) ReadTx(ctx context.Context, tx *Tx) (*Outcome, error) {
 	c.await(ctx, func() bool { return tx.done })
 	c.mu.Lock()
 	if !tx.done {
-		if c.state != StateClosed {
+		if c.State() != StateClosed {
 			// Only reachable if the reply queue lost track: fail safe.
 			c.failLocked(protoError(OpSend, "internal error: transaction has no pending reply"))
 		}
@@ -335,7 +308,7 @@ func (c *Client) ReadReplies(ctx context.Context, after func()) error {
 // settleState returns a session with nothing owed or open to StateReady
 // (mu held).
 func (c *Client) settleState() {
-	if c.state == StateTransaction && len(c.pending) == 0 && c.open == nil {
+	if c.State() == StateTransaction && len(c.pending) == 0 && c.open == nil {
 		c.setStateLocked(StateReady)
 	}
 }

@@ -16,7 +16,7 @@ import (
 // reader. The caller must have flushed what cond waits on.
 func (c *Client) await(ctx context.Context, cond func() bool) {
 	c.mu.Lock()
-	for !cond() && c.state != StateClosed && len(c.pending) > 0 {
+	for !cond() && c.State() != StateClosed && len(c.pending) > 0 {
 		if c.reading || c.readers > 0 {
 			c.cond.Wait()
 			continue
@@ -38,7 +38,7 @@ func (c *Client) await(ctx context.Context, cond func() bool) {
 func (c *Client) readOne(ctx context.Context) (closed bool) {
 	c.rwatch.watch(ctx, &c.dl, &c.dl.r)
 	c.mu.Lock()
-	if c.state == StateClosed {
+	if c.State() == StateClosed {
 		c.unlock()
 		return true
 	}
@@ -59,7 +59,7 @@ func (c *Client) readOne(ctx context.Context) (closed bool) {
 	c.mu.Lock()
 	defer c.unlock()
 	switch {
-	case c.state == StateClosed:
+	case c.State() == StateClosed:
 		// Closed meanwhile (Close, QUIT, or a failure on the write half).
 	case err != nil:
 		if len(c.pending) > 0 {
@@ -71,7 +71,7 @@ func (c *Client) readOne(ctx context.Context) (closed bool) {
 	default:
 		c.dispatchLocked(&rep)
 	}
-	return c.state == StateClosed
+	return c.State() == StateClosed
 }
 
 // unsolicitedLocked ends the session on a reply sent while nothing was

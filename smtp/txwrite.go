@@ -24,7 +24,7 @@ func (c *Client) writable() bool {
 }
 
 func (c *Client) writableLocked() bool {
-	return c.state != StateClosed && c.closing == nil && c.wbroken == nil
+	return c.State() != StateClosed && c.closing == nil && c.wbroken == nil
 }
 
 // writeFailed ends the write half after a failed write. With a goroutine
@@ -35,7 +35,7 @@ func (c *Client) writableLocked() bool {
 func (c *Client) writeFailed(err *Error) {
 	c.mu.Lock()
 	defer c.unlock()
-	if c.readers > 0 && len(c.pending) > 0 && c.state != StateClosed {
+	if c.readers > 0 && len(c.pending) > 0 && c.State() != StateClosed {
 		if c.wbroken == nil {
 			c.wbroken = err
 		}
@@ -51,16 +51,11 @@ func (c *Client) writeFailed(err *Error) {
 func (c *Client) writeTx(ctx context.Context, tx *Tx, env *Envelope, mail []byte) *Error {
 	c.mu.Lock()
 	open := c.open
-	// The common case in one look: pipelining, no transaction waiting
-	// for its body, and a reader (or replies owed), so no idle check.
-	begun := open == nil && c.caps.Pipelining && (c.reading || c.readers > 0 || len(c.pending) > 0) && c.writableLocked()
-	reset := false
-	if begun {
-		c.setStateLocked(StateTransaction)
-		reset, c.needReset = c.needReset, false
-	}
-	c.mu.Unlock()
-	if !begun {
+	// The common case goes straight on, in one look: pipelining, no
+	// transaction waiting for its body, and a reader (or replies owed),
+	// so no idle check. Otherwise those steps come first.
+	if !(open == nil && c.caps.Pipelining && (c.reading || c.readers > 0 || len(c.pending) > 0) && c.writableLocked()) {
+		c.mu.Unlock()
 		if open != nil {
 			c.advance(ctx, open)
 		}
@@ -75,10 +70,11 @@ func (c *Client) writeTx(ctx context.Context, tx *Tx, env *Envelope, mail []byte
 			c.mu.Unlock()
 			return c.closedError(OpMAIL)
 		}
-		c.setStateLocked(StateTransaction)
-		reset, c.needReset = c.needReset, false
-		c.mu.Unlock()
 	}
+	c.setStateLocked(StateTransaction)
+	reset := c.needReset
+	c.needReset = false
+	c.mu.Unlock()
 	c.setWriteDeadline(ctx, c.opts.Timeouts.DataBlock)
 	if reset {
 		c.writeCommand(nil, kReset, 0, resetLine)
@@ -392,7 +388,7 @@ func (c *Client) flush(ctx context.Context, op Op) {
 func (c *Client) armRead(ctx context.Context) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.pending) == 0 || c.state == StateClosed {
+	if len(c.pending) == 0 || c.State() == StateClosed {
 		return
 	}
 	p := c.pending[0]
