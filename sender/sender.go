@@ -116,6 +116,9 @@ type counters struct {
 	open, idle, waiting                                 atomic.Int64
 	dials, dialFailures                                 atomic.Int64
 	sent, failed, replayed, unknown, seen421, withdrawn atomic.Int64
+	// writerWakes counts the writers' wake-ups (not in Stats: a
+	// measure of the design, for its tests).
+	writerWakes atomic.Int64
 }
 
 // Stats is a snapshot of a Sender's counters.
@@ -680,6 +683,34 @@ func (s *Sender) next(a *conn, park bool) *attempt {
 		s.parked = append(s.parked, a)
 	}
 	return nil
+}
+
+// nextFor is next for the reader writing in a's writer's stead (see
+// conn.help): it takes the oldest waiting attempt only if ok says the
+// reader may write it, and touches neither the parked list nor
+// a.looking, which are the writer's. It reports, when it takes none,
+// whether that is because nothing waits and a's writer is parked (an
+// enqueue will wake it).
+func (s *Sender) nextFor(a *conn, ok func(*attempt) bool) (at *attempt, empty bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at = s.head
+	switch {
+	case at == nil:
+		return nil, a.parked
+	case a.nflight.Load() > 0 && s.nwaiting <= len(s.dialers), !ok(at):
+		return nil, false
+	}
+	s.unlinkLocked(at)
+	return at, false
+}
+
+// parkedIdle reports whether a's writer is parked and nothing waits:
+// the next enqueue wakes it.
+func (s *Sender) parkedIdle(a *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return a.parked && s.head == nil
 }
 
 // notLooking records that a's writer waits without looking at the

@@ -22,6 +22,9 @@ var (
 	clientSilent = smtpx.ClientSilent.(func(*smtp.Client) time.Duration)
 	txSettled    = smtpx.TxSettled.(func(*smtp.Tx) (bool, *smtp.Outcome, error, bool, bool, error))
 	clientFinish = smtpx.ClientFinished.(func(*smtp.Client) uint64)
+	openWaiting  = smtpx.ClientOpenWaiting.(func(*smtp.Client) bool)
+	readerWrites = smtpx.ClientWritesFromReader.(func(*smtp.Client, int) bool)
+	flushReady   = smtpx.ClientFlushReady.(func(*smtp.Client, context.Context, bool) (bool, error))
 )
 
 // conn is one connection and its two goroutines, as net/http's
@@ -43,7 +46,17 @@ type conn struct {
 	// sender's), by abandonDial, and by the grace after a withdrawal.
 	ctx context.Context
 
-	// Owned by the writer goroutine.
+	// wtok is the write token: whoever holds it writes on c and owns
+	// the fields below it. The writer holds it except while it waits in
+	// serve's select; the reader takes it only with TryLock, to write in
+	// the writer's stead (help), so it never waits for the writer.
+	wtok sync.Mutex
+	// helps is set, before the reader starts, when the reader may write
+	// in the writer's stead: no Policy hook (user code that may be slow
+	// must not hold up the reading of replies).
+	helps bool
+
+	// Owned by the holder of wtok.
 	born    time.Time
 	written int // attempts written on the connection
 	// last is the attempt written last, whose body the next write-half
@@ -186,11 +199,16 @@ func (a *conn) run() {
 		return
 	}
 	a.c, a.born = c, time.Now()
+	a.helps = s.cfg.Options.Policy == nil
+	// The writer holds the write token from here until the reader has
+	// ended, except while it waits in serve.
+	a.wtok.Lock()
 	s.wg.Add(1)
 	go a.read()
 	broke := a.serve()
 	a.bodyDone()
 	<-a.readerDone
+	a.wtok.Unlock()
 	a.answerDone() // what the reader could not answer while a body was busy
 	a.mu.Lock()
 	a.count421Locked(false, c.Err())
@@ -215,16 +233,112 @@ func (a *conn) read() {
 	defer a.s.wg.Done()
 	defer close(a.readerDone)
 	var finished uint64
+	var later []answerLater
 	a.c.ReadReplies(a.ctx, func() {
 		// A reply that finished no transaction (a recipient's, a
 		// chunk's) answers nobody; the writer answers what waited for
 		// its body (bodyDone, then answerDone).
 		if n := clientFinish(a.c); n != finished {
 			finished = n
-			a.answerDone()
+			a.settleDone(&later)
 		}
-		a.signal()
+		quiet := a.help(&later)
+		for i := range later {
+			a.answer(later[i].at, later[i].r)
+			later[i] = answerLater{}
+		}
+		later = later[:0]
+		if !quiet {
+			a.signal()
+		}
 	})
+}
+
+// helpBodyMax is the largest body the reader writes in the writer's
+// stead: while it writes, it reads no reply, and a wake-up of the
+// writer is worth saving only for a message that takes less time to
+// write than one.
+const helpBodyMax = 64 << 10
+
+// helpable reports whether the reader may read at's body: it is in
+// memory (reading it never waits) and small.
+func helpable(at *attempt) bool {
+	switch r := at.req.body.r.(type) {
+	case *bytes.Reader:
+		return r.Len() <= helpBodyMax
+	case *strings.Reader:
+		return r.Len() <= helpBodyMax
+	case *bytes.Buffer:
+		return r.Len() <= helpBodyMax
+	}
+	return false
+}
+
+// help is the reader's turn at the writer's work, after a reply: if the
+// writer is not writing (the write token is free) and what there is to
+// write can be written without waiting for a reply or a body, the reader
+// writes it (the body of a DATA transaction whose 354 it just read, the
+// attempts waiting for the room an answer made), so the writer is not
+// woken for it: a goroutine hand-over less per message on the way from
+// one reply to the next command. It reports whether the writer need not
+// be woken: it has nothing to do that a later reply, or an enqueue that
+// wakes it from the parked list, will not bring it to. The answers it
+// settles join *later, behind those the reply settled, in order.
+func (a *conn) help(later *[]answerLater) bool {
+	if !a.helps || !a.wtok.TryLock() {
+		return false
+	}
+	defer a.wtok.Unlock()
+	s := a.s
+	if a.ctx.Err() != nil || a.c.State() != smtp.StateReady && a.c.State() != smtp.StateTransaction {
+		return false
+	}
+	if a.last != nil && a.last.bodyBusy.Load() && !helpable(a.last) {
+		// The next write-half call may read a body that can block.
+		return false
+	}
+	stop := false // the writer must look for itself
+	for {
+		if a.retiring() || isShutdown(s) || a.noMore.Load() {
+			stop = true
+			break
+		}
+		if a.room() <= 0 || a.nflight.Load() > 0 && a.silent() || openWaiting(a.c) {
+			break
+		}
+		at, empty := s.nextFor(a, func(at *attempt) bool {
+			return helpable(at) && readerWrites(a.c, len(at.req.env.To)+3)
+		})
+		if at == nil {
+			// Nothing the reader may write. With nothing waiting, a
+			// parked writer is woken by the next enqueue; any other
+			// writer must look for itself.
+			stop = !empty
+			break
+		}
+		a.start(at, later)
+	}
+	open, err := flushReady(a.c, a.ctx, true)
+	if err != nil {
+		return false
+	}
+	if !open {
+		a.bodyDone()
+	}
+	a.settleDone(later)
+	switch {
+	case stop, a.nflight.Load() == 0:
+		// With nothing in flight the writer must run: its idle timer
+		// starts only when it waits with nothing in flight.
+		return false
+	case open && !openWaiting(a.c):
+		// A body the reader could not write.
+		return false
+	}
+	// The writer need not be woken if a reply to come (or the timeout
+	// of the one owed) brings the reader back, or the writer is parked
+	// with nothing waiting.
+	return a.room() <= 0 || a.silent() || open || s.parkedIdle(a)
 }
 
 // signal tells the writer that something changed.
@@ -283,30 +397,49 @@ func (a *conn) serve() (broke bool) {
 			a.quit()
 			return false
 		}
-		take := !done && a.room() > 0 && !(busy && a.silent())
+		// A DATA transaction waiting for its 354 (or a chunked one for
+		// its RCPT replies) with a small body in memory is left to the
+		// reader, which writes its body when it reads that reply (help),
+		// and the attempts behind it: the writer would only wait.
+		leave := a.helps && a.last != nil && helpable(a.last) && openWaiting(a.c)
+		take := !done && !leave && a.room() > 0 && !(busy && a.silent())
 		if take {
 			if at := s.next(a, false); at != nil {
-				a.start(at)
+				a.start(at, nil)
 				continue
 			}
 		}
 		// Nothing to write now: what is buffered leaves (and the body of
-		// a transaction that waited for its replies), then the writer
-		// waits for an attempt, an answer or the end.
-		ferr := a.c.Flush(a.ctx)
-		a.bodyDone()
+		// a transaction that waited for its replies, unless it is left
+		// to the reader), then the writer waits for an attempt, an
+		// answer or the end.
+		var ferr error
+		if leave {
+			var open bool
+			open, ferr = flushReady(a.c, a.ctx, false)
+			if !open {
+				a.bodyDone()
+			}
+		} else {
+			ferr = a.c.Flush(a.ctx)
+			a.bodyDone()
+		}
 		// The writer may have read replies itself, while the reader
 		// was between two reads: it answers what they finished.
 		a.answerDone()
 		if errors.Is(ferr, smtp.ErrClosed) {
 			continue
 		}
-		// What the flush read may have changed: a 503 (take no
-		// more), a server now silent.
-		take = take && !a.noMore.Load() && !(a.nflight.Load() > 0 && a.silent())
+		// What the flush and the answers changed: room in the window
+		// (the writer may have answered attempts itself, and the
+		// reader's word of it is spent), a 503 (take no more), a server
+		// now silent, a transaction now left to the reader.
+		busy = a.nflight.Load() > 0
+		leave = a.helps && a.last != nil && helpable(a.last) && openWaiting(a.c)
+		take = !done && !leave && !a.noMore.Load() && a.room() > 0 && !(busy && a.silent())
 		if take {
 			if at := s.next(a, true); at != nil {
-				a.start(at)
+				a.start(at, nil)
 				continue
 			}
 		}
@@ -329,6 +462,8 @@ func (a *conn) serve() (broke bool) {
 			shutdownC = nil // seen already: wait for the answers
 		}
 		timedOut := false
+		// While the writer waits, the reader may write in its stead.
+		a.wtok.Unlock()
 		select {
 		case <-a.wake:
 			// An enqueue took the writer off the parked list.
@@ -338,6 +473,8 @@ func (a *conn) serve() (broke bool) {
 		case <-shutdownC:
 		case <-a.ctx.Done():
 		}
+		a.wtok.Lock()
+		s.stats.writerWakes.Add(1)
 		if idleC != nil {
 			s.stats.idle.Add(-1)
 			if !timedOut && !idle.Stop() {
@@ -362,11 +499,12 @@ func (a *conn) serve() (broke bool) {
 	}
 }
 
-// start takes an attempt from the waiting list and writes it. A body
-// that may block on its reader (not one in memory) is read only once
-// what is buffered has left, so that no other attempt's commit point
-// waits in the buffer behind a slow body.
-func (a *conn) start(at *attempt) {
+// start takes an attempt from the waiting list and writes it; the
+// answers it settles are given at once, or left in *later (see
+// settleDone). A body that may block on its reader (not one in memory)
+// is read only once what is buffered has left, so that no other
+// attempt's commit point waits in the buffer behind a slow body.
+func (a *conn) start(at *attempt, later *[]answerLater) {
 	if !a.take(at) {
 		return
 	}
@@ -374,7 +512,7 @@ func (a *conn) start(at *attempt) {
 	if !inMemory(req.r) {
 		a.c.Flush(a.ctx)
 		a.bodyDone()
-		a.answerDone()
+		a.settleDone(later)
 	}
 	at.bodyBusy.Store(true)
 	ctx := a.ctx
@@ -408,7 +546,7 @@ func (a *conn) start(at *attempt) {
 	// Settled while it was written (refused without PIPELINING, or the
 	// session closed), or earlier ones finished by replies the writer
 	// read itself: the reader may have nothing more to read.
-	a.answerDone()
+	a.settleDone(later)
 }
 
 // callerValues is a connection's context (its cancellation, which the
@@ -464,7 +602,20 @@ func (a *conn) take(at *attempt) bool {
 // answerDone answers, in order, the attempts at the head of the window
 // whose transactions are done. Either goroutine may call it: each
 // attempt is taken off the window once, under mu.
-func (a *conn) answerDone() {
+func (a *conn) answerDone() { a.settleDone(nil) }
+
+// answerLater is an answer settled and not yet given (see settleDone).
+type answerLater struct {
+	at *attempt
+	r  result
+}
+
+// settleDone is answerDone; with later not nil, it takes the attempts
+// off the window but leaves their answers in *later, for the reader to
+// give once it has written what their room lets it write (help): waking
+// a caller costs the time of a system call, better spent after the
+// next message has left than before.
+func (a *conn) settleDone(later *[]answerLater) {
 	for {
 		// The oldest in flight was not done when the client had
 		// finished notYet-1 transactions: while that count stands, it
@@ -494,6 +645,10 @@ func (a *conn) answerDone() {
 		a.mu.Unlock()
 		if err == nil {
 			a.s.progress()
+		}
+		if later != nil {
+			*later = append(*later, answerLater{at, r})
+			continue
 		}
 		a.answer(at, r)
 	}

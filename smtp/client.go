@@ -81,6 +81,7 @@ type Client struct {
 	greeting   Reply
 	caps       Capabilities
 	secure     bool   // the transport is TLS
+	buffered   bool   // the transport is a kernel socket (socketBuffered)
 	authed     bool   // AUTH succeeded
 	id         uint64 // audit session id
 	dl         deadliner
@@ -374,6 +375,7 @@ func newClient(t transport.Transport, opts *Options) (*Client, error) {
 		c.serverName = c.opts.TLSConfig.ServerName
 	}
 	c.dl.reset(t)
+	c.buffered = socketBuffered(t)
 	c.cw.w = t
 	c.r = bufio.NewReaderSize(t, 4096)
 	c.w = bufio.NewWriterSize(&c.cw, 4096)

@@ -1,5 +1,7 @@
 package smtp
 
+import "context"
+
 // Test access, for package smtp_test, to what package sender reaches
 // through internal/smtpx: each reads Tx.settled, the sender's one look.
 
@@ -17,3 +19,11 @@ func TxAnswered421(tx *Tx) bool { _, _, _, _, own421, _ := tx.settled(); return 
 
 // ParseQueueID is the parser behind Outcome.QueueID.
 func ParseQueueID(text string) string { return parseQueueID(text) }
+
+// WritesFromReader, OpenWaiting and FlushReady are what the sender's
+// reader asks before it writes in its writer's stead (readerwrite.go).
+func WritesFromReader(c *Client, replies int) bool { return c.writesFromReader(replies) }
+func OpenWaiting(c *Client) bool                   { return c.openWaiting() }
+func FlushReady(c *Client, ctx context.Context, fromReader bool) (open bool, err error) {
+	return c.flushReady(ctx, fromReader)
+}

@@ -2,10 +2,7 @@
 
 package smtp
 
-import (
-	"net"
-	"syscall"
-)
+import "syscall"
 
 // peekSupported reports whether peekSocket can ask the kernel on this
 // platform.
@@ -17,14 +14,7 @@ const peekSupported = true
 // wrap (NetConn, as *tls.Conn and this module's plaintext transport do)
 // down to one that is a syscall.Conn, such as *net.TCPConn.
 func peekSocket(t any) peekResult {
-	for {
-		nc, ok := t.(interface{ NetConn() net.Conn })
-		if !ok {
-			break
-		}
-		t = nc.NetConn()
-	}
-	sc, ok := t.(syscall.Conn)
+	sc, ok := innermostConn(t).(syscall.Conn)
 	if !ok {
 		return peekUnknown
 	}

@@ -13,6 +13,9 @@ func init() {
 	smtpx.ClientSilent = (*Client).silent
 	smtpx.TxSettled = (*Tx).settled
 	smtpx.ClientFinished = func(c *Client) uint64 { return c.finished.Load() }
+	smtpx.ClientOpenWaiting = (*Client).openWaiting
+	smtpx.ClientWritesFromReader = (*Client).writesFromReader
+	smtpx.ClientFlushReady = (*Client).flushReady
 }
 
 // Tx is a transaction written by [Client.WriteTx] whose replies are read

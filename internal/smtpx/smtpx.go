@@ -22,4 +22,18 @@ var (
 	// server has owed a reply without sending any (zero when nothing is
 	// owed).
 	ClientSilent any
+	// ClientOpenWaiting is a func(*smtp.Client) bool: whether the
+	// transaction whose commit point waits on replies still waits for
+	// the next one it needs.
+	ClientOpenWaiting any
+	// ClientWritesFromReader is a func(*smtp.Client, replies int) bool:
+	// whether the goroutine in ReadReplies may, from its callback, write
+	// what leaves the server owing that many replies more without waiting
+	// for any and without risking the RFC 2920 deadlock.
+	ClientWritesFromReader any
+	// ClientFlushReady is a func(*smtp.Client, context.Context,
+	// fromReader bool) (open bool, err error): Flush that never waits
+	// for a reply (nor, from the reader, writes what it may not); open
+	// reports a transaction whose body it has not written.
+	ClientFlushReady any
 )

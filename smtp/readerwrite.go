@@ -1,0 +1,143 @@
+package smtp
+
+import (
+	"context"
+	"net"
+)
+
+// Writing from the reading goroutine. A program that reads on one
+// goroutine (ReadReplies) and writes on another pays a wake-up of the
+// writer for each reply that lets it write: the next message once a
+// window of one is answered, a DATA body once its 354 is read. Package
+// sender saves it: when its writer is not in a write-half call, the
+// reader, in ReadReplies' callback, writes what can be written without
+// waiting for any reply. These are the core's answers to "may it?" and
+// its flush that never waits; they reach the sender through smtpx.
+//
+// While the reader writes, nobody reads. That is safe only while the
+// server can never be blocked writing replies to us, or it could stop
+// reading and block our write in turn (the RFC 2920 deadlock): the
+// replies owed, counting those of what is about to be written, must fit
+// in the buffers between the server and the client. On a kernel socket
+// they do below maxOwedReplyBytes, the bound a lone goroutine keeps while
+// chunks stream; on an unbuffered transport (net.Pipe) nothing fits, so
+// the reader never writes there.
+
+// innermostConn looks through transports that expose the connection they
+// wrap (NetConn, as *tls.Conn and this module's transports do) down to
+// one that does not.
+func innermostConn(t any) any {
+	for {
+		nc, ok := t.(interface{ NetConn() net.Conn })
+		if !ok {
+			return t
+		}
+		t = nc.NetConn()
+	}
+}
+
+// socketBuffered reports whether t is, or wraps, a kernel socket: one
+// whose buffers hold at least maxOwedReplyBytes in each direction.
+func socketBuffered(t any) bool {
+	switch innermostConn(t).(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return true
+	}
+	return false
+}
+
+// openReadyLocked reports whether advance(tx) for the open transaction
+// would write all it has to write without waiting for any reply: the
+// reply its commit waits on (the RCPT replies of a chunked transaction
+// that commits only if all recipients are taken, or the 354) has been
+// read, or the transaction is done. (c.mu held.)
+func (c *Client) openReadyLocked(tx *Tx) bool {
+	switch {
+	case tx.done || !c.writableLocked():
+		return true
+	case tx.deferCommit && !tx.dataSent:
+		// A chunked body follows the RCPT replies at once; a DATA
+		// command would then wait for its 354.
+		return tx.chunking && tx.rcptRead == len(tx.to)
+	case tx.chunking:
+		return true
+	}
+	return tx.dataReply != nil
+}
+
+// openWaiting reports whether the open transaction, if any, still waits
+// for the reply its next step needs (so a write-half call now would
+// wait for it).
+func (c *Client) openWaiting() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tx := c.open
+	if tx == nil || tx.done || !c.writableLocked() {
+		return false
+	}
+	if tx.deferCommit && !tx.dataSent {
+		return tx.rcptRead < len(tx.to)
+	}
+	return !tx.chunking && tx.dataReply == nil
+}
+
+// writesFromReader reports whether the goroutine in ReadReplies, in its
+// callback, may make a write-half call that leaves the server owing
+// replies more: it will not wait for a reply (the server pipelines, and
+// the open transaction can go on), and the replies owed then still fit
+// in the buffers of the socket (see above).
+func (c *Client) writesFromReader(replies int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writesFromReaderLocked(replies)
+}
+
+func (c *Client) writesFromReaderLocked(replies int) bool {
+	if !c.caps.Pipelining || !c.buffered || c.readers == 0 || !c.writableLocked() {
+		return false
+	}
+	owed := len(c.pending) + replies
+	if c.open != nil {
+		if !c.openReadyLocked(c.open) {
+			return false
+		}
+		owed += 2 // its final reply, and an RSET's
+	}
+	if c.needReset {
+		owed++
+	}
+	return owed*c.owedReplyEstimate() <= maxOwedReplyBytes
+}
+
+// flushReady is a write-half call like Flush that never waits for a
+// reply: it writes the open transaction's body or last chunk only if the
+// reply they wait on has been read (and, from the reading goroutine,
+// only if writesFromReader allows it), then what is buffered. It reports
+// whether a transaction is still open (its body not yet read), and, as
+// Flush does, an error on a closed session or an ended ctx.
+func (c *Client) flushReady(ctx context.Context, fromReader bool) (open bool, err error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.mu.Lock()
+	closed, tx := c.State() == StateClosed, c.open
+	ready := tx != nil && c.openReadyLocked(tx) && (!fromReader || c.writesFromReaderLocked(0))
+	c.mu.Unlock()
+	if closed {
+		return false, c.closedError(OpSend)
+	}
+	if err := ctxError(ctx, OpSend); err != nil {
+		return tx != nil, err
+	}
+	c.watch(ctx)
+	if ready {
+		c.advance(ctx, tx)
+	}
+	c.flush(ctx, OpSend)
+	if c.State() == StateClosed {
+		return false, c.closedError(OpSend)
+	}
+	c.mu.Lock()
+	open = c.open != nil
+	c.mu.Unlock()
+	return open, nil
+}
