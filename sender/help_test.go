@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -113,6 +114,53 @@ func TestPipeTransportManyCallersWindowOfEightAllAnswered(t *testing.T) {
 		srv, s := pipeServer(t, testpeers.GoSMTPOptions{}, sender.Config{MaxConns: 1, MaxInFlight: 8})
 		sendFrom(t, s, 24, 20, 16, 30*time.Second)
 		assert.EqualValues(t, 24*20, srv.Count())
+		s.Close()
+	})
+}
+
+// TestSequentialCallerWakesTheWriterOncePerMessage: one caller sends
+// one message after another. Each Send wakes the parked writer, which
+// writes it; when the reply empties the window, the reader parks the
+// writer again itself instead of waking it to park (which doubled the
+// writer's wake-ups).
+func TestSequentialCallerWakesTheWriterOncePerMessage(t *testing.T) {
+	const n = 200
+	_, s := newGoSMTPSender(t, testpeers.GoSMTPOptions{Mode: testpeers.Plain},
+		sender.Config{Security: sender.InsecurePlaintext, MaxConns: 1})
+	sendFrom(t, s, 1, n, 1, 10*time.Second)
+	wakes := sender.WriterWakes(s)
+	assert.LessOrEqual(t, wakes, int64(n+n/4), "writer wake-ups for %d messages", n)
+	t.Logf("%d messages, %d writer wake-ups", n, wakes)
+}
+
+// TestIdleTimeoutCountsFromTheLastAnswerNotTheWritersSleep: the server
+// takes 10 s to answer a message's end. The writer went to sleep when it
+// had written it, and the reader parks it when the answer empties the
+// window, without waking it; the session is still closed IdleTimeout
+// (30 s) after that answer, not after the writer fell asleep (virtual
+// time).
+func TestIdleTimeoutCountsFromTheLastAnswerNotTheWritersSleep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var slow atomic.Bool
+		_, s := pipeServer(t, testpeers.GoSMTPOptions{Delay: func(stage string) time.Duration {
+			if stage == "DATA" && slow.Load() {
+				return 10 * time.Second
+			}
+			return 0
+		}}, sender.Config{MaxConns: 1, IdleTimeout: 30 * time.Second})
+		env := smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}
+		_, err := s.Send(context.Background(), env, strings.NewReader(msg(0)))
+		require.NoError(t, err)
+		slow.Store(true)
+		_, err = s.Send(context.Background(), env, strings.NewReader(msg(1)))
+		require.NoError(t, err)
+		answered := time.Now()
+		time.Sleep(25 * time.Second)
+		synctest.Wait()
+		assert.EqualValues(t, 1, s.Stats().Open, "idle for 25 s (35 s since the writer slept): still open")
+		time.Sleep(6 * time.Second)
+		synctest.Wait()
+		assert.Zero(t, s.Stats().Open, "idle for %s: closed", time.Since(answered))
 		s.Close()
 	})
 }

@@ -113,7 +113,7 @@ type Sender struct {
 }
 
 type counters struct {
-	open, idle, waiting                                 atomic.Int64
+	open, waiting                                       atomic.Int64
 	dials, dialFailures                                 atomic.Int64
 	sent, failed, replayed, unknown, seen421, withdrawn atomic.Int64
 	// writerWakes counts the writers' wake-ups (not in Stats: a
@@ -123,8 +123,8 @@ type counters struct {
 
 // Stats is a snapshot of a Sender's counters.
 type Stats struct {
-	// Open is the number of sessions (dialing or connected); Idle those
-	// with nothing in flight.
+	// Open is the number of sessions (dialing or connected); Idle the
+	// connected ones with nothing in flight.
 	Open, Idle int64
 	// Waiting is the number of Sends waiting for a session.
 	Waiting int64
@@ -688,16 +688,14 @@ func (s *Sender) next(a *conn, park bool) *attempt {
 // nextFor is next for the reader writing in a's writer's stead (see
 // conn.help): it takes the oldest waiting attempt only if ok says the
 // reader may write it, and touches neither the parked list nor
-// a.looking, which are the writer's. It reports, when it takes none,
-// whether that is because nothing waits and a's writer is parked (an
-// enqueue will wake it).
+// a.looking. It reports, when it takes none, whether nothing waits.
 func (s *Sender) nextFor(a *conn, ok func(*attempt) bool) (at *attempt, empty bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	at = s.head
 	switch {
 	case at == nil:
-		return nil, a.parked
+		return nil, true
 	case a.nflight.Load() > 0 && s.nwaiting <= len(s.dialers), !ok(at):
 		return nil, false
 	}
@@ -705,12 +703,23 @@ func (s *Sender) nextFor(a *conn, ok func(*attempt) bool) (at *attempt, empty bo
 	return at, false
 }
 
-// parkedIdle reports whether a's writer is parked and nothing waits:
-// the next enqueue wakes it.
-func (s *Sender) parkedIdle(a *conn) bool {
+// parkWriter parks a's writer for the reader, which holds its write
+// token while the writer waits, if nothing waits. It reports whether
+// the writer is parked with nothing waiting: the next enqueue wakes it.
+func (s *Sender) parkWriter(a *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return a.parked && s.head == nil
+	if s.head != nil {
+		return false
+	}
+	// A token in wake (an enqueue woke the writer, which has not taken
+	// it yet) will make it look: parking it now would break the rule
+	// that wake is empty while it is parked.
+	if !a.parked && len(a.wake) == 0 {
+		a.parked, a.looking = true, false
+		s.parked = append(s.parked, a)
+	}
+	return true
 }
 
 // notLooking records that a's writer waits without looking at the
@@ -1088,9 +1097,17 @@ func (s *Sender) beginShutdown() {
 
 // Stats returns a snapshot of the counters.
 func (s *Sender) Stats() Stats {
+	var idle int64
+	s.mu.Lock()
+	for _, a := range s.conns {
+		if a.up.Load() && a.nflight.Load() == 0 {
+			idle++
+		}
+	}
+	s.mu.Unlock()
 	return Stats{
 		Open:         s.stats.open.Load(),
-		Idle:         s.stats.idle.Load(),
+		Idle:         idle,
 		Waiting:      s.stats.waiting.Load(),
 		Dials:        s.stats.dials.Load(),
 		DialFailures: s.stats.dialFailures.Load(),

@@ -63,6 +63,8 @@ type conn struct {
 	// call may still read (see attempt.bodyBusy).
 	last *attempt
 
+	// up is set while the session is connected (for Stats).
+	up atomic.Bool
 	// noMore is set once the session must take no more attempts: the
 	// server is closing it (a 421 seen by WriteTx), or answered 503 to a
 	// transaction's MAIL, RCPT or DATA (its state is wrong). Set by
@@ -70,6 +72,9 @@ type conn struct {
 	noMore atomic.Bool
 	// nflight is len(inflight), for the enqueuers, who may not take mu.
 	nflight atomic.Int32
+	// idle is when the window last emptied (unix nanoseconds), stored
+	// by whoever emptied it; set when the session starts.
+	idle atomic.Int64
 
 	// parked is set while the writer waits on the sender's parked list,
 	// and looking while it runs between two looks at the waiting list
@@ -199,6 +204,8 @@ func (a *conn) run() {
 		return
 	}
 	a.c, a.born = c, time.Now()
+	a.idle.Store(a.born.UnixNano())
+	a.up.Store(true)
 	a.helps = s.cfg.Options.Policy == nil
 	// The writer holds the write token from here until the reader has
 	// ended, except while it waits in serve.
@@ -209,6 +216,7 @@ func (a *conn) run() {
 	a.bodyDone()
 	<-a.readerDone
 	a.wtok.Unlock()
+	a.up.Store(false)
 	a.answerDone() // what the reader could not answer while a body was busy
 	a.mu.Lock()
 	a.count421Locked(false, c.Err())
@@ -298,47 +306,56 @@ func (a *conn) help(later *[]answerLater) bool {
 		return false
 	}
 	stop := false // the writer must look for itself
+	wrote := false
 	for {
 		if a.retiring() || isShutdown(s) || a.noMore.Load() {
 			stop = true
 			break
 		}
-		if a.room() <= 0 || a.nflight.Load() > 0 && a.silent() || openWaiting(a.c) {
+		// (With no attempt written since the last write-half call that
+		// left nothing open, no transaction is open.)
+		if a.room() <= 0 || a.nflight.Load() > 0 && a.silent() || a.last != nil && openWaiting(a.c) {
 			break
 		}
 		at, empty := s.nextFor(a, func(at *attempt) bool {
 			return helpable(at) && readerWrites(a.c, len(at.req.env.To)+3)
 		})
 		if at == nil {
-			// Nothing the reader may write. With nothing waiting, a
-			// parked writer is woken by the next enqueue; any other
-			// writer must look for itself.
+			// Nothing waits (the writer is parked below), or what
+			// waits is not for the reader to write.
 			stop = !empty
 			break
 		}
 		a.start(at, later)
+		wrote = true
 	}
-	open, err := flushReady(a.c, a.ctx, true)
-	if err != nil {
-		return false
+	open := false
+	if wrote || a.last != nil {
+		var err error
+		open, err = flushReady(a.c, a.ctx, true)
+		if err != nil {
+			return false
+		}
+		if !open {
+			a.bodyDone()
+		}
+		a.settleDone(later)
 	}
-	if !open {
-		a.bodyDone()
-	}
-	a.settleDone(later)
 	switch {
-	case stop, a.nflight.Load() == 0:
-		// With nothing in flight the writer must run: its idle timer
-		// starts only when it waits with nothing in flight.
+	case stop:
 		return false
 	case open && !openWaiting(a.c):
 		// A body the reader could not write.
 		return false
+	case a.nflight.Load() > 0 && (a.room() <= 0 || open || a.silent()):
+		// A reply to come (or the timeout of the one owed) brings the
+		// reader back.
+		return true
 	}
-	// The writer need not be woken if a reply to come (or the timeout
-	// of the one owed) brings the reader back, or the writer is parked
-	// with nothing waiting.
-	return a.room() <= 0 || a.silent() || open || s.parkedIdle(a)
+	// Room, and nothing waits: the reader parks the writer (if it is
+	// not parked already), which the next enqueue wakes. (Its idle
+	// timer runs while it is parked.)
+	return s.parkWriter(a)
 }
 
 // signal tells the writer that something changed.
@@ -348,6 +365,9 @@ func (a *conn) signal() {
 	default:
 	}
 }
+
+// idleSince is when the window last emptied.
+func (a *conn) idleSince() time.Time { return time.Unix(0, a.idle.Load()) }
 
 // retiring reports whether the session should take no new attempt, for
 // good.
@@ -448,14 +468,21 @@ func (a *conn) serve() (broke bool) {
 		}
 		busy = a.nflight.Load() > 0
 		var idleC <-chan time.Time
-		if !busy && !done {
+		if !done {
+			// The idle timer runs whenever the writer waits: the window
+			// may empty while it sleeps (the reader does not wake a
+			// parked writer for that), so it counts from when it last
+			// did.
+			d := s.cfg.IdleTimeout
+			if !busy {
+				d -= time.Since(a.idleSince())
+			}
 			if idle == nil {
-				idle = time.NewTimer(s.cfg.IdleTimeout)
+				idle = time.NewTimer(d)
 			} else {
-				idle.Reset(s.cfg.IdleTimeout)
+				idle.Reset(d)
 			}
 			idleC = idle.C
-			s.stats.idle.Add(1)
 		}
 		shutdownC := s.shutdown
 		if done {
@@ -476,13 +503,14 @@ func (a *conn) serve() (broke bool) {
 		a.wtok.Lock()
 		s.stats.writerWakes.Add(1)
 		if idleC != nil {
-			s.stats.idle.Add(-1)
 			if !timedOut && !idle.Stop() {
 				<-idle.C
 			}
 		}
-		if take && !s.unpark(a) {
-			// Woken at the same moment: the token is in wake.
+		if !s.unpark(a) {
+			// Not parked (any more): an enqueue that took it off the
+			// parked list (where it or the reader put it) left its
+			// token in wake; the writer looks at the list anyway.
 			select {
 			case <-a.wake:
 			default:
@@ -492,7 +520,7 @@ func (a *conn) serve() (broke bool) {
 			a.c.Close()
 			continue
 		}
-		if timedOut && a.nflight.Load() == 0 {
+		if timedOut && a.nflight.Load() == 0 && time.Since(a.idleSince()) >= s.cfg.IdleTimeout {
 			a.quit()
 			return false
 		}
@@ -641,6 +669,9 @@ func (a *conn) settleDone(later *[]answerLater) {
 		a.inflight[n] = nil
 		a.inflight = a.inflight[:n]
 		a.nflight.Store(int32(n))
+		if n == 0 {
+			a.idle.Store(time.Now().UnixNano())
+		}
 		r := a.settleLocked(out, err, replay, own421, sessionErr)
 		a.mu.Unlock()
 		if err == nil {
