@@ -127,7 +127,11 @@ type Config struct {
 	// wrap a net.Conn with transport.Upgradable). With ImplicitTLS the
 	// transport must already be TLS. It is called from the goroutine
 	// of each new session, and of Verify: several calls may run at
-	// once. ctx bounds the dial (with DialTimeout).
+	// once. ctx bounds the dial (with DialTimeout). A transport that is,
+	// or wraps with a NetConn method (as *tls.Conn does), a TCP or Unix
+	// socket lets a session's reader write small messages itself
+	// instead of waking its writer; on any other (an in-memory pipe) it
+	// never does, as it could not know that the server will read.
 	Dial func(ctx context.Context) (transport.Transport, error)
 	// Credentials, when set, is called at each login, from the
 	// goroutine of the session logging in (or Verify's): several calls

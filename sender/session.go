@@ -233,10 +233,12 @@ func (a *conn) run() {
 	}
 }
 
-// read is the reader goroutine: it reads every reply, answers the
-// attempts whose transactions are done, in order, and tells the writer.
-// With nothing owed it still reads, so a server that closes an idle
-// session (or sends a reply before its command) is seen at once.
+// read is the reader goroutine: it reads every reply, writes what the
+// reply made writable when it may (help), answers the attempts whose
+// transactions are done, in order, and wakes the writer for what is
+// left to it. With nothing owed it still reads, so a server that closes
+// an idle session (or sends a reply before its command) is seen at
+// once.
 func (a *conn) read() {
 	defer a.s.wg.Done()
 	defer close(a.readerDone)
