@@ -319,6 +319,19 @@ func (a *conn) help(later *[]answerLater) bool {
 		if a.room() <= 0 || a.nflight.Load() > 0 && a.silent() || a.last != nil && openWaiting(a.c) {
 			break
 		}
+		// Two looks without the sender's lock first, each of which can
+		// only send the reader on (a stale count of the waiting is
+		// settled under the lock, by parkWriter or nextFor): nothing
+		// waits; or the replies owed leave no room for even one
+		// recipient's transaction (a wide window), which is the
+		// writer's to write.
+		if s.stats.waiting.Load() == 0 {
+			break
+		}
+		if !readerWrites(a.c, 4) {
+			stop = true
+			break
+		}
 		at, empty := s.nextFor(a, func(at *attempt) bool {
 			return helpable(at) && readerWrites(a.c, len(at.req.env.To)+3)
 		})
