@@ -474,8 +474,32 @@ func (c *Client) cmd(ctx context.Context, op Op, timeout time.Duration, line str
 }
 
 // watch arranges for ctx's cancellation to interrupt the write half's
-// blocked I/O (see watcher).
-func (c *Client) watch(ctx context.Context) { c.wwatch.watch(ctx, &c.dl, &c.dl.w) }
+// blocked I/O (see watcher). On a transport with one deadline for both
+// halves, the read half's watcher, when nobody holds the read token, is
+// disarmed too: it may still hold an earlier call's context, whose end
+// (after that call returned) would set the shared deadline in the past
+// under this call's writes. This call's reads arm their own.
+func (c *Client) watch(ctx context.Context) {
+	c.wwatch.watch(ctx, &c.dl, &c.dl.w)
+	if c.dl.rw != nil {
+		return
+	}
+	c.mu.Lock()
+	free := !c.reading && c.readers == 0
+	if free {
+		c.reading = true
+	}
+	c.mu.Unlock()
+	if free {
+		if c.rwatch.unwatch() {
+			c.dl.uninterrupt(&c.dl.r)
+		}
+		c.mu.Lock()
+		c.reading = false
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	}
+}
 
 // endWatch disarms the contexts of a call that will not be repeated with
 // them (Connect, Login: no other goroutine uses the client then), so
@@ -554,26 +578,42 @@ func (w *watcher) unwatch() (fired bool) {
 // returns an [*Error] wrapping [ErrClosed] on a closed session, and the
 // ctx's error, with the session untouched, if ctx has already ended.
 func (c *Client) Flush(ctx context.Context) error {
+	_, err := c.flushOpen(ctx, func(*Tx) bool { return true })
+	return err
+}
+
+// flushOpen is Flush, writing the open transaction's body or last chunk
+// (advance) only if may, asked with mu held, says so. It reports
+// whether a transaction is still open (only a write-half call opens
+// one, but the read half drops it when the server closes with 421).
+func (c *Client) flushOpen(ctx context.Context, may func(*Tx) bool) (open bool, err error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.mu.Lock()
-	closed, open := c.State() == StateClosed, c.open
+	closed, tx := c.State() == StateClosed, c.open
+	adv := tx != nil && may(tx)
 	c.unlock()
 	if closed {
-		return c.closedError(OpSend)
+		return false, c.closedError(OpSend)
 	}
 	if err := ctxError(ctx, OpSend); err != nil {
-		return err
+		return tx != nil, err
 	}
 	c.watch(ctx)
-	if open != nil {
-		c.advance(ctx, open)
+	if adv {
+		c.advance(ctx, tx)
 	}
 	c.flush(ctx, OpSend)
 	if c.State() == StateClosed {
-		return c.closedError(OpSend)
+		return false, c.closedError(OpSend)
 	}
-	return nil
+	if tx == nil {
+		return false, nil
+	}
+	c.mu.Lock()
+	open = c.open != nil
+	c.mu.Unlock()
+	return open, nil
 }
 
 // setWriteDeadline sets the write half's deadline for the next step:
