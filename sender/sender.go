@@ -679,10 +679,16 @@ func (s *Sender) next(a *conn, park bool) *attempt {
 	}
 	a.looking = !park
 	if park {
-		a.parked = true
-		s.parked = append(s.parked, a)
+		s.parkLocked(a)
 	}
 	return nil
+}
+
+// parkLocked puts a's writer on the parked list, where an enqueue finds
+// it and wakes it through its wake slot (which must be empty).
+func (s *Sender) parkLocked(a *conn) {
+	a.parked, a.looking = true, false
+	s.parked = append(s.parked, a)
 }
 
 // nextFor is next for the reader writing in a's writer's stead (see
@@ -716,8 +722,7 @@ func (s *Sender) parkWriter(a *conn) bool {
 	// it yet) will make it look: parking it now would break the rule
 	// that wake is empty while it is parked.
 	if !a.parked && len(a.wake) == 0 {
-		a.parked, a.looking = true, false
-		s.parked = append(s.parked, a)
+		s.parkLocked(a)
 	}
 	return true
 }

@@ -270,18 +270,16 @@ func (a *conn) read() {
 // write than one.
 const helpBodyMax = 64 << 10
 
+// txReplies is at most how many replies a transaction to n recipients
+// leaves owed: MAIL, each RCPT, DATA or a chunk, the final reply (and an
+// RSET before it, if due, is counted by the core).
+func txReplies(n int) int { return n + 3 }
+
 // helpable reports whether the reader may read at's body: it is in
 // memory (reading it never waits) and small.
 func helpable(at *attempt) bool {
-	switch r := at.req.body.r.(type) {
-	case *bytes.Reader:
-		return r.Len() <= helpBodyMax
-	case *strings.Reader:
-		return r.Len() <= helpBodyMax
-	case *bytes.Buffer:
-		return r.Len() <= helpBodyMax
-	}
-	return false
+	r := at.req.body.r
+	return inMemory(r) && r.(interface{ Len() int }).Len() <= helpBodyMax
 }
 
 // help is the reader's turn at the writer's work, after a reply: if the
@@ -310,7 +308,7 @@ func (a *conn) help(later *[]answerLater) bool {
 	stop := false // the writer must look for itself
 	wrote := false
 	for {
-		if a.retiring() || isShutdown(s) || a.noMore.Load() {
+		if a.done() {
 			stop = true
 			break
 		}
@@ -328,12 +326,14 @@ func (a *conn) help(later *[]answerLater) bool {
 		if s.stats.waiting.Load() == 0 {
 			break
 		}
-		if !readerWrites(a.c, 4) {
+		if !readerWrites(a.c, txReplies(1)) {
 			stop = true
 			break
 		}
 		at, empty := s.nextFor(a, func(at *attempt) bool {
-			return helpable(at) && readerWrites(a.c, len(at.req.env.To)+3)
+			// One recipient's transaction passed the look above.
+			n := len(at.req.env.To)
+			return helpable(at) && (n == 1 || readerWrites(a.c, txReplies(n)))
 		})
 		if at == nil {
 			// Nothing waits (the writer is parked below), or what
@@ -384,6 +384,12 @@ func (a *conn) signal() {
 // idleSince is when the window last emptied.
 func (a *conn) idleSince() time.Time { return time.Unix(0, a.idle.Load()) }
 
+// done reports whether the session takes no new attempt: it retires,
+// the sender shuts down, or the server has made it take no more.
+func (a *conn) done() bool {
+	return a.retiring() || isShutdown(a.s) || a.noMore.Load()
+}
+
 // retiring reports whether the session should take no new attempt, for
 // good.
 func (a *conn) retiring() bool {
@@ -423,7 +429,7 @@ func (a *conn) serve() (broke bool) {
 			return true
 		}
 		busy := a.nflight.Load() > 0
-		done := a.retiring() || isShutdown(s) || a.noMore.Load()
+		done := a.done()
 		if done && !busy {
 			if a.noMore.Load() {
 				a.c.Close()
@@ -432,12 +438,7 @@ func (a *conn) serve() (broke bool) {
 			a.quit()
 			return false
 		}
-		// A DATA transaction waiting for its 354 (or a chunked one for
-		// its RCPT replies) with a small body in memory is left to the
-		// reader, which writes its body when it reads that reply (help),
-		// and the attempts behind it: the writer would only wait.
-		leave := a.helps && a.last != nil && helpable(a.last) && openWaiting(a.c)
-		take := !done && !leave && a.room() > 0 && !(busy && a.silent())
+		take, leave := a.takes(done)
 		if take {
 			if at := s.next(a, false); at != nil {
 				a.start(at, nil)
@@ -469,9 +470,7 @@ func (a *conn) serve() (broke bool) {
 		// (the writer may have answered attempts itself, and the
 		// reader's word of it is spent), a 503 (take no more), a server
 		// now silent, a transaction now left to the reader.
-		busy = a.nflight.Load() > 0
-		leave = a.helps && a.last != nil && helpable(a.last) && openWaiting(a.c)
-		take = !done && !leave && !a.noMore.Load() && a.room() > 0 && !(busy && a.silent())
+		take, _ = a.takes(done)
 		if take {
 			if at := s.next(a, true); at != nil {
 				a.start(at, nil)
@@ -540,6 +539,19 @@ func (a *conn) serve() (broke bool) {
 			return false
 		}
 	}
+}
+
+// takes reports whether the writer should take an attempt now (it is
+// not done, has room, its server is not silent, and nothing is left to
+// the reader), and whether it leaves the open transaction to the
+// reader: a DATA transaction waiting for its 354, or a chunked one for
+// its RCPT replies, with a small body in memory, whose body the reader
+// writes when it reads that reply (help), and the attempts behind it;
+// the writer would only wait.
+func (a *conn) takes(done bool) (take, leave bool) {
+	leave = a.helps && a.last != nil && helpable(a.last) && openWaiting(a.c)
+	take = !done && !leave && !a.noMore.Load() && a.room() > 0 && !(a.nflight.Load() > 0 && a.silent())
+	return take, leave
 }
 
 // start takes an attempt from the waiting list and writes it; the
@@ -617,7 +629,8 @@ func (a *conn) bodyDone() {
 	}
 }
 
-// inMemory reports whether reading r never waits.
+// inMemory reports whether reading r never waits (each of these has a
+// Len method: see helpable).
 func inMemory(r io.Reader) bool {
 	switch r.(type) {
 	case *bytes.Reader, *strings.Reader, *bytes.Buffer:

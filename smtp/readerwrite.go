@@ -46,23 +46,29 @@ func socketBuffered(t any) bool {
 	return false
 }
 
-// openReadyLocked reports whether advance(tx) for the open transaction
-// would write all it has to write without waiting for any reply: the
-// reply its commit waits on (the RCPT replies of a chunked transaction
-// that commits only if all recipients are taken, or the 354) has been
-// read, or the transaction is done. (c.mu held.)
-func (c *Client) openReadyLocked(tx *Tx) bool {
+// awaitedInLocked reports whether the reply the open transaction's
+// next step waits for (the RCPT replies of an all-or-nothing
+// transaction, or the 354) has been read, or the transaction cannot go
+// on anyway (it is done, or the session no longer writes). (c.mu held.)
+func (c *Client) awaitedInLocked(tx *Tx) bool {
 	switch {
 	case tx.done || !c.writableLocked():
 		return true
 	case tx.deferCommit && !tx.dataSent:
-		// A chunked body follows the RCPT replies at once; a DATA
-		// command would then wait for its 354.
-		return tx.chunking && tx.rcptRead == len(tx.to)
+		return tx.rcptRead == len(tx.to)
 	case tx.chunking:
 		return true
 	}
 	return tx.dataReply != nil
+}
+
+// openReadyLocked reports whether advance(tx) for the open transaction
+// would write all it has to write without waiting for any reply: its
+// awaited reply is in, and what follows is not a DATA command (which
+// would then wait for its 354). (c.mu held.)
+func (c *Client) openReadyLocked(tx *Tx) bool {
+	dataNext := tx.deferCommit && !tx.dataSent && !tx.chunking && !tx.done && c.writableLocked()
+	return c.awaitedInLocked(tx) && !dataNext
 }
 
 // openWaiting reports whether the open transaction, if any, still waits
@@ -71,14 +77,7 @@ func (c *Client) openReadyLocked(tx *Tx) bool {
 func (c *Client) openWaiting() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	tx := c.open
-	if tx == nil || tx.done || !c.writableLocked() {
-		return false
-	}
-	if tx.deferCommit && !tx.dataSent {
-		return tx.rcptRead < len(tx.to)
-	}
-	return !tx.chunking && tx.dataReply == nil
+	return c.open != nil && !c.awaitedInLocked(c.open)
 }
 
 // writesFromReader reports whether the goroutine in ReadReplies, in its
@@ -109,35 +108,13 @@ func (c *Client) writesFromReaderLocked(replies int) bool {
 	return owed*c.owedReplyEstimate() <= maxOwedReplyBytes
 }
 
-// flushReady is a write-half call like Flush that never waits for a
-// reply: it writes the open transaction's body or last chunk only if the
-// reply they wait on has been read (and, from the reading goroutine,
-// only if writesFromReader allows it), then what is buffered. It reports
-// whether a transaction is still open (its body not yet read), and, as
-// Flush does, an error on a closed session or an ended ctx.
+// flushReady is Flush that never waits for a reply: it writes the open
+// transaction's body or last chunk only if the reply they wait on has
+// been read (and, from the reading goroutine, only if writesFromReader
+// allows it), then what is buffered. It reports whether a transaction
+// is still open (its body not yet written).
 func (c *Client) flushReady(ctx context.Context, fromReader bool) (open bool, err error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.mu.Lock()
-	closed, tx := c.State() == StateClosed, c.open
-	ready := tx != nil && c.openReadyLocked(tx) && (!fromReader || c.writesFromReaderLocked(0))
-	c.mu.Unlock()
-	if closed {
-		return false, c.closedError(OpSend)
-	}
-	if err := ctxError(ctx, OpSend); err != nil {
-		return tx != nil, err
-	}
-	c.watch(ctx)
-	if ready {
-		c.advance(ctx, tx)
-	}
-	c.flush(ctx, OpSend)
-	if c.State() == StateClosed {
-		return false, c.closedError(OpSend)
-	}
-	c.mu.Lock()
-	open = c.open != nil
-	c.mu.Unlock()
-	return open, nil
+	return c.flushOpen(ctx, func(tx *Tx) bool {
+		return c.openReadyLocked(tx) && (!fromReader || c.writesFromReaderLocked(0))
+	})
 }
