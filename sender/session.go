@@ -469,7 +469,15 @@ func (a *conn) serve() (broke bool) {
 		// What the flush and the answers changed: room in the window
 		// (the writer may have answered attempts itself, and the
 		// reader's word of it is spent), a 503 (take no more), a server
-		// now silent, a transaction now left to the reader.
+		// now silent, a transaction now left to the reader. A session
+		// that takes no more and has nothing left in flight ends now:
+		// nobody would wake its writer (it gave the last answer
+		// itself), and an enqueue that found it looking left the
+		// waiting attempt to it, which the session's end hands on.
+		done = a.done()
+		if done && a.nflight.Load() == 0 {
+			continue
+		}
 		take, _ = a.takes(done)
 		if take {
 			if at := s.next(a, true); at != nil {
