@@ -184,6 +184,13 @@ func TestMeasure(t *testing.T) {
 			rep.Results = append(rep.Results, m)
 		}
 	}
+	// The actor-cost target whose two clients this plan runs is
+	// measured again in interleaved rounds; the others are not.
+	pairs := measurePairs(ctx, l, []string{sinkGoSMTP}, p.Scenarios, 2, tm, func(string) {}, func(any) {})
+	if len(pairs) != 1 || pairs[0].err != nil || pairs[0].Target != "actor cost, go-smtp sink, RTT 0, W=32" || len(pairs[0].Ratios) != 2 || pairs[0].Ratio <= 0 {
+		t.Errorf("interleaved rounds: %+v", pairs)
+	}
+	rep.Pairs = pairs
 	st, err := l.lineRTT(ctx, time.Millisecond, 10)
 	if err != nil || st.Median < time.Millisecond {
 		t.Errorf("line RTT %+v, %v", st, err)
@@ -212,7 +219,7 @@ func TestMeasure(t *testing.T) {
 	var text bytes.Buffer
 	rep.printTables(&text)
 	md := string(rep.markdown())
-	for _, want := range []string{"## Cost per message", "smtpkit-sender c1 w32", "## Where the time goes", "benchmarks.svg"} {
+	for _, want := range []string{"## Cost per message", "smtpkit-sender c1 w32", "## Where the time goes", "benchmarks.svg", "### Actor cost, interleaved rounds"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
 		}

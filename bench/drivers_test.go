@@ -362,6 +362,42 @@ func TestGoalsTableMarksMetAndMissed(t *testing.T) {
 	}
 }
 
+// TestActorCostGoalReadsInterleavedRounds: an actor-cost target reads
+// the median ratio of its interleaved rounds when they ran, and shows
+// the ratio of the consecutive runs beside it; without them it reads
+// the consecutive runs.
+func TestActorCostGoalReadsInterleavedRounds(t *testing.T) {
+	snd := spec{Client: clientSender, Conns: 1, Window: 32}
+	core := spec{Client: clientCore, Conns: 1, Window: 32}
+	r := &report{Plan: plan{Sinks: []string{sinkGoSMTP}}}
+	r.Results = append(r.Results, measurement{Client: snd.Client, Sink: sinkGoSMTP, MsgsPerS: 800, sc: snd},
+		measurement{Client: core.Client, Sink: sinkGoSMTP, MsgsPerS: 1000, sc: core})
+	const name = "actor cost, go-smtp sink, RTT 0, W=32"
+	find := func() goal {
+		for _, g := range throughputGoals(r) {
+			if g.Name == name {
+				return g
+			}
+		}
+		t.Fatalf("no goal %q", name)
+		return goal{}
+	}
+	if g := find(); g.Met != "MISSED by 10 points" {
+		t.Errorf("consecutive runs only: %+v", g)
+	}
+	var g ratioGoal
+	for _, x := range interleavedGoals() {
+		if x.name == name {
+			g = x
+		}
+	}
+	r.Pairs = []pairRow{{Target: name, Ratios: []float64{0.95, 0.85, 0.92}, Ratio: median([]float64{0.95, 0.85, 0.92}), g: g}}
+	got := find()
+	if !got.met() || !strings.HasPrefix(got.Measured, "92 %, median of 3 interleaved rounds (95 %, 85 %, 92 %;") || !strings.Contains(got.Measured, "one after the other: 80 %") {
+		t.Errorf("with interleaved rounds: %+v", got)
+	}
+}
+
 // TestScaleGoals checks issue 21's rows: a row the run measured is met
 // or missed, one it did not (the quick plan has no 10 MiB) is not
 // measured, and the heap row takes the most of every size.

@@ -41,6 +41,9 @@ type plan struct {
 	Scenarios []spec
 	Timing    timing
 	Memory    bool
+	// PairRounds is how many interleaved rounds measure each
+	// actor-cost target (see pairs.go); 0 skips them.
+	PairRounds int
 }
 
 // The client configurations of a full run, in table order.
@@ -67,21 +70,23 @@ var quickScenarios = slices.DeleteFunc(slices.Clone(fullScenarios), func(s spec)
 
 func fullPlan() plan {
 	return plan{
-		Sinks:     []string{sinkGoSMTP, sinkSMTPSink, sinkPostfix},
-		RTTs:      []time.Duration{0, time.Millisecond, 2 * time.Millisecond, 10 * time.Millisecond},
-		Scenarios: fullScenarios,
-		Timing:    timing{Runs: 3, Window: time.Second, Warm: 200 * time.Millisecond, MinMsgs: 20, MaxRun: 5 * time.Second, MaxMsgs: 2_000_000},
-		Memory:    true,
+		Sinks:      []string{sinkGoSMTP, sinkSMTPSink, sinkPostfix},
+		RTTs:       []time.Duration{0, time.Millisecond, 2 * time.Millisecond, 10 * time.Millisecond},
+		Scenarios:  fullScenarios,
+		Timing:     timing{Runs: 3, Window: time.Second, Warm: 200 * time.Millisecond, MinMsgs: 20, MaxRun: 5 * time.Second, MaxMsgs: 2_000_000},
+		Memory:     true,
+		PairRounds: 7,
 	}
 }
 
 func quickPlan() plan {
 	return plan{
-		Sinks:     []string{sinkGoSMTP, sinkSMTPSink},
-		RTTs:      []time.Duration{0, 10 * time.Millisecond},
-		Scenarios: quickScenarios,
-		Timing:    timing{Runs: 3, Window: 500 * time.Millisecond, Warm: 100 * time.Millisecond, MinMsgs: 8, MaxRun: 2 * time.Second, MaxMsgs: 1_000_000},
-		Memory:    true,
+		Sinks:      []string{sinkGoSMTP, sinkSMTPSink},
+		RTTs:       []time.Duration{0, 10 * time.Millisecond},
+		Scenarios:  quickScenarios,
+		Timing:     timing{Runs: 3, Window: 500 * time.Millisecond, Warm: 100 * time.Millisecond, MinMsgs: 8, MaxRun: 2 * time.Second, MaxMsgs: 1_000_000},
+		Memory:     true,
+		PairRounds: 3,
 	}
 }
 

@@ -25,6 +25,7 @@ type report struct {
 	LineRTTs  []rttStat
 	Results   []measurement
 	Memory    []memResult
+	Pairs     []pairRow         // the actor-cost targets' interleaved rounds
 	Unavail   map[string]string // sink -> why it did not run
 	Profiling bool
 }
@@ -277,6 +278,7 @@ func (r *report) throughputMD(b *bytes.Buffer) {
 		}
 		p("\n")
 	}
+	r.pairsMD(b)
 }
 
 // costMD writes the cost per message tables.

@@ -41,6 +41,12 @@ func runThroughput(e *env) result {
 			}
 		}
 	}
+	if p.PairRounds > 0 && slices.Contains(p.RTTs, 0) && e.ctx.Err() == nil {
+		rep.Pairs = measurePairs(e.ctx, e.lab, sinks, p.Scenarios, p.PairRounds, p.Timing, func(s string) { fmt.Fprintln(e.text, s) }, e.emit)
+		for _, row := range rep.Pairs {
+			res.failed = res.failed || row.err != nil
+		}
+	}
 	if p.Memory && e.ctx.Err() == nil {
 		for _, m := range measureMemory(e.ctx, e.lab, sinks) {
 			rep.Memory = append(rep.Memory, m)
