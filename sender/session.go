@@ -19,12 +19,13 @@ import (
 // What the sessions need of smtp.Tx and smtp.Client beyond the API
 // (package smtp sets them; see internal/smtpx).
 var (
-	clientSilent = smtpx.ClientSilent.(func(*smtp.Client) time.Duration)
-	txSettled    = smtpx.TxSettled.(func(*smtp.Tx) (bool, *smtp.Outcome, error, bool, bool, error))
-	clientFinish = smtpx.ClientFinished.(func(*smtp.Client) uint64)
-	openWaiting  = smtpx.ClientOpenWaiting.(func(*smtp.Client) bool)
-	readerWrites = smtpx.ClientWritesFromReader.(func(*smtp.Client, int) bool)
-	flushReady   = smtpx.ClientFlushReady.(func(*smtp.Client, context.Context, bool) (bool, error))
+	clientSilent  = smtpx.ClientSilent.(func(*smtp.Client) time.Duration)
+	txSettled     = smtpx.TxSettled.(func(*smtp.Tx) (bool, *smtp.Outcome, error, bool, bool, error))
+	clientFinish  = smtpx.ClientFinished.(func(*smtp.Client) uint64)
+	openWaiting   = smtpx.ClientOpenWaiting.(func(*smtp.Client) bool)
+	readerWrites  = smtpx.ClientWritesFromReader.(func(*smtp.Client, int) bool)
+	flushReady    = smtpx.ClientFlushReady.(func(*smtp.Client, context.Context, bool) (bool, error))
+	replyBuffered = smtpx.ClientReplyBuffered.(func(*smtp.Client) bool)
 )
 
 // conn is one connection and its two goroutines, as net/http's
@@ -253,11 +254,20 @@ func (a *conn) read() {
 			a.settleDone(&later)
 		}
 		quiet := a.help(&later)
-		for i := range later {
-			a.answer(later[i].at, later[i].r)
-			later[i] = answerLater{}
+		// The answers wait while another whole reply is buffered: the
+		// next callback may write what it lets be written (a 354's
+		// body) before the callers are woken, each a system call
+		// (replies that come together are answered together, after
+		// the writes they allow).
+		// (ReadReplies' last call, once the session is closed, holds no
+		// read half any more: it gives them.)
+		if a.c.State() == smtp.StateClosed || !replyBuffered(a.c) {
+			for i := range later {
+				a.answer(later[i].at, later[i].r)
+				later[i] = answerLater{}
+			}
+			later = later[:0]
 		}
-		later = later[:0]
 		if !quiet {
 			a.signal()
 		}

@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"bytes"
 	"context"
 	"net"
 )
@@ -117,4 +118,27 @@ func (c *Client) flushReady(ctx context.Context, fromReader bool) (open bool, er
 	return c.flushOpen(ctx, func(tx *Tx) bool {
 		return c.openReadyLocked(tx) && (!fromReader || c.writesFromReaderLocked(0))
 	})
+}
+
+// replyBuffered reports whether a whole reply is in the read buffer, so
+// that ReadReplies' next read will not wait for the network. Only the
+// goroutine in ReadReplies may ask (from its callback): it holds the read
+// half. It looks at the lines of the next reply only (up to its last
+// line), each of which the next read parses anyway.
+func (c *Client) replyBuffered() bool {
+	n := c.r.Buffered()
+	if n == 0 {
+		return false
+	}
+	buf, _ := c.r.Peek(n) // never waits: n octets are buffered
+	for {
+		i := bytes.IndexByte(buf, '\n')
+		if i < 0 {
+			return false
+		}
+		if i < 4 || buf[3] != '-' {
+			return true // the reply's last line ("250 ok", or a short one)
+		}
+		buf = buf[i+1:]
+	}
 }

@@ -16,6 +16,7 @@ func init() {
 	smtpx.ClientOpenWaiting = (*Client).openWaiting
 	smtpx.ClientWritesFromReader = (*Client).writesFromReader
 	smtpx.ClientFlushReady = (*Client).flushReady
+	smtpx.ClientReplyBuffered = (*Client).replyBuffered
 }
 
 // Tx is a transaction written by [Client.WriteTx] whose replies are read

@@ -36,4 +36,8 @@ var (
 	// for a reply (nor, from the reader, writes what it may not); open
 	// reports a transaction whose body it has not written.
 	ClientFlushReady any
+	// ClientReplyBuffered is a func(*smtp.Client) bool: whether a whole
+	// reply waits in the read buffer (asked only from ReadReplies'
+	// callback).
+	ClientReplyBuffered any
 )
