@@ -498,3 +498,33 @@ func TestQuickWritesNoDocs(t *testing.T) {
 		t.Error("a full run writes no docs")
 	}
 }
+
+// TestControlGoalReadsTheWorstRatioUpToNinetyPercent: the latency
+// target against the wire control takes the worst p50 or p99 ratio of
+// the loads up to 90 % (110 % is past saturation and not judged).
+func TestControlGoalReadsTheWorstRatioUpToNinetyPercent(t *testing.T) {
+	const rtt = 10 * time.Millisecond
+	lat := &latReport{Plan: latPlan{TLSLoads: []float64{0.5, 0.9, 1.1}}}
+	add := func(s latSpec, load, p50, p99 float64) {
+		lat.Points = append(lat.Points, latPoint{Sec: secTLS, Load: load, P50ms: p50, P99ms: p99, spec: s, rtt: rtt})
+	}
+	ours, control := latSpecs[0], latSpecs[6]
+	add(ours, 0.5, 11, 15)
+	add(control, 0.5, 11, 15)
+	add(ours, 0.9, 13, 18) // p99 at 90 %: 18 against 17, 106 %
+	add(control, 0.9, 12.5, 17)
+	add(ours, 1.1, 80, 120) // past saturation: not judged
+	add(control, 1.1, 14, 25)
+	g := controlGoal(lat, ours, control, rtt)
+	if !g.met() || g.Measured != "worst of 2 loads: p99 at 90 %: 18.0 against 17.0 ms (106 %)" {
+		t.Errorf("within 10 %%: %+v", g)
+	}
+	lat.Points[2].P50ms = 14 // p50 at 90 %: 14 against 12.5, 112 %
+	if g := controlGoal(lat, ours, control, rtt); g.Met != "MISSED: 112 %" {
+		t.Errorf("p50 past 10 %%: %+v", g)
+	}
+	lat.Points[2].P99ms = -1 // a failed percentile
+	if g := controlGoal(lat, ours, control, rtt); g.met() {
+		t.Errorf("a failed p99: %+v", g)
+	}
+}
