@@ -346,6 +346,36 @@ func TestServer503ToMailIsReplayedOnceOnAFreshSession(t *testing.T) {
 	assert.EqualValues(t, 1, s.Stats().Replayed)
 }
 
+// TestServer503ToMailOverAPipeWriterAnswersItselfThenEndsTheSession:
+// the same over an in-memory pipe, in a synctest bubble, where the
+// writer (not the reader) settles the refused transaction: its
+// replies were read while the writer still held the body. A writer that
+// gave the session's last answer itself and then waited for word from
+// the reader, which had none to give, kept the session, and with
+// MaxConns 1 the replayed Send waited its whole context (every run,
+// before the fix).
+func TestServer503ToMailOverAPipeWriterAnswersItselfThenEndsTheSession(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newFakeMTA()
+		m.mail = func(n, i int) string {
+			if n == 1 {
+				return "503 5.5.1 Bad sequence of commands"
+			}
+			return ""
+		}
+		s, err := sender.New(sender.Config{Dial: m.dialPipe(), Security: sender.InsecurePlaintext, MaxConns: 1})
+		require.NoError(t, err)
+		defer s.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_, err = s.Send(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(idBody("s1")))
+		require.NoError(t, err)
+		conns, n := m.stats()
+		assert.Equal(t, 1, n["s1"])
+		assert.Equal(t, 2, conns, "written again on a fresh session")
+	})
+}
+
 // TestStartTLSToImplicitTLSPortFailsWithinDialTimeout (point 7): a
 // client set for STARTTLS dials a port that speaks implicit TLS: the
 // server waits for a handshake, the client for a greeting. The Send
