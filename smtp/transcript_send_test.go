@@ -663,6 +663,29 @@ func TestTranscriptSingleRecipientRefused(t *testing.T) {
 	})
 }
 
+// TestTranscriptServerAnswersMAILWith503ThenQueuesTheBDATBodyIsADelivery:
+// a server that still held an earlier transaction open (its refused
+// BDAT LAST left it so) answers the next pipelined MAIL with "503 nested
+// MAIL command", then takes that message's RCPT and body into the open
+// transaction and queues it. The final 250 is the server taking the
+// message: Send reports the delivery (a refusal would be false, and a
+// replay would deliver it twice), and the next transaction starts with
+// RSET.
+func TestTranscriptServerAnswersMAILWith503ThenQueuesTheBDATBodyIsADelivery(t *testing.T) {
+	srv, c, _ := trConnect(t, nil, trSteps(trHello("PIPELINING", "CHUNKING"),
+		fs.Expect(trMail+trRcpt+trBDAT("x\r\n")), fs.Reply("503 5.5.1 Error: nested MAIL command\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: queued as 4XQ1\r\n"),
+		fs.Expect("RSET\r\n"+trMail+trRcpt+trBDAT("ok\r\n")), fs.Reply("250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n"),
+		trQuit)...)
+	ctx := trCtx(t)
+	out, err := c.Send(ctx, trEnv, strings.NewReader("x\r\n"))
+	require.NoError(t, err)
+	assert.Equal(t, "4XQ1", out.QueueID)
+	_, err = c.Send(ctx, trEnv, strings.NewReader("ok\r\n"))
+	require.NoError(t, err)
+	require.NoError(t, c.Quit(ctx))
+	trEnd(t, srv, c)
+}
+
 // Refusals at the other steps: MAIL, DATA, the final reply, a BDAT chunk.
 func TestTranscriptRefusals(t *testing.T) {
 	tests := []struct {

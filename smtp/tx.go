@@ -136,7 +136,11 @@ func (tx *Tx) resultLocked() (*Outcome, error) {
 //
 // A transaction whose commit point was written, and whose own reply was
 // lost on a server that was answering it, is not replayable: its error
-// wraps [ErrOutcomeUnknown].
+// wraps [ErrOutcomeUnknown]. One whose final reply accepted the message
+// is delivered, whatever its MAIL got: a server that still held an
+// earlier transaction open answers the next pipelined MAIL with 503
+// ("nested MAIL command") and may then take that message's recipients
+// and body into the open transaction, and queue it.
 func (tx *Tx) settled() (done bool, out *Outcome, err error, replay, answered421 bool, sessionErr error) {
 	c := tx.c
 	c.mu.Lock()

@@ -330,7 +330,9 @@ func (tx *Tx) finish() {
 		tx.replay = true
 	case tx.stateErr != nil && !finalOK:
 		tx.err, tx.replay = tx.stateErr, true
-	case tx.mailErr != nil:
+	case tx.mailErr != nil && !finalOK:
+		// A refused MAIL whose final reply accepted the message anyway
+		// is a delivery (see the doc comment of settled).
 		tx.err = tx.mailErr
 	case !finalOK && tx.rcptError() != nil:
 		tx.err = tx.rcptError()
