@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/smtpkit/smtpkit/internal/testpeers"
 	"github.com/smtpkit/smtpkit/transport"
 )
 
@@ -52,6 +53,9 @@ type fakeMTA struct {
 	conns      int
 	mailsOn    []int // MAIL commands each connection received
 	commandsOn []int
+	// trace, when not nil, gathers every command and reply, each
+	// prefixed with its connection's number.
+	trace *[]string
 }
 
 func newFakeMTA() *fakeMTA {
@@ -62,6 +66,17 @@ func newFakeMTA() *fakeMTA {
 func (m *fakeMTA) dialPipe() func(context.Context) (transport.Transport, error) {
 	return func(context.Context) (transport.Transport, error) {
 		c, s := net.Pipe()
+		go m.serve(s)
+		return c, nil
+	}
+}
+
+// dialBuffered returns a Config.Dial that serves each connection over a
+// testpeers.BufferedPipe of size octets each way: in a synctest bubble,
+// a connection on which the sender's reader writes, as on TCP.
+func (m *fakeMTA) dialBuffered(size int) func(context.Context) (transport.Transport, error) {
+	return func(context.Context) (transport.Transport, error) {
+		c, s := testpeers.BufferedPipe(size)
 		go m.serve(s)
 		return c, nil
 	}
@@ -86,6 +101,15 @@ func (m *fakeMTA) listen() (addr string, stop func()) {
 	return ln.Addr().String(), func() { ln.Close(); wg.Wait() }
 }
 
+// record adds a line to the trace, if one is kept.
+func (m *fakeMTA) record(conn int, who, line string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.trace != nil {
+		*m.trace = append(*m.trace, fmt.Sprintf("%d %s: %q", conn, who, line))
+	}
+}
+
 func (m *fakeMTA) stats() (conns int, delivered map[string]int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -107,6 +131,7 @@ func (m *fakeMTA) serve(c net.Conn) {
 	r := bufio.NewReader(c)
 	w := bufio.NewWriter(c)
 	send := func(s string) bool {
+		m.record(conn, "S", s)
 		w.WriteString(s)
 		// Flush only when nothing more has arrived: a pipelining
 		// client gets its replies together, as from a real server.
@@ -135,6 +160,7 @@ func (m *fakeMTA) serve(c net.Conn) {
 			return
 		}
 		line = strings.TrimRight(line, "\r\n")
+		m.record(conn, "C", line)
 		m.mu.Lock()
 		m.commandsOn[conn]++
 		m.mu.Unlock()
@@ -198,22 +224,30 @@ func (m *fakeMTA) serve(c net.Conn) {
 			mailsHere++
 			rcptOK, anyRcpt = false, false
 			body.Reset()
+			said := "" // asked once: the func may count its calls
+			if m.mail != nil {
+				said = m.mail(n, mailsHere)
+			}
 			switch {
 			case needRSET && m.strictRSET:
 				reply = "503 5.5.1 Bad sequence of commands (RSET/HELO/EHLO required before MAIL)\r\n"
-			case m.mail != nil && m.mail(n, mailsHere) != "":
-				reply = m.mail(n, mailsHere) + "\r\n"
+			case said != "":
+				reply = said + "\r\n"
 			default:
 				reply = "250 2.1.0 Ok\r\n"
 				mailOK = true
 			}
 		case "RCPT":
 			rcptsHere++
+			said := ""
+			if m.rcpt != nil && mailOK {
+				said = m.rcpt(rcptsHere)
+			}
 			switch {
 			case !mailOK:
 				reply = "503 5.5.1 need MAIL\r\n"
-			case m.rcpt != nil && m.rcpt(rcptsHere) != "":
-				reply = m.rcpt(rcptsHere) + "\r\n"
+			case said != "":
+				reply = said + "\r\n"
 			default:
 				reply = "250 2.1.5 Ok\r\n"
 				rcptOK, anyRcpt = true, true

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"net"
+
+	"github.com/smtpkit/smtpkit/internal/smtpx"
 )
 
 // Writing from the reading goroutine. A program that reads on one
@@ -38,10 +40,12 @@ func innermostConn(t any) any {
 }
 
 // socketBuffered reports whether t is, or wraps, a kernel socket: one
-// whose buffers hold at least maxOwedReplyBytes in each direction.
+// whose buffers hold at least maxOwedReplyBytes in each direction (or a
+// test transport of this module that buffers as one does: see
+// smtpx.SocketLike).
 func socketBuffered(t any) bool {
 	switch innermostConn(t).(type) {
-	case *net.TCPConn, *net.UnixConn:
+	case *net.TCPConn, *net.UnixConn, interface{ KernelBuffered(smtpx.SocketLike) }:
 		return true
 	}
 	return false

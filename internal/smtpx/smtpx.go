@@ -41,3 +41,11 @@ var (
 	// callback).
 	ClientReplyBuffered any
 )
+
+// SocketLike is the argument of the marker method by which a transport
+// inside this module says it buffers like a kernel socket (at least
+// 4 KiB each way, so a write never waits on a peer that is itself
+// blocked writing replies that fit): KernelBuffered(SocketLike). Only a
+// package of this module can name the type, so only its test
+// transports (internal/testpeers.BufferedPipe) can claim it.
+type SocketLike struct{}
