@@ -686,6 +686,28 @@ func TestTranscriptServerAnswersMAILWith503ThenQueuesTheBDATBodyIsADelivery(t *t
 	trEnd(t, srv, c)
 }
 
+// TestTranscriptServerRefusesMAILTakesTheBodyAndHangsUpOutcomeUnknown:
+// MAIL refused (451, or 503 nested MAIL), the recipient accepted, BDAT
+// LAST written with them, and the server closes before its final reply.
+// It may have queued the message into a transaction it still held open,
+// so the outcome is unknown: not the MAIL refusal (a temporary error
+// invites a retry, which would deliver it twice) and not replayable.
+func TestTranscriptServerRefusesMAILTakesTheBodyAndHangsUpOutcomeUnknown(t *testing.T) {
+	for _, mail := range []string{"451 4.3.0 try later", "503 5.5.1 Error: nested MAIL command"} {
+		t.Run(mail[:3], func(t *testing.T) {
+			srv, c, _ := trConnect(t, nil, trSteps(trHello("PIPELINING", "CHUNKING"),
+				fs.Expect(trMail+trRcpt+trBDAT("x\r\n")), fs.Reply(mail+"\r\n250 2.1.5 Ok\r\n"), fs.Close())...)
+			ctx := trCtx(t)
+			tx, err := c.WriteTx(ctx, trEnv, strings.NewReader("x\r\n"))
+			require.NoError(t, err)
+			_, err = c.ReadTx(ctx, tx)
+			assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
+			assert.False(t, smtp.TxReplayable(tx))
+			trEnd(t, srv, c)
+		})
+	}
+}
+
 // Refusals at the other steps: MAIL, DATA, the final reply, a BDAT chunk.
 func TestTranscriptRefusals(t *testing.T) {
 	tests := []struct {

@@ -328,6 +328,14 @@ func (tx *Tx) finish() {
 		tx.err = &Error{Op: r.Op, Kind: KindRejected, Code: c.closing.Code, Enhanced: c.closing.Enhanced, Recipient: r.Recipient,
 			Message: fmt.Sprintf("refused (%d) by a session the server was closing after its 421, not a verdict on the message: %s", r.Code, c.closing.Message)}
 		tx.replay = true
+	case tx.lostErr != nil && tx.final == nil && tx.committedLocked():
+		// Its commit point left and the session ended before its final
+		// reply: whatever its MAIL and RCPT got, the server may have
+		// queued it (into a transaction it still held open: see
+		// settled). Its outcome is unknown, unless the server closed
+		// after its 421 without answering it at all.
+		tx.err = tx.lostErr
+		tx.replay = c.closing != nil && !tx.after421
 	case tx.stateErr != nil && !finalOK:
 		tx.err, tx.replay = tx.stateErr, true
 	case tx.mailErr != nil && !finalOK:
