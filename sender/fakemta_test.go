@@ -45,8 +45,15 @@ type fakeMTA struct {
 	// finalPrefix, when set, is sent before each accepting final reply
 	// (continuation lines, "250-..."), to make long replies.
 	finalPrefix string
+	// fault, when set, is asked about the n-th command of all
+	// connections (from 1), once it is read: "drop" closes the
+	// connection at once (the replies not yet sent are lost), "stall"
+	// makes it read on and answer nothing more, a duration ("300ms")
+	// waits that long before answering; "" carries on.
+	fault func(n int) string
 
 	mu         sync.Mutex // guards the fields below
+	commands   int
 	mails      int
 	messages   int
 	delivered  map[string]int
@@ -143,6 +150,7 @@ func (m *fakeMTA) serve(c net.Conn) {
 	if !send("220 fake.example ESMTP\r\n") {
 		return
 	}
+	stalled := false
 	var (
 		mailOK, rcptOK, anyRcpt bool
 		needRSET                bool
@@ -165,13 +173,40 @@ func (m *fakeMTA) serve(c net.Conn) {
 		m.commandsOn[conn]++
 		m.mu.Unlock()
 		verb := strings.ToUpper(strings.SplitN(line, " ", 2)[0])
+		var chunk []byte
 		if verb == "BDAT" {
 			f := strings.Fields(line)
 			n, _ := strconv.Atoi(f[1])
-			chunk := make([]byte, n)
+			chunk = make([]byte, n)
 			if _, err := io.ReadFull(r, chunk); err != nil {
 				return
 			}
+		}
+		if m.fault != nil && !stalled {
+			m.mu.Lock()
+			m.commands++
+			n := m.commands
+			m.mu.Unlock()
+			switch f := m.fault(n); f {
+			case "":
+			case "drop":
+				return
+			case "stall":
+				stalled = true
+			default:
+				d, err := time.ParseDuration(f)
+				if err != nil {
+					panic("fakeMTA: fault " + f)
+				}
+				w.Flush()
+				time.Sleep(d)
+			}
+		}
+		if stalled {
+			continue
+		}
+		if verb == "BDAT" {
+			f := strings.Fields(line)
 			if !closing && !m.silent {
 				body.Write(chunk)
 				if len(f) < 3 {
@@ -270,14 +305,14 @@ func (m *fakeMTA) serve(c net.Conn) {
 				}
 				body.WriteString(strings.TrimPrefix(l, "."))
 			}
-			reply = m.endOfData(body.String(), &needRSET)
+			reply = m.endOfData(conn, body.String(), &needRSET)
 			mailOK = false
 		case "BDAT":
 			if !mailOK || !rcptOK {
 				reply = "503 5.5.1 need MAIL and RCPT\r\n"
 				break
 			}
-			reply = m.endOfData(body.String(), &needRSET)
+			reply = m.endOfData(conn, body.String(), &needRSET)
 			mailOK = false
 		default:
 			reply = "502 5.5.2 unknown command\r\n"
@@ -296,20 +331,26 @@ func (m *fakeMTA) serve(c net.Conn) {
 }
 
 // endOfData delivers or refuses a message and returns the reply.
-func (m *fakeMTA) endOfData(body string, needRSET *bool) string {
+func (m *fakeMTA) endOfData(conn int, body string, needRSET *bool) string {
+	id := "?"
+	if i := strings.Index(body, "Message-ID: <"); i >= 0 {
+		id = body[i+len("Message-ID: <"):]
+		id = id[:strings.IndexAny(id, "@>")]
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.messages++
 	if m.final != nil {
 		if r := m.final(m.messages); r != "" {
 			*needRSET = true
+			if m.trace != nil {
+				*m.trace = append(*m.trace, fmt.Sprintf("%d refused %s", conn, id))
+			}
 			return r + "\r\n"
 		}
 	}
-	id := "?"
-	if i := strings.Index(body, "Message-ID: <"); i >= 0 {
-		id = body[i+len("Message-ID: <"):]
-		id = id[:strings.IndexAny(id, "@>")]
+	if m.trace != nil {
+		*m.trace = append(*m.trace, fmt.Sprintf("%d delivered %s", conn, id))
 	}
 	m.delivered[id]++
 	return m.finalPrefix + fmt.Sprintf("250 2.0.0 Ok: queued as Q%d\r\n", m.messages)

@@ -26,9 +26,10 @@ func pick(seed int, what string, n int) int {
 // randomMTA is a fake MTA that misbehaves as seed says: it answers MAIL
 // with 503 (bad sequence), 421 (and closes, or goes on answering 503
 // until it closes) or 451; refuses recipients, or closes on one with
-// 421; refuses or defers the end of data, or closes on it; and may demand
-// RSET after a refused message. Its refusals are drawn per command, its
-// rates per seed.
+// 421; refuses or defers the end of data, or closes on it; may demand
+// RSET after a refused message; and may drop a connection without a
+// word, fall silent on one, or take up to two seconds to answer a
+// command. Its faults are drawn per command, its rates per seed.
 func randomMTA(seed int) *fakeMTA {
 	m := newFakeMTA()
 	m.chunking = pick(seed, "chunking", 0) < 50
@@ -76,6 +77,20 @@ func randomMTA(seed int) *fakeMTA {
 		m.after421 = "503 5.5.1 closing"
 	}
 	m.strictRSET = pick(seed, "strict", 0) < 50
+	if pick(seed, "faults", 0) < 60 {
+		pdrop, pstall, pdelay := pick(seed, "pdrop", 0)%3, pick(seed, "pstall", 0)%2, pick(seed, "pdelay", 0)%15
+		m.fault = func(n int) string {
+			switch x := pick(seed, "fault", n); {
+			case x < pdrop:
+				return "drop"
+			case x < pdrop+pstall:
+				return "stall"
+			case x < pdrop+pstall+pdelay:
+				return fmt.Sprintf("%dms", 20*pick(seed, "delay", n))
+			}
+			return ""
+		}
+	}
 	return m
 }
 
@@ -87,8 +102,8 @@ func randomMTA(seed int) *fakeMTA {
 // bubble. Callers send one to three recipients (some AllowPartial),
 // bodies from a few octets to a few hundred KiB, and some give up after
 // a few milliseconds. Whatever happens:
-//   - every Send is answered before its context ends (a Send with an
-//     hour to spare never ends on its deadline: that would be a hang);
+//   - every Send is answered before its context ends (a Send with a
+//     day to spare never ends on its deadline: that would be a hang);
 //   - no message is delivered twice;
 //   - a Send answered without error was delivered once, and one
 //     answered with an error that is not ErrOutcomeUnknown was not
@@ -110,11 +125,14 @@ func TestRandomlyMisbehavingServersEverySendAnsweredNoMessageTwice(t *testing.T)
 			m := randomMTA(seed)
 			m.trace = &trace
 			bad = runRandomSeed(t, m, seed)
+			// The sender is closed: what the server was still waiting
+			// out ends, and so does every server goroutine.
+			time.Sleep(time.Minute)
 		})
 		if len(bad) > 0 {
 			t.Errorf("seed %d:\n\t%s", seed, strings.Join(bad[:min(len(bad), 8)], "\n\t"))
-			if len(trace) > 200 {
-				trace = trace[len(trace)-200:]
+			if len(trace) > 300 {
+				trace = trace[len(trace)-300:]
 			}
 			t.Logf("the server's last %d lines:\n%s", len(trace), strings.Join(trace, "\n"))
 			return
@@ -137,7 +155,9 @@ func runRandomSeed(t *testing.T, m *fakeMTA, seed int) []string {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	// A day: a seed whose server falls silent several times waits out
+	// each reply timeout (up to 10 minutes) and the backoff after it.
+	ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
 	defer cancel()
 	var mu sync.Mutex
 	errs := map[string]error{}
@@ -183,7 +203,7 @@ func runRandomSeed(t *testing.T, m *fakeMTA, seed int) []string {
 				bad = append(bad, fmt.Sprintf("%s: its caller gave up, and it was delivered %d times", id, n))
 			}
 		case errors.Is(err, context.DeadlineExceeded):
-			bad = append(bad, fmt.Sprintf("%s: not answered within an hour: %v", id, err))
+			bad = append(bad, fmt.Sprintf("%s: not answered within a day: %v", id, err))
 		case n > 1:
 			bad = append(bad, fmt.Sprintf("%s: delivered %d times (%v)", id, n, err))
 		case err == nil && n != 1:

@@ -1,10 +1,13 @@
 package smtp_test
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"net"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -135,4 +138,43 @@ func TestFlushReadyWritesNoBodyBefore354AndWaitsForNone(t *testing.T) {
 	require.NoError(t, c.Quit(ctx))
 	<-readDone
 	require.NoError(t, srv.Err())
+}
+
+// TestServerSilentAfterALargeBDATBodyReaderTimesOut: a goroutine waits
+// in ReadReplies before the transaction is written (nothing owed yet, so
+// its read has no deadline); the body is larger than the write buffer,
+// so most of it leaves by bufio's own writes, straight to the transport.
+// The server reads it all and answers nothing. The reader's wait starts
+// when the commands leave (the flush before the body arms it), and ends
+// at the MAIL reply's timeout, not at its context's end a day later.
+func TestServerSilentAfterALargeBDATBodyReaderTimesOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cl, sv := testpeers.BufferedPipe(1 << 20)
+		go func() {
+			defer sv.Close()
+			io.WriteString(sv, "220 silent.example ESMTP\r\n")
+			r := bufio.NewReader(sv)
+			r.ReadString('\n')
+			io.WriteString(sv, "250-silent.example\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+			io.Copy(io.Discard, r) // reads everything, answers nothing
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
+		defer cancel()
+		c, err := smtp.Connect(ctx, cl, &smtp.Options{InsecureAllowPlaintext: true, Timeouts: smtp.Timeouts{Command: time.Minute, DataEnd: time.Minute}})
+		require.NoError(t, err)
+		defer c.Close()
+		read := make(chan error, 1)
+		go func() { read <- c.ReadReplies(ctx, nil) }()
+		synctest.Wait() // the reader waits, nothing owed
+		start := time.Now()
+		body := strings.Repeat(strings.Repeat("x", 78)+"\r\n", 4096) // 320 KiB
+		tx, err := c.WriteTx(ctx, smtp.Envelope{From: "a@example.com", To: []string{"b@example.com"}}, strings.NewReader(body))
+		require.NoError(t, err)
+		require.NoError(t, c.Flush(ctx))
+		err = <-read
+		assert.ErrorIs(t, err, smtp.ErrClosed)
+		assert.Less(t, time.Since(start), 2*time.Minute, "the reader waited past the reply timeouts")
+		_, err = c.ReadTx(ctx, tx)
+		assert.ErrorIs(t, err, smtp.ErrOutcomeUnknown)
+	})
 }
