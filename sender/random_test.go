@@ -101,7 +101,9 @@ func randomMTA(seed int) *fakeMTA {
 // writer's stead, as on TCP) or that buffer nothing, in a synctest
 // bubble. Callers send one to three recipients (some AllowPartial),
 // bodies from a few octets to a few hundred KiB, and some give up after
-// a few milliseconds. Whatever happens:
+// a few milliseconds; some seeds set a Policy hook (the writer alone
+// writes), some shut the sender down or close it while callers send.
+// Whatever happens:
 //   - every Send is answered before its context ends (a Send with a
 //     day to spare never ends on its deadline: that would be a hang);
 //   - no message is delivered twice;
@@ -149,12 +151,32 @@ func runRandomSeed(t *testing.T, m *fakeMTA, seed int) []string {
 	}
 	cfg := sender.Config{Dial: dial, Security: sender.InsecurePlaintext, MaxDialFailures: 1000,
 		MaxConns: 1 + pick(seed, "conns", 0)%3, MaxInFlight: 1 + pick(seed, "window", 0)%16}
+	if pick(seed, "policy", 0) < 20 {
+		// With a Policy hook, the writer alone writes.
+		cfg.Options.Policy = func(context.Context, smtp.PolicyRequest) error { return nil }
+	}
 	callers := 1 + pick(seed, "callers", 0)%12
 	s, err := sender.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	// Some seeds close the sender while callers send: Shutdown (which
+	// lets what was written finish) or Close.
+	closedAt := time.Duration(0)
+	if x := pick(seed, "close", 0); x < 15 {
+		closedAt = time.Duration(1+x) * 10 * time.Millisecond
+		go func() {
+			time.Sleep(closedAt)
+			if x%2 == 0 {
+				sctx, scancel := context.WithTimeout(context.Background(), time.Second)
+				defer scancel()
+				s.Shutdown(sctx)
+				return
+			}
+			s.Close()
+		}()
+	}
 	// A day: a seed whose server falls silent several times waits out
 	// each reply timeout (up to 10 minutes) and the backoff after it.
 	ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
@@ -201,6 +223,12 @@ func runRandomSeed(t *testing.T, m *fakeMTA, seed int) []string {
 		case gaveUp[id]:
 			if n > 1 {
 				bad = append(bad, fmt.Sprintf("%s: its caller gave up, and it was delivered %d times", id, n))
+			}
+		case closedAt > 0 && errors.Is(err, sender.ErrClosed):
+			// Answered by the closing: delivered at most once (it may
+			// have been committed before).
+			if n > 1 {
+				bad = append(bad, fmt.Sprintf("%s: delivered %d times (%v)", id, n, err))
 			}
 		case errors.Is(err, context.DeadlineExceeded):
 			bad = append(bad, fmt.Sprintf("%s: not answered within a day: %v", id, err))
