@@ -319,18 +319,22 @@ func TestServerRefusedEndOfDataThenDemandsRSET(t *testing.T) {
 	}
 }
 
+// firstMAIL503 answers the first MAIL of all connections with 503 (a
+// session in the wrong state), and accepts every other.
+func firstMAIL503(n, _ int) string {
+	if n == 1 {
+		return "503 5.5.1 Bad sequence of commands"
+	}
+	return ""
+}
+
 // TestServer503ToMailIsReplayedOnceOnAFreshSession: a server whose
 // session is in the wrong state answers MAIL with 503; that is not a
 // verdict on the message, which is written once more, on a new session,
 // and delivered there.
 func TestServer503ToMailIsReplayedOnceOnAFreshSession(t *testing.T) {
 	m := newFakeMTA()
-	m.mail = func(n, i int) string {
-		if n == 1 {
-			return "503 5.5.1 Bad sequence of commands"
-		}
-		return ""
-	}
+	m.mail = firstMAIL503
 	addr, stop := m.listen()
 	defer stop()
 	s, err := sender.New(sender.Config{Addr: addr, Security: sender.InsecurePlaintext, MaxConns: 1})
@@ -357,12 +361,7 @@ func TestServer503ToMailIsReplayedOnceOnAFreshSession(t *testing.T) {
 func TestServer503ToMailOverAPipeWriterAnswersItselfThenEndsTheSession(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := newFakeMTA()
-		m.mail = func(n, i int) string {
-			if n == 1 {
-				return "503 5.5.1 Bad sequence of commands"
-			}
-			return ""
-		}
+		m.mail = firstMAIL503
 		s, err := sender.New(sender.Config{Dial: m.dialPipe(), Security: sender.InsecurePlaintext, MaxConns: 1})
 		require.NoError(t, err)
 		defer s.Close()
